@@ -1,0 +1,51 @@
+//! Wires the Pingora server: the proxy listener(s) over the shared cache, and the process
+//! settings (threads, graceful shutdown, upgrade socket) from the config.
+
+use crate::cache::CacheCore;
+use crate::config::Runtime;
+use crate::proxy::EdgeProxy;
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use std::sync::Arc;
+
+/// Starts serving with `runtime`; never returns (Pingora owns the process from here).
+pub fn run(runtime: Runtime, upgrade: bool) -> ! {
+    let conf = ServerConf {
+        threads: runtime.server.threads,
+        grace_period_seconds: Some(runtime.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(runtime.server.graceful_shutdown_timeout.as_secs()),
+        pid_file: runtime.server.pid_file.clone(),
+        upgrade_sock: runtime.server.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let cache = CacheCore::new(&runtime.cache);
+    let listen = runtime.proxy.listen.clone();
+    let mut options = HttpServerOptions::default();
+    options.h2c = runtime.proxy.h2c;
+    tracing::info!(
+        sites = runtime.sites.list.len(),
+        listen = ?listen,
+        capacity = runtime.cache.capacity,
+        "crossfade starting"
+    );
+    let proxy = EdgeProxy::new(Arc::new(ArcSwap::from_pointee(runtime)), cache);
+    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
+        .name("crossfade proxy")
+        .server_options(options)
+        .build();
+    for addr in listen {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+    server.run_forever()
+}

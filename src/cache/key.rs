@@ -1,0 +1,108 @@
+//! Cache keys: the normalised request identity (site, host, path, filtered and sorted query)
+//! and the cookie reading that both the key and the logged-in check rely on.
+//!
+//! The primary key is length-framed so that no choice of host, path or query can collide with
+//! another's encoding. Method is not part of the key: HEAD is answered from a stored GET.
+
+use crate::rules::QueryFilter;
+use http::HeaderMap;
+
+/// Every `name=value` pair of every Cookie header, names and values trimmed of spaces and tabs.
+///
+/// Browsers send one Cookie header with `; ` separators, but HTTP/2 clients may send several
+/// and applications accept missing spaces or tabs, so all of those forms are read the same way.
+pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = name.trim_matches(|c| c == ' ' || c == '\t');
+            (!name.is_empty()).then(|| (name, value.trim_matches(|c| c == ' ' || c == '\t')))
+        })
+}
+
+/// The query as it is keyed (and forwarded on cacheable requests): parameters the rule does
+/// not keep are removed, empty pairs dropped, and the rest sorted when the rule says so.
+pub fn normalize_query(query: Option<&str>, filter: &QueryFilter, sort: bool) -> String {
+    let Some(query) = query else {
+        return String::new();
+    };
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let raw_name = p.split_once('=').map_or(*p, |(n, _)| n);
+            // Match on the decoded name so `utm%5Fsource` is dropped like `utm_source`.
+            let name: String = form_urlencoded::parse(raw_name.as_bytes())
+                .next()
+                .map(|(n, _)| n.into_owned())
+                .unwrap_or_default();
+            filter.keeps(&name)
+        })
+        .collect();
+    if sort {
+        pairs.sort_unstable();
+    }
+    pairs.join("&")
+}
+
+/// The primary key: site, host, path and normalised query, each length-prefixed.
+pub fn primary(site: &str, host: &str, path: &str, query: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(site.len() + host.len() + path.len() + query.len() + 16);
+    for part in [site, host, path, query] {
+        key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::NameSet;
+
+    #[test]
+    fn query_is_filtered_and_sorted() {
+        let drop = QueryFilter::Drop(NameSet::new(["utm_*".to_string(), "fbclid".to_string()]));
+        assert_eq!(
+            normalize_query(Some("b=2&a=1&utm_source=x"), &drop, true),
+            normalize_query(Some("a=1&b=2"), &drop, true)
+        );
+        assert_eq!(
+            normalize_query(Some("utm%5Fsource=x&&a=1"), &drop, true),
+            "a=1"
+        );
+        assert_eq!(normalize_query(Some("b=2&a=1"), &drop, false), "b=2&a=1");
+        let keep = QueryFilter::Keep(NameSet::new(["q".to_string()]));
+        assert_eq!(
+            normalize_query(Some("page=2&q=abba"), &keep, true),
+            "q=abba"
+        );
+        assert_eq!(normalize_query(None, &keep, true), "");
+    }
+
+    #[test]
+    fn cookies_in_every_form() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1;session=abc".parse().unwrap());
+        h.append("cookie", "\tcurrency = EUR ; theme=dark".parse().unwrap());
+        let all: Vec<_> = cookies(&h).collect();
+        assert_eq!(
+            all,
+            vec![
+                ("a", "1"),
+                ("session", "abc"),
+                ("currency", "EUR"),
+                ("theme", "dark")
+            ]
+        );
+    }
+
+    #[test]
+    fn primary_keys_are_framed() {
+        assert_ne!(primary("s", "ab", "/c", ""), primary("s", "a", "b/c", ""));
+    }
+}

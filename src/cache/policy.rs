@@ -1,0 +1,225 @@
+//! Cache policy: whether a request may use the cache, and whether a response may be stored and
+//! for how long.
+//!
+//! Freshness has one owner: pingora-cache's `CacheControl` parser, interpreted here with the
+//! route's mode. We use it rather than a second parser (e.g. `http-cache-semantics`) because the
+//! cache state machine stores and judges pingora's `CacheMeta`; computing freshness with the same
+//! types keeps what we decide and what the state machine enforces from drifting apart.
+
+use crate::rules::{Mode, Rule};
+use http::{header, Method, StatusCode};
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::CacheMeta;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::time::{Duration, SystemTime};
+
+/// Why a request does not use the cache at all: it goes to the origin as it came, and nothing
+/// that comes back is stored or served to anyone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// The route has `mode = "pass"`.
+    RoutePass,
+    /// Only GET and HEAD are answered from cache.
+    Method,
+    /// The request carries `Authorization` (RFC 9111 §3.5).
+    Authorization,
+    /// The request carries one of the route's `bypass_cookies`: the visitor is logged in.
+    LoggedIn,
+    /// A protocol upgrade (WebSocket) is a tunnel, not a cacheable exchange.
+    Upgrade,
+}
+
+impl Bypass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bypass::RoutePass => "route-pass",
+            Bypass::Method => "method",
+            Bypass::Authorization => "authorization",
+            Bypass::LoggedIn => "logged-in",
+            Bypass::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// Decides whether `req` may be answered from (and fill) the cache under `rule`.
+pub fn request_bypass(rule: &Rule, req: &RequestHeader) -> Option<Bypass> {
+    if rule.mode == Mode::Pass {
+        return Some(Bypass::RoutePass);
+    }
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Some(Bypass::Method);
+    }
+    if req.headers.contains_key(header::AUTHORIZATION) {
+        return Some(Bypass::Authorization);
+    }
+    if req.headers.contains_key(header::UPGRADE) {
+        return Some(Bypass::Upgrade);
+    }
+    if !rule.bypass_cookies.is_empty()
+        && super::key::cookies(&req.headers).any(|(name, _)| rule.bypass_cookies.contains(name))
+    {
+        return Some(Bypass::LoggedIn);
+    }
+    None
+}
+
+/// Why a response was not stored. The string forms appear in `Cache-Status` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The response sets a cookie; storing it would hand that cookie to every visitor.
+    SetCookie,
+    /// `Cache-Control: private`: meant for one user only.
+    Private,
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// `Cache-Control: no-cache` on an honor route (stored responses would need validation on
+    /// every use; like Varnish we do not store them).
+    NoCache,
+    /// `Vary: *` can never be matched by a later request.
+    VaryStar,
+    /// Honor route, and the origin gave neither freshness (max-age, s-maxage, Expires) nor a
+    /// validator (ETag, Last-Modified); RFC 9111 allows no default TTL here.
+    NoFreshness,
+    /// The status is not stored under this rule (e.g. 5xx on an override route, 206, 304).
+    Status,
+}
+
+impl NotStored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::SetCookie => "set-cookie",
+            NotStored::Private => "private",
+            NotStored::NoStore => "no-store",
+            NotStored::NoCache => "no-cache",
+            NotStored::VaryStar => "vary-star",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::Status => "status",
+        }
+    }
+}
+
+/// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
+/// any headers that must not be stored already removed.
+pub fn admit(rule: &Rule, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
+    let now = SystemTime::now();
+    let cc = CacheControl::from_resp_headers(resp);
+    let has_set_cookie = resp.headers.contains_key(header::SET_COOKIE);
+    if has_set_cookie && !rule.unsafe_strip_set_cookie {
+        return Err(NotStored::SetCookie);
+    }
+    if let Some(cc) = &cc {
+        if cc.private() {
+            return Err(NotStored::Private);
+        }
+        if cc.no_store() {
+            return Err(NotStored::NoStore);
+        }
+    }
+    let vary_star = resp
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == "*");
+    if vary_star {
+        return Err(NotStored::VaryStar);
+    }
+    let status = resp.status;
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Err(NotStored::Status);
+    }
+
+    let (ttl, swr, sie) = match rule.mode {
+        Mode::Pass => return Err(NotStored::Status),
+        Mode::Override => {
+            let ttl = rule.override_ttl(status).ok_or(NotStored::Status)?;
+            (ttl, rule.stale_while_revalidate, rule.stale_if_error)
+        }
+        Mode::Honor => {
+            if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
+                return Err(NotStored::NoCache);
+            }
+            let ttl = match origin_freshness(cc.as_ref(), resp, now) {
+                Some(ttl) => ttl,
+                None if has_validator(resp) => Duration::ZERO,
+                None => return Err(NotStored::NoFreshness),
+            };
+            let swr = cc
+                .as_ref()
+                .and_then(|c| c.serve_stale_while_revalidate_duration())
+                .or(rule.stale_while_revalidate);
+            let sie = cc
+                .as_ref()
+                .and_then(|c| c.serve_stale_if_error_duration())
+                .or(rule.stale_if_error);
+            (ttl, swr, sie)
+        }
+    };
+
+    let mut stored = resp.clone();
+    if has_set_cookie {
+        stored.remove_header(&header::SET_COOKIE);
+    }
+    let fresh_until = if ttl.is_zero() {
+        // Already stale: every use is revalidated first.
+        now - Duration::from_secs(1)
+    } else {
+        now + ttl
+    };
+    Ok(CacheMeta::new(
+        fresh_until,
+        now,
+        secs(swr),
+        secs(sie),
+        stored,
+    ))
+}
+
+fn secs(d: Option<Duration>) -> u32 {
+    d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32)
+}
+
+fn has_validator(resp: &ResponseHeader) -> bool {
+    resp.headers.contains_key(header::ETAG) || resp.headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// The remaining freshness the origin grants (RFC 9111 §4.2): s-maxage or max-age, else
+/// Expires minus Date, less the Age the response already has.
+fn origin_freshness(
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> Option<Duration> {
+    let lifetime = cc.and_then(|cc| cc.fresh_duration()).or_else(|| {
+        let mut expires = resp.headers.get_all(header::EXPIRES).iter();
+        let first = expires.next()?;
+        if expires.next().is_some() {
+            // Several Expires headers are invalid and mean "already expired" (§5.3).
+            return Some(Duration::ZERO);
+        }
+        let Some(expires) = http_date(first) else {
+            return Some(Duration::ZERO);
+        };
+        let date = resp
+            .headers
+            .get(header::DATE)
+            .and_then(http_date)
+            .unwrap_or(now);
+        Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    })?;
+    let age = resp
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    Some(lifetime.saturating_sub(age))
+}
+
+fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(v.to_str().ok()?).ok()
+}

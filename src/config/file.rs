@@ -1,0 +1,148 @@
+//! The config as written: a serde mirror of `crossfade.toml` and `rules/*.toml`.
+//!
+//! Every struct denies unknown fields so a typo is an error, never a silently ignored key.
+//! Durations and sizes stay strings here; `validate` turns this into the typed [`Runtime`]
+//! the proxy runs on and collects every error on the way.
+//!
+//! [`Runtime`]: super::Runtime
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `crossfade.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub proxy: ProxyFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+    #[serde(default)]
+    pub origin: OriginFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub sites: Vec<SiteFile>,
+}
+
+/// `[server]`: process-level settings handed to Pingora.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub threads: Option<usize>,
+    pub grace_period: Option<String>,
+    pub graceful_shutdown_timeout: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+}
+
+/// `[proxy]`: the client-facing listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub listen: Option<Vec<String>>,
+    pub h2c: Option<bool>,
+    pub unknown_host_status: Option<u16>,
+}
+
+/// `[cache]`: the shared in-memory cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub capacity: Option<String>,
+    pub max_object_size: Option<String>,
+    pub lock_timeout: Option<String>,
+}
+
+/// `[origin]`: defaults for connections to application servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginFile {
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub level: Option<String>,
+    pub format: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+/// `[[sites]]`: a set of host names served by one application.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub rules: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+    pub active_pool: Option<String>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolFile>,
+}
+
+/// `[sites.pools.<name>]`: a group of application servers (blue, green, …).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    pub servers: Vec<String>,
+}
+
+/// `rules/<site>.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub defaults: RouteDefaultsFile,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[defaults]` in a rules file: what every route of the site inherits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDefaultsFile {
+    pub mode: Option<String>,
+    pub bypass_cookies: Option<Vec<String>>,
+    pub key_cookies: Option<Vec<String>>,
+    pub query_drop: Option<Vec<String>>,
+    pub query_keep: Option<Vec<String>>,
+    pub query_sort: Option<bool>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+}
+
+/// `[[routes]]` in a rules file. Exactly one of `path`, `prefix`, `glob`, `regex`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub glob: Option<String>,
+    pub regex: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub edge_ttl: Option<String>,
+    pub ttl_by_status: Option<BTreeMap<String, String>>,
+    pub browser_ttl: Option<String>,
+    #[serde(default)]
+    pub browser_immutable: bool,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub bypass_cookies: Option<Vec<String>>,
+    pub key_cookies: Option<Vec<String>>,
+    pub query_drop: Option<Vec<String>>,
+    pub query_keep: Option<Vec<String>>,
+    pub query_sort: Option<bool>,
+    #[serde(default)]
+    pub unsafe_strip_set_cookie: bool,
+}

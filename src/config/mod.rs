@@ -1,0 +1,194 @@
+//! Configuration: the file mirror ([`file`]), human units ([`units`]), and validation
+//! ([`validate`]) into the typed [`Runtime`] the proxy runs on.
+//!
+//! Loading never half-succeeds: either every file validates and a complete `Runtime` comes back,
+//! or the caller gets every problem found, each with its file and key path.
+
+pub mod file;
+pub mod units;
+pub mod validate;
+
+use crate::pools::Pool;
+use crate::rules::RouteTable;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::load;
+
+/// One problem in a config or rules file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub file: PathBuf,
+    /// Dotted key path inside the file (`routes[3].edge_ttl`); empty for whole-file problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), list(.0))]
+    Invalid(Vec<Issue>),
+}
+
+fn list(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug)]
+pub struct Runtime {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub proxy: ProxySettings,
+    pub cache: CacheSettings,
+    pub origin: OriginSettings,
+    pub log: LogSettings,
+    pub sites: Sites,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: Vec<SocketAddr>,
+    pub h2c: bool,
+    /// 421 (Misdirected Request) or 404 for hosts no site claims.
+    pub unknown_host_status: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub capacity: u64,
+    pub max_object_size: usize,
+    /// How long coalesced requests wait for the one request that is fetching the object.
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OriginSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+/// A set of host names served by one application, with its rules and pools.
+#[derive(Debug)]
+pub struct Site {
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    pub routes: RouteTable,
+    pub pools: Vec<Pool>,
+    pub active_pool: usize,
+}
+
+impl Site {
+    pub fn active_pool(&self) -> &Pool {
+        &self.pools[self.active_pool]
+    }
+}
+
+/// All sites, indexed by host name.
+#[derive(Debug, Default)]
+pub struct Sites {
+    pub list: Vec<Arc<Site>>,
+    by_host: HashMap<String, Arc<Site>>,
+    /// `*.example.com` entries, stored as `.example.com`.
+    wildcards: Vec<(String, Arc<Site>)>,
+    default: Option<Arc<Site>>,
+}
+
+impl Sites {
+    /// The site for a normalised host (lowercase, no port), else the declared default site.
+    pub fn find(&self, host: &str) -> Option<&Arc<Site>> {
+        self.by_host
+            .get(host)
+            .or_else(|| {
+                self.wildcards
+                    .iter()
+                    .find(|(suffix, _)| host.ends_with(suffix.as_str()))
+                    .map(|(_, s)| s)
+            })
+            .or(self.default.as_ref())
+    }
+}
+
+/// Lowercases a host and strips a port and a trailing dot, so `WWW.Store.test.:8080` and
+/// `www.store.test` name the same site and the same cache entries.
+pub fn normalize_host(raw: &str) -> String {
+    let raw = raw.trim();
+    let without_port = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop what follows them.
+        match rest.find(']') {
+            Some(end) => &raw[..end + 2],
+            None => raw,
+        }
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            _ => raw,
+        }
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Resolves `path` against the directory of the file that named it.
+pub fn relative_to(base_file: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn hosts_normalise() {
+        assert_eq!(normalize_host("WWW.Store.test.:8080"), "www.store.test");
+        assert_eq!(normalize_host("store.test"), "store.test");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    }
+}

@@ -1,0 +1,716 @@
+//! Validation: `crossfade.toml` and every rules file it names → one [`Runtime`], or every
+//! problem found, each with its file and key path.
+//!
+//! Each section, site and route is deserialised on its own so that one typo does not hide the
+//! problems after it; values with units are parsed here for the same reason.
+
+use super::file::{
+    CacheFile, ConfigFile, LogFile, OriginFile, ProxyFile, RouteDefaultsFile, RouteFile, RulesFile,
+    ServerFile, SiteFile,
+};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use crate::rules::{Mode, NameSet, PathMatch, QueryFilter, Rule, StatusMatch};
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::net::ToSocketAddrs;
+
+/// Collects issues for one file.
+struct Issues<'a> {
+    file: PathBuf,
+    out: &'a mut Vec<Issue>,
+}
+
+impl Issues<'_> {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Issue {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+        self.opt_duration(key, v).unwrap_or(default)
+    }
+
+    fn opt_duration(&mut self, key: &str, v: &Option<String>) -> Option<Duration> {
+        let s = v.as_ref()?;
+        let d = parse_duration(s);
+        if d.is_none() {
+            self.push(
+                key,
+                format!("{s:?} is not a duration (use e.g. \"90s\", \"5m\", \"1h\")"),
+            );
+        }
+        d
+    }
+
+    fn size(&mut self, key: &str, v: &Option<String>, default: u64) -> u64 {
+        let Some(s) = v else { return default };
+        parse_size(s).unwrap_or_else(|| {
+            self.push(
+                key,
+                format!("{s:?} is not a size (use e.g. \"512MiB\", \"8MB\")"),
+            );
+            default
+        })
+    }
+
+    /// Deserialises one value, reporting a failure at `path` plus the path inside the value.
+    fn de<T: DeserializeOwned>(&mut self, value: toml::Value, path: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let key = match (path.is_empty(), inner == ".") {
+                    (true, _) => inner,
+                    (false, true) => path.to_string(),
+                    (false, false) => format!("{path}.{inner}"),
+                };
+                // toml appends "in `key`" and blank lines; the key path is already reported.
+                let message = e.into_inner().to_string();
+                let first = message
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                self.push(key, first);
+                None
+            }
+        }
+    }
+}
+
+fn read_table(path: &Path, issues: &mut Issues) -> Option<toml::Table> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            issues.push("", format!("cannot read file: {e}"));
+            return None;
+        }
+    };
+    match text.parse::<toml::Table>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            issues.push("", format!("not valid TOML: {}", e.message()));
+            None
+        }
+    }
+}
+
+/// Takes a section out of a table and deserialises it, defaulting when absent.
+fn section<T: DeserializeOwned + Default>(
+    table: &mut toml::Table,
+    key: &str,
+    issues: &mut Issues,
+) -> T {
+    match table.remove(key) {
+        Some(v) => issues.de(v, key).unwrap_or_default(),
+        None => T::default(),
+    }
+}
+
+/// Loads and validates `path` and every rules file it names.
+pub fn load(path: &Path) -> Result<Runtime, LoadError> {
+    let mut all = Vec::new();
+    let runtime = build(path, &mut all);
+    match runtime {
+        Some(rt) if all.is_empty() => Ok(rt),
+        _ => Err(LoadError::Invalid(all)),
+    }
+}
+
+fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
+    let mut issues = Issues {
+        file: path.to_path_buf(),
+        out: all,
+    };
+    let mut table = read_table(path, &mut issues)?;
+    let server: ServerFile = section(&mut table, "server", &mut issues);
+    let proxy: ProxyFile = section(&mut table, "proxy", &mut issues);
+    let cache: CacheFile = section(&mut table, "cache", &mut issues);
+    let origin: OriginFile = section(&mut table, "origin", &mut issues);
+    let log: LogFile = section(&mut table, "log", &mut issues);
+    let mut site_files = Vec::new();
+    match table.remove("sites") {
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(s) = issues.de::<SiteFile>(item, &format!("sites[{i}]")) {
+                    site_files.push((i, s));
+                }
+            }
+        }
+        Some(_) => issues.push("sites", "must be an array of tables ([[sites]])"),
+        None => {}
+    }
+    for key in table.keys() {
+        // Route the unknown key through serde so the message lists the valid ones.
+        let _ = issues.de::<ConfigFile>(
+            toml::Value::Table(toml::Table::from_iter([(
+                key.clone(),
+                toml::Value::Boolean(true),
+            )])),
+            "",
+        );
+    }
+
+    let server = server_settings(server, &mut issues);
+    let proxy = proxy_settings(proxy, &mut issues);
+    let cache = cache_settings(cache, &mut issues);
+    let origin = origin_settings(origin, &mut issues);
+    let log = log_settings(log, &mut issues);
+    let sites = sites(path, site_files, issues.out);
+    Some(Runtime {
+        source: path.to_path_buf(),
+        server,
+        proxy,
+        cache,
+        origin,
+        log,
+        sites,
+    })
+}
+
+fn server_settings(f: ServerFile, issues: &mut Issues) -> ServerSettings {
+    let threads = f.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    if threads == 0 {
+        issues.push("server.threads", "must be at least 1");
+    }
+    ServerSettings {
+        threads: threads.max(1),
+        grace_period: issues.duration(
+            "server.grace_period",
+            &f.grace_period,
+            Duration::from_secs(5),
+        ),
+        graceful_shutdown_timeout: issues.duration(
+            "server.graceful_shutdown_timeout",
+            &f.graceful_shutdown_timeout,
+            Duration::from_secs(30),
+        ),
+        pid_file: f.pid_file.unwrap_or_else(|| "/tmp/crossfade.pid".into()),
+        upgrade_sock: f
+            .upgrade_sock
+            .unwrap_or_else(|| "/tmp/crossfade_upgrade.sock".into()),
+    }
+}
+
+fn proxy_settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
+    let raw = f.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
+    if raw.is_empty() {
+        issues.push("proxy.listen", "needs at least one address");
+    }
+    let mut listen = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => issues.push(
+                format!("proxy.listen[{i}]"),
+                format!("{a:?} is not an address like \"0.0.0.0:8080\""),
+            ),
+        }
+    }
+    let unknown_host_status = f.unknown_host_status.unwrap_or(421);
+    if !matches!(unknown_host_status, 404 | 421) {
+        issues.push(
+            "proxy.unknown_host_status",
+            format!("{unknown_host_status} is not 404 or 421"),
+        );
+    }
+    ProxySettings {
+        listen,
+        h2c: f.h2c.unwrap_or(false),
+        unknown_host_status,
+    }
+}
+
+fn cache_settings(f: CacheFile, issues: &mut Issues) -> CacheSettings {
+    let capacity = issues.size("cache.capacity", &f.capacity, 256 << 20);
+    let max_object_size = issues.size("cache.max_object_size", &f.max_object_size, 8 << 20);
+    if capacity == 0 {
+        issues.push("cache.capacity", "must be more than 0 bytes");
+    }
+    if max_object_size > capacity {
+        issues.push(
+            "cache.max_object_size",
+            format!("{max_object_size} bytes is larger than cache.capacity ({capacity} bytes)"),
+        );
+    }
+    let lock_timeout = issues.duration(
+        "cache.lock_timeout",
+        &f.lock_timeout,
+        Duration::from_secs(10),
+    );
+    if lock_timeout.is_zero() {
+        issues.push("cache.lock_timeout", "must be more than 0s");
+    }
+    CacheSettings {
+        capacity,
+        max_object_size: max_object_size as usize,
+        lock_timeout,
+    }
+}
+
+fn origin_settings(f: OriginFile, issues: &mut Issues) -> OriginSettings {
+    let mut positive = |key: &str, v: &Option<String>, default: u64| {
+        let d = issues.duration(key, v, Duration::from_secs(default));
+        if d.is_zero() {
+            issues.push(key, "must be more than 0s");
+        }
+        d
+    };
+    OriginSettings {
+        connect_timeout: positive("origin.connect_timeout", &f.connect_timeout, 2),
+        read_timeout: positive("origin.read_timeout", &f.read_timeout, 30),
+        write_timeout: positive("origin.write_timeout", &f.write_timeout, 30),
+        idle_timeout: positive("origin.idle_timeout", &f.idle_timeout, 60),
+    }
+}
+
+fn log_settings(f: LogFile, issues: &mut Issues) -> LogSettings {
+    let level = f.level.unwrap_or_else(|| "info".into());
+    if !matches!(
+        level.as_str(),
+        "error" | "warn" | "info" | "debug" | "trace"
+    ) {
+        issues.push(
+            "log.level",
+            format!("{level:?} is not one of error, warn, info, debug, trace"),
+        );
+    }
+    let format = match f.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            issues.push(
+                "log.format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    LogSettings {
+        level,
+        format,
+        access_log: f.access_log.unwrap_or(true),
+    }
+}
+
+/// Site and route names label logs and metrics, so they are restricted to a safe alphabet.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> Sites {
+    let mut sites = Sites::default();
+    let mut names = HashSet::new();
+    for (i, f) in files {
+        let mut issues = Issues {
+            file: config.to_path_buf(),
+            out: all,
+        };
+        let at = format!("sites[{i}]");
+        if !valid_name(&f.name) {
+            issues.push(
+                format!("{at}.name"),
+                format!("{:?} must be 1-64 characters of a-z, 0-9, _ or -", f.name),
+            );
+        }
+        if !names.insert(f.name.clone()) {
+            issues.push(
+                format!("{at}.name"),
+                format!("{:?} is used by another site", f.name),
+            );
+        }
+        if f.hosts.is_empty() {
+            issues.push(format!("{at}.hosts"), "needs at least one host name");
+        }
+        let hosts: Vec<String> = f.hosts.iter().map(|h| normalize_host(h)).collect();
+        let pools = pools(&f, &at, &mut issues);
+        let active_pool = match (&f.active_pool, pools.len()) {
+            (Some(name), _) => pools
+                .iter()
+                .position(|p| &p.name == name)
+                .unwrap_or_else(|| {
+                    issues.push(
+                        format!("{at}.active_pool"),
+                        format!("{name:?} is not one of this site's pools"),
+                    );
+                    0
+                }),
+            (None, 0 | 1) => 0,
+            (None, _) => {
+                issues.push(
+                    format!("{at}.active_pool"),
+                    "is required when a site has more than one pool",
+                );
+                0
+            }
+        };
+        let routes = match &f.rules {
+            Some(rules) => {
+                let rules_path = relative_to(config, rules);
+                compile_rules(&rules_path, all)
+            }
+            None => Some(crate::rules::RouteTable {
+                routes: vec![],
+                fallback: Arc::new(fallback_rule(&RouteDefaultsFile::default(), &mut issues)),
+            }),
+        };
+        let (Some(routes), false) = (routes, pools.is_empty()) else {
+            continue;
+        };
+        let site = Arc::new(Site {
+            name: f.name.as_str().into(),
+            hosts: hosts.clone(),
+            routes,
+            pools,
+            active_pool,
+        });
+        let mut issues = Issues {
+            file: config.to_path_buf(),
+            out: all,
+        };
+        for (j, host) in hosts.iter().enumerate() {
+            let taken = if let Some(suffix) = host.strip_prefix('*') {
+                sites.wildcards.iter().any(|(s, _)| s == suffix) || {
+                    sites.wildcards.push((suffix.to_string(), site.clone()));
+                    false
+                }
+            } else {
+                sites.by_host.insert(host.clone(), site.clone()).is_some()
+            };
+            if taken {
+                issues.push(
+                    format!("{at}.hosts[{j}]"),
+                    format!("{host:?} is claimed by another site"),
+                );
+            }
+        }
+        if f.default {
+            if sites.default.is_some() {
+                issues.push(
+                    format!("{at}.default"),
+                    "only one site may be the default for unknown hosts",
+                );
+            }
+            sites.default = Some(site.clone());
+        }
+        sites.list.push(site);
+    }
+    if sites.list.is_empty() && all.is_empty() {
+        all.push(Issue {
+            file: config.to_path_buf(),
+            key: "sites".into(),
+            message: "no site is configured; add a [[sites]] table".into(),
+        });
+    }
+    sites
+}
+
+fn pools(f: &SiteFile, at: &str, issues: &mut Issues) -> Vec<Pool> {
+    if f.pools.is_empty() {
+        issues.push(
+            format!("{at}.pools"),
+            "needs at least one pool, e.g. [sites.pools.blue] servers = [\"127.0.0.1:9000\"]",
+        );
+    }
+    let mut out = Vec::new();
+    for (name, p) in &f.pools {
+        let key = format!("{at}.pools.{name}");
+        if !valid_name(name) {
+            issues.push(key.clone(), "pool names must be a-z, 0-9, _ or -");
+        }
+        if p.servers.is_empty() {
+            issues.push(format!("{key}.servers"), "needs at least one server");
+        }
+        let mut servers = Vec::new();
+        for (j, s) in p.servers.iter().enumerate() {
+            match s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                Some(addr) => servers.push(addr),
+                None => issues.push(
+                    format!("{key}.servers[{j}]"),
+                    format!("{s:?} is not a host:port that resolves"),
+                ),
+            }
+        }
+        if !servers.is_empty() {
+            out.push(Pool::new(name.clone(), servers));
+        }
+    }
+    out
+}
+
+fn compile_rules(path: &Path, all: &mut Vec<Issue>) -> Option<crate::rules::RouteTable> {
+    let mut issues = Issues {
+        file: path.to_path_buf(),
+        out: all,
+    };
+    let mut table = read_table(path, &mut issues)?;
+    let defaults: RouteDefaultsFile = section(&mut table, "defaults", &mut issues);
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    match table.remove("routes") {
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let at = format!("routes[{i}]");
+                let Some(rf) = issues.de::<RouteFile>(item, &at) else {
+                    continue;
+                };
+                if !names.insert(rf.name.clone()) {
+                    issues.push(
+                        format!("{at}.name"),
+                        format!("{:?} is used by another route", rf.name),
+                    );
+                }
+                if let Some(rule) = route(&rf, &defaults, &at, &mut issues) {
+                    routes.push(Arc::new(rule));
+                }
+            }
+        }
+        Some(_) => issues.push("routes", "must be an array of tables ([[routes]])"),
+        None => {}
+    }
+    for key in table.keys() {
+        let _ = issues.de::<RulesFile>(
+            toml::Value::Table(toml::Table::from_iter([(
+                key.clone(),
+                toml::Value::Boolean(true),
+            )])),
+            "",
+        );
+    }
+    let fallback = Arc::new(fallback_rule(&defaults, &mut issues));
+    Some(crate::rules::RouteTable { routes, fallback })
+}
+
+fn parse_mode(s: Option<&str>, key: &str, issues: &mut Issues) -> Mode {
+    match s {
+        None | Some("honor") => Mode::Honor,
+        Some("override") => Mode::Override,
+        Some("pass") => Mode::Pass,
+        Some(other) => {
+            issues.push(
+                key,
+                format!("{other:?} is not one of honor, override, pass"),
+            );
+            Mode::Honor
+        }
+    }
+}
+
+fn query_filter(
+    drop: &Option<Vec<String>>,
+    keep: &Option<Vec<String>>,
+    at: &str,
+    issues: &mut Issues,
+) -> QueryFilter {
+    match (drop, keep) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                format!("{at}query_keep"),
+                "query_drop and query_keep cannot both be set",
+            );
+            QueryFilter::Drop(NameSet::default())
+        }
+        (_, Some(keep)) => QueryFilter::Keep(NameSet::new(keep.iter().cloned())),
+        (drop, None) => QueryFilter::Drop(NameSet::new(drop.iter().flatten().cloned())),
+    }
+}
+
+/// The rule for requests no route claims: the site defaults, honouring the origin unless the
+/// defaults say otherwise.
+fn fallback_rule(d: &RouteDefaultsFile, issues: &mut Issues) -> Rule {
+    let mode = parse_mode(d.mode.as_deref(), "defaults.mode", issues);
+    if mode == Mode::Override {
+        issues.push(
+            "defaults.mode",
+            "\"override\" needs an edge_ttl, which only a route can set",
+        );
+    }
+    Rule {
+        name: "default".into(),
+        matcher: None,
+        methods: None,
+        mode,
+        edge_ttl: None,
+        ttl_by_status: vec![],
+        browser_ttl: None,
+        browser_immutable: false,
+        stale_while_revalidate: issues
+            .opt_duration("defaults.stale_while_revalidate", &d.stale_while_revalidate),
+        stale_if_error: issues.opt_duration("defaults.stale_if_error", &d.stale_if_error),
+        bypass_cookies: NameSet::new(d.bypass_cookies.iter().flatten().cloned()),
+        key_cookies: d.key_cookies.clone().unwrap_or_default(),
+        query: query_filter(&d.query_drop, &d.query_keep, "defaults.", issues),
+        query_sort: d.query_sort.unwrap_or(true),
+        unsafe_strip_set_cookie: false,
+    }
+}
+
+fn path_match(rf: &RouteFile, at: &str, issues: &mut Issues) -> Option<PathMatch> {
+    let given = [&rf.path, &rf.prefix, &rf.glob, &rf.regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if given != 1 {
+        issues.push(at, "needs exactly one of path, prefix, glob, regex");
+        return None;
+    }
+    let slash = |key: &str, v: &str, issues: &mut Issues| {
+        if !v.starts_with('/') {
+            issues.push(format!("{at}.{key}"), format!("{v:?} must start with '/'"));
+        }
+    };
+    if let Some(p) = &rf.path {
+        slash("path", p, issues);
+        return Some(PathMatch::Exact(p.clone()));
+    }
+    if let Some(p) = &rf.prefix {
+        slash("prefix", p, issues);
+        return Some(PathMatch::Prefix(p.clone()));
+    }
+    if let Some(g) = &rf.glob {
+        slash("glob", g, issues);
+        return match globset::GlobBuilder::new(g).literal_separator(true).build() {
+            Ok(glob) => Some(PathMatch::Glob(glob.compile_matcher())),
+            Err(e) => {
+                issues.push(format!("{at}.glob"), format!("invalid glob: {}", e.kind()));
+                None
+            }
+        };
+    }
+    let r = rf.regex.as_ref()?;
+    match regex::Regex::new(r) {
+        Ok(re) => Some(PathMatch::Regex(re)),
+        Err(e) => {
+            issues.push(format!("{at}.regex"), format!("invalid regex: {e}"));
+            None
+        }
+    }
+}
+
+fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -> Option<Rule> {
+    if !valid_name(&rf.name) {
+        issues.push(
+            format!("{at}.name"),
+            format!("{:?} must be 1-64 characters of a-z, 0-9, _ or -", rf.name),
+        );
+    }
+    let matcher = path_match(rf, at, issues);
+    let methods = rf.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .filter_map(|(j, m)| {
+                let upper = m.to_ascii_uppercase();
+                match http::Method::from_bytes(upper.as_bytes()) {
+                    Ok(method) if upper == *m => Some(method),
+                    _ => {
+                        issues.push(
+                            format!("{at}.methods[{j}]"),
+                            format!("{m:?} is not an upper-case HTTP method"),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let mode = parse_mode(
+        rf.mode.as_deref().or(d.mode.as_deref()),
+        &format!("{at}.mode"),
+        issues,
+    );
+    let edge_ttl = issues.opt_duration(&format!("{at}.edge_ttl"), &rf.edge_ttl);
+    let mut ttl_by_status = Vec::new();
+    for (status, ttl) in rf.ttl_by_status.iter().flatten() {
+        let key = format!("{at}.ttl_by_status.{status}");
+        let m = StatusMatch::parse(status);
+        if m.is_none() {
+            issues.push(
+                key.clone(),
+                format!("{status:?} is not a status like \"404\" or a class like \"4xx\""),
+            );
+        }
+        let d = issues.opt_duration(&key, &Some(ttl.clone()));
+        if let (Some(m), Some(d)) = (m, d) {
+            ttl_by_status.push((m, d));
+        }
+    }
+    match mode {
+        Mode::Override if edge_ttl.is_none() && rf.ttl_by_status.is_none() => {
+            issues.push(format!("{at}.edge_ttl"), "mode = \"override\" needs edge_ttl (or ttl_by_status)");
+        }
+        Mode::Honor if rf.edge_ttl.is_some() || rf.ttl_by_status.is_some() => issues.push(
+            format!("{at}.edge_ttl"),
+            "edge_ttl and ttl_by_status need mode = \"override\"; mode \"honor\" takes freshness from the origin",
+        ),
+        Mode::Pass
+            if rf.edge_ttl.is_some()
+                || rf.browser_ttl.is_some()
+                || rf.stale_while_revalidate.is_some()
+                || rf.stale_if_error.is_some()
+                || rf.unsafe_strip_set_cookie =>
+        {
+            issues.push(format!("{at}.mode"), "a \"pass\" route never caches; remove its TTL and cache options");
+        }
+        _ => {}
+    }
+    let swr = rf
+        .stale_while_revalidate
+        .as_ref()
+        .or(d.stale_while_revalidate.as_ref())
+        .cloned();
+    let sie = rf
+        .stale_if_error
+        .as_ref()
+        .or(d.stale_if_error.as_ref())
+        .cloned();
+    let (drop, keep) = if rf.query_drop.is_some() || rf.query_keep.is_some() {
+        (&rf.query_drop, &rf.query_keep)
+    } else {
+        (&d.query_drop, &d.query_keep)
+    };
+    let rule = Rule {
+        name: rf.name.as_str().into(),
+        matcher: None,
+        methods,
+        mode,
+        edge_ttl,
+        ttl_by_status,
+        browser_ttl: issues.opt_duration(&format!("{at}.browser_ttl"), &rf.browser_ttl),
+        browser_immutable: rf.browser_immutable,
+        stale_while_revalidate: issues.opt_duration(&format!("{at}.stale_while_revalidate"), &swr),
+        stale_if_error: issues.opt_duration(&format!("{at}.stale_if_error"), &sie),
+        bypass_cookies: NameSet::new(
+            rf.bypass_cookies
+                .as_ref()
+                .or(d.bypass_cookies.as_ref())
+                .into_iter()
+                .flatten()
+                .cloned(),
+        ),
+        key_cookies: rf
+            .key_cookies
+            .clone()
+            .or_else(|| d.key_cookies.clone())
+            .unwrap_or_default(),
+        query: query_filter(drop, keep, &format!("{at}."), issues),
+        query_sort: rf.query_sort.or(d.query_sort).unwrap_or(true),
+        unsafe_strip_set_cookie: rf.unsafe_strip_set_cookie,
+    };
+    matcher.map(|m| Rule {
+        matcher: Some(m),
+        ..rule
+    })
+}

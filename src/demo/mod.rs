@@ -1,0 +1,75 @@
+//! `crossfade demo`: the embedded demo store behind crossfade, in one process.
+//!
+//! The demo store listens on the addresses of the demo config's pools, so the config file a
+//! newcomer reads is exactly what runs.
+
+pub mod origin;
+
+use crate::config::Runtime;
+use origin::Release;
+
+/// Starts the demo store for every pool of every site, prints what to try, and serves.
+pub fn run(runtime: Runtime) -> ! {
+    let mut listeners = Vec::new();
+    for site in &runtime.sites.list {
+        for pool in &site.pools {
+            for addr in &pool.servers {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(l) => {
+                        listeners.push((l, Release::new(&format!("{}-{}", site.name, pool.name))))
+                    }
+                    Err(e) => {
+                        eprintln!("demo: cannot listen on {addr} for pool {}: {e}", pool.name);
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+    }
+    let hash = listeners
+        .first()
+        .map(|(_, r)| r.asset_hash.clone())
+        .unwrap_or_default();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime for the demo store");
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for (l, release) in listeners {
+                l.set_nonblocking(true).expect("nonblocking listener");
+                let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
+                tasks.push(tokio::spawn(origin::serve(l, release)));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    });
+    let addr = runtime
+        .proxy
+        .listen
+        .first()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let host = runtime
+        .sites
+        .list
+        .first()
+        .and_then(|s| s.hosts.first())
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "\ncrossfade demo: the demo store is behind crossfade on http://{addr} (site host {host})\n\n\
+         Try:\n\
+         \x20 curl -si -H 'Host: {host}' http://{addr}/track/1 | grep -i cache-status   # fwd=miss; stored\n\
+         \x20 curl -si -H 'Host: {host}' http://{addr}/track/1 | grep -i cache-status   # hit\n\
+         \x20 curl -si -H 'Host: {host}' 'http://{addr}/search?utm_source=x&q=disco' | grep -i cache-status\n\
+         \x20 curl -si -H 'Host: {host}' -H 'Cookie: session=alice.1' http://{addr}/track/1 | grep -i -e cache-status -e logged\n\
+         \x20 curl -si -H 'Host: {host}' http://{addr}/static/{hash}/app.js | grep -i -e cache-control -e cache-status\n\
+         \x20 curl -si -H 'Host: unknown.test' http://{addr}/    # 421: unknown hosts are never proxied\n"
+    );
+    crate::app::run(runtime, false)
+}

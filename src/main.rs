@@ -1,0 +1,55 @@
+//! Thin entry point: parse the command line, load config, hand over to the app.
+
+use anyhow::Result;
+use clap::Parser;
+use crossfade::cli::{Cli, Command};
+use crossfade::{app, config, demo, telemetry};
+use std::process::ExitCode;
+
+fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => {
+            let runtime = config::load(&args.config)?;
+            telemetry::init(&runtime.log);
+            app::run(runtime, args.upgrade)
+        }
+        Command::Check(args) => {
+            let mut failed = false;
+            let mut paths: Vec<_> = args.configs.into_iter().chain(args.more).collect();
+            if paths.is_empty() {
+                paths.push("config/crossfade.toml".into());
+            }
+            for path in &paths {
+                match config::load(path) {
+                    Ok(rt) => {
+                        let routes: usize =
+                            rt.sites.list.iter().map(|s| s.routes.routes.len()).sum();
+                        println!(
+                            "{}: ok ({} sites, {} routes)",
+                            path.display(),
+                            rt.sites.list.len(),
+                            routes
+                        );
+                    }
+                    Err(config::LoadError::Invalid(issues)) => {
+                        failed = true;
+                        for issue in issues {
+                            eprintln!("{issue}");
+                        }
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo(args) => {
+            let runtime = config::load(&args.config)?;
+            telemetry::init(&runtime.log);
+            demo::run(runtime)
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Per-request state carried through the proxy hooks.
+
+use crate::cache::policy::Bypass;
+use crate::config::{Runtime, Site};
+use crate::rules::Rule;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the edge decided and saw for one request.
+pub struct RequestCtx {
+    pub start: Instant,
+    /// The config this request started with; a reload mid-request does not change it.
+    pub runtime: Option<Arc<Runtime>>,
+    pub site: Option<Arc<Site>>,
+    pub rule: Option<Arc<Rule>>,
+    /// Normalised host (lowercase, no port).
+    pub host: String,
+    /// Set when the request must not use the cache.
+    pub bypass: Option<Bypass>,
+    /// The primary cache key, for cacheable requests.
+    pub primary: Vec<u8>,
+    /// Path and normalised query sent upstream on cacheable requests.
+    pub upstream_uri: Option<String>,
+    /// Set when the edge answered by itself (unknown host, …); a label, never user input.
+    pub edge_answer: Option<&'static str>,
+    pub pool: Option<String>,
+    pub upstream_addr: Option<SocketAddr>,
+    pub upstream_start: Option<Instant>,
+    pub upstream_time: Option<Duration>,
+    pub upstream_status: Option<u16>,
+    /// A stale copy was served because the origin failed.
+    pub stale_on_error: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            runtime: None,
+            site: None,
+            rule: None,
+            host: String::new(),
+            bypass: None,
+            primary: Vec::new(),
+            upstream_uri: None,
+            edge_answer: None,
+            pool: None,
+            upstream_addr: None,
+            upstream_start: None,
+            upstream_time: None,
+            upstream_status: None,
+            stale_on_error: false,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

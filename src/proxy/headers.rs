@@ -1,0 +1,166 @@
+//! Response headers the edge writes: `Cache-Status` (RFC 9211), the browser TTL rewrite, and
+//! removal of internal headers that must not reach clients.
+
+use super::ctx::RequestCtx;
+use http::header;
+use pingora::cache::{CachePhase, HttpCache, NoCacheReason};
+use pingora::http::ResponseHeader;
+use pingora::Result;
+use std::time::SystemTime;
+
+/// The name crossfade uses in `Cache-Status`.
+const CACHE_NAME: &str = "crossfade";
+
+/// Headers the origin sends to the edge only (surrogate keys, edge-only cache control).
+pub const INTERNAL_HEADERS: [&str; 3] = ["surrogate-key", "cache-tag", "surrogate-control"];
+
+/// A fixed-vocabulary summary of what the cache did, for logs (and later metrics labels).
+pub fn cache_label(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
+    if ctx.edge_answer.is_some() {
+        return "edge";
+    }
+    if ctx.bypass.is_some() {
+        return "bypass";
+    }
+    match cache.phase() {
+        CachePhase::Hit => "hit",
+        CachePhase::Stale | CachePhase::StaleUpdating if ctx.stale_on_error => "stale-if-error",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Miss => "miss",
+        CachePhase::Expired => "expired",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        CachePhase::Bypass => "predicted-uncacheable",
+        _ => "uncacheable",
+    }
+}
+
+/// Whether the response the client gets is (or becomes) a stored object.
+fn is_cached_object(phase: CachePhase) -> bool {
+    matches!(
+        phase,
+        CachePhase::Hit
+            | CachePhase::Stale
+            | CachePhase::StaleUpdating
+            | CachePhase::Miss
+            | CachePhase::Expired
+            | CachePhase::Revalidated
+    )
+}
+
+/// Builds the RFC 9211 `Cache-Status` value for this response.
+pub fn cache_status(cache: &HttpCache, ctx: &RequestCtx) -> String {
+    let mut v = String::from(CACHE_NAME);
+    if let Some(bypass) = ctx.bypass {
+        let fwd = if bypass == crate::cache::policy::Bypass::Method {
+            "method"
+        } else {
+            "bypass"
+        };
+        v.push_str(&format!("; fwd={fwd}; detail={}", bypass.as_str()));
+        return v;
+    }
+    let phase = cache.phase();
+    let fwd_status = ctx
+        .upstream_status
+        .map(|s| format!("; fwd-status={s}"))
+        .unwrap_or_default();
+    let ttl = || {
+        cache.maybe_cache_meta().map(|m| {
+            let until = m.fresh_until();
+            match until.duration_since(SystemTime::now()) {
+                Ok(d) => format!("; ttl={}", d.as_secs()),
+                Err(e) => format!("; ttl=-{}", e.duration().as_secs()),
+            }
+        })
+    };
+    match phase {
+        CachePhase::Hit => {
+            v.push_str("; hit");
+            v.push_str(&ttl().unwrap_or_default());
+            if cache.lock_duration().is_some() {
+                v.push_str("; collapsed");
+            }
+        }
+        CachePhase::Stale | CachePhase::StaleUpdating => {
+            if ctx.stale_on_error {
+                v.push_str(&format!("; fwd=stale{fwd_status}"));
+                v.push_str(&ttl().unwrap_or_default());
+                v.push_str("; detail=stale-if-error");
+            } else {
+                v.push_str("; hit");
+                v.push_str(&ttl().unwrap_or_default());
+                v.push_str("; detail=stale-while-revalidate");
+            }
+        }
+        CachePhase::Miss => {
+            v.push_str(&format!("; fwd=miss{fwd_status}; stored"));
+            v.push_str(&ttl().unwrap_or_default());
+        }
+        CachePhase::Expired => {
+            v.push_str(&format!("; fwd=stale{fwd_status}; stored"));
+            v.push_str(&ttl().unwrap_or_default());
+        }
+        CachePhase::Revalidated => {
+            v.push_str(&format!("; fwd=stale{fwd_status}; stored"));
+            v.push_str(&ttl().unwrap_or_default());
+        }
+        CachePhase::RevalidatedNoCache(reason) => {
+            v.push_str(&format!(
+                "; fwd=stale{fwd_status}; detail={}",
+                reason_str(reason)
+            ));
+        }
+        CachePhase::Bypass => {
+            v.push_str(&format!(
+                "; fwd=miss{fwd_status}; detail=predicted-uncacheable"
+            ));
+        }
+        CachePhase::Disabled(reason) => {
+            v.push_str(&format!(
+                "; fwd=miss{fwd_status}; detail={}",
+                reason_str(reason)
+            ));
+        }
+        _ => v.push_str(&format!("; fwd=miss{fwd_status}")),
+    }
+    v
+}
+
+/// pingora's reasons are CamelCase words; ours (in `Custom`) are already tokens.
+fn reason_str(reason: NoCacheReason) -> String {
+    match reason {
+        NoCacheReason::Custom(s) => s.to_string(),
+        other => other.as_str().to_ascii_lowercase(),
+    }
+}
+
+/// Applies the edge's header policy to a response on its way to the client.
+pub fn finish_response(
+    cache: &HttpCache,
+    ctx: &RequestCtx,
+    resp: &mut ResponseHeader,
+) -> Result<()> {
+    for name in INTERNAL_HEADERS {
+        resp.remove_header(name);
+    }
+    if ctx.edge_answer.is_none() {
+        resp.insert_header("cache-status", cache_status(cache, ctx))?;
+    }
+    let Some(rule) = &ctx.rule else { return Ok(()) };
+    if let (Some(ttl), true, None) = (
+        rule.browser_ttl,
+        is_cached_object(cache.phase()),
+        ctx.bypass,
+    ) {
+        let value = if ttl.is_zero() {
+            "no-cache".to_string()
+        } else if rule.browser_immutable {
+            format!("public, max-age={}, immutable", ttl.as_secs())
+        } else {
+            format!("public, max-age={}", ttl.as_secs())
+        };
+        resp.insert_header(header::CACHE_CONTROL, value)?;
+        resp.remove_header(&header::EXPIRES);
+    }
+    Ok(())
+}

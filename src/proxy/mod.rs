@@ -1,0 +1,275 @@
+//! The edge proxy: pingora's `ProxyHttp` for crossfade. Each hook is short and delegates:
+//! site and route matching to config/rules, cache decisions to `cache::policy`, keys to
+//! `cache::key`, response headers to [`headers`].
+//!
+//! Request path: site by host (unknown hosts are answered here, never forwarded) → route →
+//! bypass decision → key → cache lookup (pingora-cache) → on miss/pass the site's active pool →
+//! admission → `Cache-Status` and browser TTL → one access-log event.
+
+pub mod ctx;
+pub mod headers;
+
+use crate::cache::{key, policy, CacheCore};
+use crate::config::{normalize_host, Runtime};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::RequestCtx;
+use http::header;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The crossfade proxy service logic.
+pub struct EdgeProxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    cache: CacheCore,
+}
+
+impl EdgeProxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, cache: CacheCore) -> Self {
+        EdgeProxy { runtime, cache }
+    }
+}
+
+/// The request's host: the URI authority first (HTTP/2 sends `:authority`, not Host), then
+/// the Host header.
+fn request_host(req: &RequestHeader) -> Option<String> {
+    let raw = match req.uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers.get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let host = normalize_host(&raw);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Writes a short plain-text answer from the edge itself.
+async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let rt = self.runtime.load_full();
+        let req = session.req_header();
+        let host = request_host(req);
+        let Some(site) = host.as_deref().and_then(|h| rt.sites.find(h)).cloned() else {
+            ctx.edge_answer = Some("unknown-host");
+            let status = rt.proxy.unknown_host_status;
+            ctx.runtime = Some(rt);
+            respond(
+                session,
+                status,
+                "crossfade: no site is configured for this host\n",
+            )
+            .await?;
+            return Ok(true);
+        };
+        let path = req.uri.path();
+        let rule = site.routes.find(&req.method, path).clone();
+        ctx.bypass = policy::request_bypass(&rule, req);
+        if ctx.bypass.is_none() {
+            let query = key::normalize_query(req.uri.query(), &rule.query, rule.query_sort);
+            let host = host.as_deref().unwrap_or_default();
+            ctx.primary = key::primary(&site.name, host, path, &query);
+            ctx.upstream_uri = Some(if query.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{query}")
+            });
+        }
+        ctx.host = host.unwrap_or_default();
+        ctx.site = Some(site);
+        ctx.rule = Some(rule);
+        ctx.runtime = Some(rt);
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        if ctx.bypass.is_some() || ctx.site.is_none() {
+            return Ok(());
+        }
+        let c = &self.cache;
+        session
+            .cache
+            .enable(c.storage, None, Some(c.predictor), Some(c.lock), None);
+        session.cache.set_max_file_size_bytes(c.max_object_size);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let site = ctx.site.as_ref().map_or("", |s| &s.name);
+        Ok(CacheKey::new(ctx.primary.clone(), site))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let mut variance = VarianceBuilder::new();
+        let vary = meta
+            .headers()
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty());
+        for name in vary {
+            let value: Vec<u8> = req
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b","[..]);
+            variance.add_owned_name_value(name, value);
+        }
+        if let Some(rule) = &ctx.rule {
+            for name in &rule.key_cookies {
+                let value = key::cookies(&req.headers)
+                    .find(|(n, _)| n == name)
+                    .map_or(Vec::new(), |(_, v)| v.as_bytes().to_vec());
+                // The prefix cannot collide with a header name: header names have no ':'.
+                variance.add_owned_name_value(format!("cookie:{name}"), value);
+            }
+        }
+        variance.finalize()
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        let Some(rule) = &ctx.rule else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(match policy::admit(rule, resp) {
+            Ok(meta) => RespCacheable::Cacheable(meta),
+            Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
+        })
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(site), Some(rt)) = (&ctx.site, &ctx.runtime) else {
+            return Error::e_explain(ErrorType::InternalError, "no site selected");
+        };
+        let pool = site.active_pool();
+        let addr = pool.pick();
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &rt.origin;
+        peer.options.connection_timeout = Some(o.connect_timeout);
+        peer.options.read_timeout = Some(o.read_timeout);
+        peer.options.write_timeout = Some(o.write_timeout);
+        peer.options.idle_timeout = Some(o.idle_timeout);
+        ctx.pool = Some(pool.name.clone());
+        ctx.upstream_addr = Some(addr);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(uri) = &ctx.upstream_uri {
+            // Cacheable request: the origin sees exactly what the key says (normalised query),
+            // and only the cookies that are part of the key, so nothing unkeyed can shape
+            // a response that others will receive.
+            upstream.set_uri(uri.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "normalised URI does not parse", e)
+            })?);
+            let kept: Vec<String> = match &ctx.rule {
+                Some(rule) if !rule.key_cookies.is_empty() => key::cookies(&upstream.headers)
+                    .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            upstream.remove_header(&header::COOKIE);
+            if !kept.is_empty() {
+                upstream.insert_header(header::COOKIE, kept.join("; "))?;
+            }
+        }
+        if upstream.headers.get(header::HOST).is_none() && !ctx.host.is_empty() {
+            upstream.insert_header(header::HOST, ctx.host.as_str())?;
+        }
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            upstream.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        headers::finish_response(&session.cache, ctx, resp)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        match error {
+            // stale-while-revalidate: pingora has already checked the object's window.
+            None => true,
+            Some(e) => {
+                let origin_failed = e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+                ctx.stale_on_error |= origin_failed;
+                origin_failed
+            }
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        crate::telemetry::access_log(session, e, ctx);
+    }
+}
