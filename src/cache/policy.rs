@@ -179,6 +179,31 @@ pub fn admit(rule: &Rule, resp: &ResponseHeader) -> Result<CacheMeta, NotStored>
     ))
 }
 
+/// Header fields a 304 must not change in the stored response (framing and hop-by-hop).
+const NOT_UPDATED_BY_304: [header::HeaderName; 5] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// The stored header `stored` updated with every field of a 304 (RFC 9111 §4.3.4).
+pub fn merge_not_modified(stored: &ResponseHeader, fresh: &http::HeaderMap) -> ResponseHeader {
+    let mut merged = stored.clone();
+    for name in fresh.keys() {
+        if NOT_UPDATED_BY_304.contains(name) {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in fresh.get_all(name) {
+            // Copying a header that was valid on the wire cannot fail.
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
 fn secs(d: Option<Duration>) -> u32 {
     d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32)
 }

@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// A stale copy was served because the origin failed.
     pub stale_on_error: bool,
+    /// Headers of a 304 answering our revalidation, merged into the stored headers.
+    pub not_modified: Option<http::HeaderMap>,
 }
 
 impl RequestCtx {
@@ -51,6 +53,7 @@ impl RequestCtx {
             upstream_time: None,
             upstream_status: None,
             stale_on_error: false,
+            not_modified: None,
         }
     }
 }

@@ -167,7 +167,13 @@ impl ProxyHttp for EdgeProxy {
         let Some(rule) = &ctx.rule else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        Ok(match policy::admit(rule, resp) {
+        // pingora merges only a few headers of a 304 into the stored ones; RFC 9111 §4.3.4
+        // wants all of them (but framing), so the stored object is refreshed completely.
+        let merged = ctx
+            .not_modified
+            .take()
+            .map(|fresh| policy::merge_not_modified(resp, &fresh));
+        Ok(match policy::admit(rule, merged.as_ref().unwrap_or(resp)) {
             Ok(meta) => RespCacheable::Cacheable(meta),
             Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
         })
@@ -233,10 +239,15 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == pingora::cache::CachePhase::Stale
+        {
+            ctx.not_modified = Some(upstream_response.headers.clone());
+        }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
         Ok(())

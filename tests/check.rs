@@ -1,0 +1,80 @@
+//! `crossfade check`: shipped configs validate; a broken config lists every error with its
+//! file and key and exits non-zero.
+
+use std::process::Command;
+
+fn check(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .arg("check")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, text) = check(&[path.to_str().unwrap()]);
+            assert!(ok, "{}: {text}", path.display());
+        }
+    }
+}
+
+#[test]
+fn a_broken_config_lists_every_error_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+[[routes]]
+name = "home"
+path = "/"
+mode = "override"
+edge_ttl = "5 minutes please"
+[[routes]]
+name = "typo"
+prefix = "/x/"
+edg_ttl = "5m"
+[[routes]]
+name = "bad-glob"
+glob = "/[a"
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("crossfade.toml");
+    std::fs::write(
+        &config,
+        r#"
+[cache]
+capacity = "lots"
+[proxy]
+listen = ["nowhere"]
+[[sites]]
+name = "shop"
+hosts = ["www.shop.test"]
+rules = "rules.toml"
+active_pool = "purple"
+[sites.pools.blue]
+servers = ["127.0.0.1:9"]
+"#,
+    )
+    .unwrap();
+    let (ok, text) = check(&[config.to_str().unwrap()]);
+    assert!(!ok, "a broken config must fail the check");
+    for expected in [
+        "crossfade.toml: cache.capacity: \"lots\" is not a size",
+        "crossfade.toml: proxy.listen[0]: \"nowhere\" is not an address",
+        "crossfade.toml: sites[0].active_pool: \"purple\" is not one of this site's pools",
+        "rules.toml: routes[0].edge_ttl: \"5 minutes please\" is not a duration",
+        "rules.toml: routes[1].edg_ttl: unknown field `edg_ttl`",
+        "rules.toml: routes[2].glob: invalid glob",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

@@ -1,0 +1,368 @@
+//! Test harness: real origins (hyper on 127.0.0.1:0) and the real crossfade binary on a
+//! reserved port with a generated config. Assertions are on what a client receives.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What an origin handler sees of a request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub type Handler = Arc<dyn Fn(Seen) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
+
+/// Builds a response from a status, headers and a body.
+pub fn reply(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(StatusCode::from_u16(status).unwrap());
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+/// A real HTTP/1.1 origin on an ephemeral loopback port that records every request.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    count: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start<F, Fut>(f: F) -> Origin
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |s| Box::pin(f(s)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (seen2, count2) = (seen.clone(), count.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in this set, so aborting the task closes them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, seen, count) = (handler.clone(), seen2.clone(), count2.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let s = Seen {
+                            method: req.method().clone(),
+                            uri: req.uri().clone(),
+                            headers: req.headers().clone(),
+                        };
+                        seen.lock().unwrap().push(s.clone());
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(s);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin {
+            addr,
+            seen,
+            count,
+            task,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every connection: the origin is down.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("origin saw a request")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A free loopback port (bound and released; the proxy binds it right after).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real crossfade binary, started with a generated config.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// One site for [`Proxy::start`].
+pub struct SiteSpec<'a> {
+    pub name: &'a str,
+    pub hosts: &'a [&'a str],
+    pub origin: SocketAddr,
+    pub rules: &'a str,
+}
+
+impl Proxy {
+    /// Starts crossfade with `sites` and extra top-level TOML (`[cache]`, `[origin]`, …), then
+    /// waits until it accepts connections.
+    pub async fn start(sites: &[SiteSpec<'_>], extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let mut config = format!(
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
+             pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
+             [proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n{extra}\n"
+        );
+        for s in sites {
+            let rules_file = format!("{}.rules.toml", s.name);
+            std::fs::write(dir.path().join(&rules_file), s.rules).unwrap();
+            let hosts: Vec<String> = s.hosts.iter().map(|h| format!("{h:?}")).collect();
+            config.push_str(&format!(
+                "[[sites]]\nname = \"{}\"\nhosts = [{}]\nrules = \"{rules_file}\"\n\
+                 [sites.pools.blue]\nservers = [\"{}\"]\n",
+                s.name,
+                hosts.join(", "),
+                s.origin
+            ));
+        }
+        let config_path = dir.path().join("crossfade.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut proxy = Proxy { addr, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("crossfade exited with {status}: {}", proxy.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crossfade did not start: {}",
+                proxy.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy
+    }
+
+    /// A single site `shop` for `www.shop.test` in front of `origin`.
+    pub async fn single(origin: &Origin, rules: &str, extra: &str) -> Proxy {
+        Self::start(
+            &[SiteSpec {
+                name: "shop",
+                hosts: &["www.shop.test"],
+                origin: origin.addr,
+                rules,
+            }],
+            extra,
+        )
+        .await
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An HTTP/1.1 client that resolves every test host name to this proxy.
+    pub fn client(&self, hosts: &[&str]) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        for h in hosts {
+            b = b.resolve(h, self.addr);
+        }
+        b.build().unwrap()
+    }
+
+    /// An HTTP/2 (h2c, prior knowledge) client resolving the test host names to this proxy.
+    pub fn h2_client(&self, hosts: &[&str]) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge();
+        for h in hosts {
+            b = b.resolve(h, self.addr);
+        }
+        b.build().unwrap()
+    }
+
+    /// `http://www.shop.test:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        self.url_for("www.shop.test", path)
+    }
+
+    pub fn url_for(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.addr.port())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as the client received it.
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The `Cache-Status` value.
+    pub fn cache(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    pub fn is_hit(&self) -> bool {
+        let c = self.cache();
+        c.contains("; hit") && !c.contains("fwd=")
+    }
+}
+
+pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Got {
+    send(client, Method::GET, url, headers).await
+}
+
+pub async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rules with one override route for everything under `/`.
+pub const OVERRIDE_ALL: &str = r#"
+[defaults]
+bypass_cookies = ["session", "PHPSESSID"]
+[[routes]]
+name = "all"
+prefix = "/"
+mode = "override"
+edge_ttl = "5m"
+"#;
+
+/// Rules where every request honours the origin.
+pub const HONOR_ALL: &str = r#"
+[defaults]
+bypass_cookies = ["session"]
+"#;
+
+pub fn path_buf(p: &str) -> PathBuf {
+    PathBuf::from(p)
+}
