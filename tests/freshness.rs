@@ -44,14 +44,39 @@ async fn versioned(cache_control: &'static str) -> Versioned {
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
-    let o = versioned("max-age=1, stale-while-revalidate=30").await;
+    // The refresh takes a second, so stale answers that arrive before it ends were not
+    // waiting for the origin.
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start(move |_| {
+        let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if v > 1 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            reply(
+                200,
+                &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+                format!("v{v}"),
+            )
+        }
+    })
+    .await;
+    let o = Versioned {
+        origin,
+        mode: Arc::new(AtomicUsize::new(OK)),
+    };
     let proxy = Proxy::single(&o.origin, HONOR_ALL, "").await;
     let c = proxy.client(&["www.shop.test"]);
     assert_eq!(get(&c, &proxy.url("/p"), &[]).await.body, "v1");
     tokio::time::sleep(Duration::from_millis(1300)).await;
 
     let url = proxy.url("/p");
+    let started = std::time::Instant::now();
     let stale = futures::future::join_all((0..10).map(|_| get(&c, &url, &[]))).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stale answers did not wait for the refresh"
+    );
     for got in &stale {
         assert_eq!(got.body, "v1", "stale copy served at once");
         assert!(

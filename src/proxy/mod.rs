@@ -48,9 +48,15 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Writes a short plain-text answer from the edge itself.
-async fn respond(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+/// Writes a short plain-text answer from the edge itself; `detail` says why (a fixed label).
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    detail: &'static str,
+    body: &'static str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("cache-status", format!("crossfade; detail={detail}"))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -76,12 +82,8 @@ impl ProxyHttp for EdgeProxy {
             ctx.edge_answer = Some("unknown-host");
             let status = rt.proxy.unknown_host_status;
             ctx.runtime = Some(rt);
-            respond(
-                session,
-                status,
-                "crossfade: no site is configured for this host\n",
-            )
-            .await?;
+            let body = "crossfade: no site is configured for this host\n";
+            respond(session, status, "unknown-host", body).await?;
             return Ok(true);
         };
         let path = req.uri.path();
