@@ -165,7 +165,7 @@ async fn expired_objects_are_revalidated_with_validators() {
                 return reply(
                     304,
                     &[
-                        ("cache-control", "max-age=1"),
+                        ("cache-control", "max-age=60"),
                         ("etag", "\"v1\""),
                         ("x-rev", &rev),
                     ],
