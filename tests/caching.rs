@@ -388,3 +388,73 @@ async fn cache_status_on_every_response_and_internal_headers_stay_inside() {
     assert_eq!(v["status"], 200);
     assert_eq!(v["cache"], "miss");
 }
+
+#[tokio::test]
+async fn key_cookies_split_the_cache_and_other_cookies_do_not() {
+    let origin = Origin::start(|seen| async move {
+        let cookie = seen.header("cookie").unwrap_or("").to_string();
+        reply(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("cookie={cookie}"),
+        )
+    })
+    .await;
+    let rules = r#"
+[defaults]
+bypass_cookies = ["session"]
+key_cookies = ["currency"]
+"#;
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let url = proxy.url("/price");
+    let eur = get(&c, &url, &[("cookie", "currency=EUR; theme=dark")]).await;
+    assert_eq!(
+        eur.body, "cookie=currency=EUR",
+        "only key cookies reach the origin"
+    );
+    let usd = get(&c, &url, &[("cookie", "currency=USD")]).await;
+    assert_eq!(usd.body, "cookie=currency=USD");
+    let eur = get(&c, &url, &[("cookie", "theme=light;currency=EUR")]).await;
+    assert!(eur.is_hit(), "{}", eur.cache());
+    assert_eq!(eur.body, "cookie=currency=EUR");
+    let none = get(&c, &url, &[]).await;
+    assert_eq!(none.body, "cookie=");
+    assert_eq!(origin.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_declared_default_site_serves_unknown_hosts() {
+    let origin = fixed(&[("cache-control", "max-age=60")], "fallback").await;
+    let dir_rules = HONOR_ALL;
+    let proxy = Proxy::start(
+        &[SiteSpec {
+            name: "main",
+            hosts: &["main.test"],
+            origin: origin.addr,
+            rules: dir_rules,
+        }],
+        "",
+    )
+    .await;
+    let c = proxy.client(&["main.test", "other.test"]);
+    assert_eq!(
+        get(&c, &proxy.url_for("other.test", "/"), &[]).await.status,
+        421
+    );
+    drop(proxy);
+
+    let proxy = Proxy::start(
+        &[SiteSpec {
+            name: "main",
+            hosts: &["main.test"],
+            origin: origin.addr,
+            rules: dir_rules,
+        }],
+        "#default",
+    )
+    .await;
+    let c = proxy.client(&["other.test"]);
+    let got = get(&c, &proxy.url_for("other.test", "/"), &[]).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "fallback"));
+}

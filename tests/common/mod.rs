@@ -155,7 +155,9 @@ pub struct SiteSpec<'a> {
 impl Proxy {
     /// Starts crossfade with `sites` and extra top-level TOML (`[cache]`, `[origin]`, …), then
     /// waits until it accepts connections.
+    /// `extra` = `"#default"` makes the first site the default for unknown hosts.
     pub async fn start(sites: &[SiteSpec<'_>], extra: &str) -> Proxy {
+        let default_site = extra == "#default";
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
@@ -164,15 +166,16 @@ impl Proxy {
              pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
              [proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n{extra}\n"
         );
-        for s in sites {
+        for (i, s) in sites.iter().enumerate() {
             let rules_file = format!("{}.rules.toml", s.name);
             std::fs::write(dir.path().join(&rules_file), s.rules).unwrap();
             let hosts: Vec<String> = s.hosts.iter().map(|h| format!("{h:?}")).collect();
             config.push_str(&format!(
-                "[[sites]]\nname = \"{}\"\nhosts = [{}]\nrules = \"{rules_file}\"\n\
+                "[[sites]]\nname = \"{}\"\nhosts = [{}]\nrules = \"{rules_file}\"\ndefault = {}\n\
                  [sites.pools.blue]\nservers = [\"{}\"]\n",
                 s.name,
                 hosts.join(", "),
+                default_site && i == 0,
                 s.origin
             ));
         }
