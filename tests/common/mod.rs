@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -365,7 +364,3 @@ pub const HONOR_ALL: &str = r#"
 [defaults]
 bypass_cookies = ["session"]
 "#;
-
-pub fn path_buf(p: &str) -> PathBuf {
-    PathBuf::from(p)
-}
