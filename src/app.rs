@@ -1,8 +1,10 @@
 //! Wires the Pingora server: the proxy listener(s) over the shared cache, and the process
 //! settings (threads, graceful shutdown, upgrade socket) from the config.
 
+use crate::admin::AdminApp;
 use crate::cache::CacheCore;
 use crate::config::Runtime;
+use crate::fleet::Purger;
 use crate::proxy::EdgeProxy;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
@@ -38,7 +40,17 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         capacity = runtime.cache.capacity,
         "crossfade starting"
     );
-    let proxy = EdgeProxy::new(Arc::new(ArcSwap::from_pointee(runtime)), cache);
+    let admin = runtime.admin.clone();
+    let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    let purger = Arc::new(Purger::new(runtime.clone(), cache.storage));
+    if let Some(admin) = admin {
+        let app = AdminApp::new(runtime.clone(), cache.storage, purger.clone());
+        let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);
+        service.add_tcp(&admin.listen.to_string());
+        tracing::info!(listen = %admin.listen, tokens = admin.tokens.len(), "admin API");
+        server.add_service(service);
+    }
+    let proxy = EdgeProxy::new(runtime, cache, purger);
     let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
         .name("crossfade proxy")
         .server_options(options)

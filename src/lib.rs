@@ -1,10 +1,12 @@
 //! crossfade: a caching reverse proxy and edge layer on Pingora.
 
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod pools;
 pub mod proxy;
 pub mod rules;

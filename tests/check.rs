@@ -8,6 +8,8 @@ fn check(args: &[&str]) -> (bool, String) {
         .arg("check")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CROSSFADE_OPS_TOKEN", "test-placeholder-ops-token")
+        .env("CROSSFADE_RELEASE_TOKEN", "test-placeholder-release-token")
         .output()
         .unwrap();
     let text =

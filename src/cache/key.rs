@@ -59,6 +59,41 @@ pub fn primary(site: &str, host: &str, path: &str, query: &str) -> Vec<u8> {
     key
 }
 
+/// The parts of a primary key built by [`primary`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Primary<'a> {
+    pub site: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+}
+
+/// Reads back a primary key built by [`primary`].
+pub fn decode_primary(mut key: &[u8]) -> Option<Primary<'_>> {
+    let mut parts = [""; 4];
+    for part in &mut parts {
+        let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+        *part = std::str::from_utf8(key.get(4..4 + len)?).ok()?;
+        key = &key[4 + len..];
+    }
+    let [site, host, path, query] = parts;
+    Some(Primary {
+        site,
+        host,
+        path,
+        query,
+    })
+}
+
+/// The URL form used by purges and the purge index: `host/path?query`.
+pub fn url(host: &str, path: &str, query: &str) -> String {
+    if query.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{host}{path}?{query}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +139,13 @@ mod tests {
     #[test]
     fn primary_keys_are_framed() {
         assert_ne!(primary("s", "ab", "/c", ""), primary("s", "a", "b/c", ""));
+        let p = primary("shop", "a.test", "/x", "q=1");
+        let d = decode_primary(&p).unwrap();
+        assert_eq!(
+            (d.site, d.host, d.path, d.query),
+            ("shop", "a.test", "/x", "q=1")
+        );
+        assert_eq!(url(d.host, d.path, d.query), "a.test/x?q=1");
+        assert!(decode_primary(b"junk").is_none());
     }
 }

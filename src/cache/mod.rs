@@ -6,8 +6,10 @@
 //! are created once at startup and leaked on purpose. Their sizes come from the config at start;
 //! a reload keeps them (and so keeps every cached object).
 
+pub mod index;
 pub mod key;
 pub mod policy;
+pub mod purge;
 pub mod storage;
 
 use crate::config::CacheSettings;
@@ -34,7 +36,10 @@ impl CacheCore {
     pub fn new(settings: &CacheSettings) -> Self {
         let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(settings.lock_timeout);
         CacheCore {
-            storage: Box::leak(Box::new(EdgeStorage::new(settings.capacity))),
+            storage: Box::leak(Box::new(EdgeStorage::new(
+                settings.capacity,
+                settings.tag_headers.clone(),
+            ))),
             lock: Box::leak(lock),
             predictor: Box::leak(Box::new(Predictor::new(PREDICTOR_SHARD_CAPACITY, None))),
             max_object_size: settings.max_object_size,

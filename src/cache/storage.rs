@@ -1,12 +1,15 @@
 //! The cache storage: a moka cache behind pingora-cache's `Storage` trait, weighed in bytes
-//! and bounded by the configured capacity.
+//! and bounded by the configured capacity, with the purge index and purge epochs.
 //!
 //! An object becomes visible only when its body is complete (`HandleMiss::finish`); a fill
 //! that fails or is dropped half-way stores nothing, so a truncated body is never served.
 //! Eviction is moka's TinyLFU: an object must be asked for more than once to displace others
 //! when the cache is full, which keeps one-off URLs (cache-busting query strings) from flushing
-//! the hot set.
+//! the hot set. Purging everything (or a site) is an epoch bump checked on lookup, so it is
+//! O(1) and immediate; the dead objects' memory is reclaimed by moka in the background.
 
+use super::index::{split_tags, Entry, Index};
+use super::key;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey};
@@ -18,29 +21,78 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-/// Fixed bookkeeping per object beyond its bytes (key, Arc, moka node), so that many tiny
-/// objects cannot overshoot the capacity by their overhead alone.
-const OBJECT_OVERHEAD: usize = 160;
+/// Fixed bookkeeping per object beyond its bytes (key, Arc, moka node, index entries), so
+/// that many tiny objects cannot overshoot the capacity by their overhead alone.
+const OBJECT_OVERHEAD: usize = 256;
 
 /// One stored response: serialised meta (as pingora-cache defines it) and the whole body.
 struct Object {
     meta: (Vec<u8>, Vec<u8>),
     body: Bytes,
+    /// Index identity; unique per stored version.
+    entry: Entry,
+    /// When this content was last confirmed by the origin (a store or a 304), in sequence
+    /// numbers; compared with purge epochs. A soft purge keeps it.
+    born: u64,
 }
 
 impl Object {
     fn weight(&self) -> u32 {
-        let bytes = self.meta.0.len() + self.meta.1.len() + self.body.len() + OBJECT_OVERHEAD;
+        let tags: usize = self.entry.tags.iter().map(|t| t.len() + 48).sum();
+        let bytes = self.meta.0.len()
+            + self.meta.1.len()
+            + self.body.len()
+            + self.entry.url.len()
+            + tags
+            + OBJECT_OVERHEAD;
         bytes.min(u32::MAX as usize) as u32
     }
+}
+
+/// Sequence cut-offs of purge-everything operations for one scope (all, or a site).
+#[derive(Debug, Default, Clone, Copy)]
+struct Epoch {
+    /// Objects born at or before this are gone.
+    hard: u64,
+    /// Objects born at or before this are stale as of `soft_at`.
+    soft: u64,
+    soft_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+struct Epochs {
+    all: Epoch,
+    sites: HashMap<Arc<str>, Epoch>,
+}
+
+/// What a lookup makes of an object under the purge epochs.
+enum Verdict {
+    Live,
+    Gone,
+    StaleSince(SystemTime),
+}
+
+/// How many objects one purge removed or marked stale on this node.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeCount {
+    pub removed: u64,
+    pub stale: u64,
 }
 
 /// The bounded in-memory cache storage.
 pub struct EdgeStorage {
     objects: moka::sync::Cache<u128, Arc<Object>>,
+    index: Arc<Mutex<Index>>,
+    /// Serialises index update + insert so two writers of one id cannot interleave them.
+    write_order: Mutex<()>,
+    seq: AtomicU64,
+    epochs: RwLock<Epochs>,
+    tag_headers: Vec<String>,
 }
 
 fn id(key: &impl CacheHashKey) -> u128 {
@@ -48,12 +100,24 @@ fn id(key: &impl CacheHashKey) -> u128 {
 }
 
 impl EdgeStorage {
-    pub fn new(capacity_bytes: u64) -> Self {
+    /// `tag_headers`: response headers whose values are surrogate keys (lowercase names).
+    pub fn new(capacity_bytes: u64, tag_headers: Vec<String>) -> Self {
+        let index = Arc::new(Mutex::new(Index::default()));
+        let listener_index = index.clone();
         EdgeStorage {
             objects: moka::sync::Cache::builder()
                 .max_capacity(capacity_bytes)
                 .weigher(|_, o: &Arc<Object>| o.weight())
+                .support_invalidation_closures()
+                .eviction_listener(move |_, o: Arc<Object>, _cause| {
+                    lock(&listener_index).remove(&o.entry);
+                })
                 .build(),
+            index,
+            write_order: Mutex::new(()),
+            seq: AtomicU64::new(1),
+            epochs: RwLock::new(Epochs::default()),
+            tag_headers,
         }
     }
 
@@ -68,6 +132,138 @@ impl EdgeStorage {
         self.objects.run_pending_tasks();
         self.objects.weighted_size()
     }
+
+    /// (URLs, surrogate keys, tag memberships) in the purge index.
+    pub fn index_sizes(&self) -> (usize, usize, usize) {
+        self.objects.run_pending_tasks();
+        lock(&self.index).sizes()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn store(&self, id: u128, obj: Object) {
+        let _order = lock(&self.write_order);
+        lock(&self.index).add(&obj.entry);
+        self.objects.insert(id, Arc::new(obj));
+    }
+
+    /// A copy of `obj` with new meta, as a new stored version.
+    fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta, born: u64) -> Result<()> {
+        let updated = Object {
+            meta: meta.serialize()?,
+            body: obj.body.clone(),
+            entry: Entry {
+                seq: self.next_seq(),
+                ..obj.entry.clone()
+            },
+            born,
+        };
+        self.store(id, updated);
+        Ok(())
+    }
+
+    fn verdict(&self, obj: &Object) -> Verdict {
+        let epochs = self.epochs.read().unwrap_or_else(|e| e.into_inner());
+        let site = epochs
+            .sites
+            .get(&obj.entry.site)
+            .copied()
+            .unwrap_or_default();
+        if obj.born <= epochs.all.hard.max(site.hard) {
+            return Verdict::Gone;
+        }
+        let soft = [epochs.all, site]
+            .into_iter()
+            .filter(|e| obj.born <= e.soft)
+            .filter_map(|e| e.soft_at)
+            .min();
+        soft.map_or(Verdict::Live, Verdict::StaleSince)
+    }
+
+    fn purge_ids(&self, ids: Vec<u128>, soft: bool) -> Result<PurgeCount> {
+        let mut count = PurgeCount::default();
+        let now = SystemTime::now();
+        for id in ids {
+            let Some(obj) = self.objects.get(&id) else {
+                continue;
+            };
+            if soft {
+                let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+                meta.expire_at(now);
+                self.restore(id, &obj, &meta, obj.born)?;
+                count.stale += 1;
+            } else {
+                self.objects.invalidate(&id);
+                count.removed += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Purges every variant of one URL (`host/path?query`, query normalised).
+    pub fn purge_url(&self, url: &str, soft: bool) -> Result<PurgeCount> {
+        let ids = lock(&self.index).url(url);
+        self.purge_ids(ids, soft)
+    }
+
+    /// Purges every object whose URL starts with `prefix` (`host/path…`).
+    pub fn purge_prefix(&self, prefix: &str, soft: bool) -> Result<PurgeCount> {
+        let ids = lock(&self.index).prefix(prefix);
+        self.purge_ids(ids, soft)
+    }
+
+    /// Purges every object tagged with the surrogate key `tag` (optionally of one site).
+    pub fn purge_tag(&self, tag: &str, site: Option<&str>, soft: bool) -> Result<PurgeCount> {
+        let ids = lock(&self.index).tag(tag);
+        let ids = match site {
+            None => ids,
+            Some(site) => ids
+                .into_iter()
+                .filter(|id| self.objects.get(id).is_some_and(|o| &*o.entry.site == site))
+                .collect(),
+        };
+        self.purge_ids(ids, soft)
+    }
+
+    /// Purges everything, or everything of one site, in O(1): an epoch bump.
+    pub fn purge_all(&self, site: Option<&str>, soft: bool) -> PurgeCount {
+        let affected = match site {
+            Some(s) => lock(&self.index).site_objects(s) as u64,
+            None => self.objects.entry_count(),
+        };
+        let cutoff = self.next_seq();
+        let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
+        let epoch = match site {
+            Some(s) => epochs.sites.entry(Arc::from(s)).or_default(),
+            None => &mut epochs.all,
+        };
+        if soft {
+            epoch.soft = cutoff;
+            epoch.soft_at = Some(SystemTime::now());
+            PurgeCount {
+                removed: 0,
+                stale: affected,
+            }
+        } else {
+            epoch.hard = cutoff;
+            drop(epochs);
+            let site: Option<Arc<str>> = site.map(Arc::from);
+            // Reclaims the memory in the background; lookups already treat these as gone.
+            let _ = self.objects.invalidate_entries_if(move |_, o| {
+                o.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
+            });
+            PurgeCount {
+                removed: affected,
+                stale: 0,
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
@@ -80,7 +276,12 @@ impl Storage for EdgeStorage {
         let Some(obj) = self.objects.get(&id(key)) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        match self.verdict(&obj) {
+            Verdict::Live => {}
+            Verdict::Gone => return Ok(None),
+            Verdict::StaleSince(at) => meta.expire_at(at),
+        }
         let end = obj.body.len();
         let hit = Hit {
             body: obj.body.clone(),
@@ -97,10 +298,27 @@ impl Storage for EdgeStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let (site, url) = key::decode_primary(key.primary_key())
+            .map(|p| (p.site.to_string(), key::url(p.host, p.path, p.query)))
+            .unwrap_or_default();
+        let mut tags: Vec<Arc<str>> = Vec::new();
+        for name in &self.tag_headers {
+            for value in meta.headers().get_all(name.as_str()) {
+                let Ok(value) = value.to_str() else { continue };
+                for tag in split_tags(value) {
+                    if !tags.iter().any(|t| &**t == tag) {
+                        tags.push(tag.into());
+                    }
+                }
+            }
+        }
         Ok(Box::new(Fill {
             id: id(key),
             meta: Some(meta.serialize()?),
             body: BytesMut::new(),
+            site: site.into(),
+            url: url.into(),
+            tags: tags.into(),
             storage: self,
         }))
     }
@@ -122,18 +340,12 @@ impl Storage for EdgeStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let key = id(target.key());
-        let Some(obj) = self.objects.get(&key) else {
-            return Ok(PurgeOutcome::NotFound);
-        };
-        let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
-        meta.expire_at(SystemTime::now());
-        let updated = Object {
-            meta: meta.serialize()?,
-            body: obj.body.clone(),
-        };
-        self.objects.insert(key, Arc::new(updated));
-        Ok(PurgeOutcome::Expired)
+        let count = self.purge_ids(vec![id(target.key())], true)?;
+        Ok(if count.stale > 0 {
+            PurgeOutcome::Expired
+        } else {
+            PurgeOutcome::NotFound
+        })
     }
 
     async fn update_meta(
@@ -146,11 +358,9 @@ impl Storage for EdgeStorage {
         let Some(obj) = self.objects.get(&key) else {
             return Ok(false);
         };
-        let updated = Object {
-            meta: meta.serialize()?,
-            body: obj.body.clone(),
-        };
-        self.objects.insert(key, Arc::new(updated));
+        // A 304 confirmed the content: it is as new as a fresh store.
+        let born = self.next_seq();
+        self.restore(key, &obj, meta, born)?;
         Ok(true)
     }
 
@@ -225,6 +435,9 @@ struct Fill {
     id: u128,
     meta: Option<(Vec<u8>, Vec<u8>)>,
     body: BytesMut,
+    site: Arc<str>,
+    url: Arc<str>,
+    tags: Box<[Arc<str>]>,
     storage: &'static EdgeStorage,
 }
 
@@ -236,74 +449,24 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let meta = self.meta.take().unwrap_or_default();
+        let seq = self.storage.next_seq();
         let obj = Object {
-            meta,
+            meta: self.meta.take().unwrap_or_default(),
             body: std::mem::take(&mut self.body).freeze(),
+            entry: Entry {
+                id: self.id,
+                seq,
+                site: self.site.clone(),
+                url: self.url.clone(),
+                tags: std::mem::take(&mut self.tags),
+            },
+            born: seq,
         };
         let size = obj.body.len();
-        self.storage.objects.insert(self.id, Arc::new(obj));
+        self.storage.store(self.id, obj);
         Ok(MissFinishType::Created(size))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pingora::cache::trace::Span;
-    use pingora::http::ResponseHeader;
-    use std::time::Duration;
-
-    fn meta() -> CacheMeta {
-        let header = ResponseHeader::build(200, None).unwrap();
-        let now = SystemTime::now();
-        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
-    }
-
-    #[tokio::test]
-    async fn stores_only_complete_bodies_and_stays_bounded() {
-        let storage: &'static EdgeStorage = Box::leak(Box::new(EdgeStorage::new(64 * 1024)));
-        let span = Span::inactive().handle();
-        let key = CacheKey::new("k", "");
-        let mut fill = storage
-            .get_miss_handler(&key, &meta(), &span)
-            .await
-            .unwrap();
-        fill.write_body(Bytes::from_static(b"half"), false)
-            .await
-            .unwrap();
-        drop(fill);
-        assert!(storage.lookup(&key, &span).await.unwrap().is_none());
-
-        let mut fill = storage
-            .get_miss_handler(&key, &meta(), &span)
-            .await
-            .unwrap();
-        fill.write_body(Bytes::from_static(b"hello "), false)
-            .await
-            .unwrap();
-        fill.write_body(Bytes::from_static(b"world"), true)
-            .await
-            .unwrap();
-        fill.finish().await.unwrap();
-        let (_, mut hit) = storage.lookup(&key, &span).await.unwrap().unwrap();
-        assert_eq!(hit.read_body().await.unwrap().unwrap(), "hello world");
-
-        for i in 0..64 {
-            let key = CacheKey::new(format!("k{i}"), "");
-            for _ in 0..3 {
-                let _ = storage.lookup(&key, &span).await.unwrap();
-            }
-            let mut fill = storage
-                .get_miss_handler(&key, &meta(), &span)
-                .await
-                .unwrap();
-            fill.write_body(Bytes::from(vec![0u8; 4096]), true)
-                .await
-                .unwrap();
-            fill.finish().await.unwrap();
-        }
-        assert!(storage.weighted_bytes() <= 64 * 1024);
-        assert!(storage.object_count() > 0);
-    }
-}
+mod tests;

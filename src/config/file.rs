@@ -23,8 +23,49 @@ pub struct ConfigFile {
     pub origin: OriginFile,
     #[serde(default)]
     pub log: LogFile,
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub fleet: FleetFile,
     #[serde(default)]
     pub sites: Vec<SiteFile>,
+}
+
+/// `[admin]`: the admin API listener and its tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<TokenFile>,
+}
+
+/// `[[admin.tokens]]`: a bearer token and what it may do. The secret comes from `token` or,
+/// better, from the environment variable named by `token_env`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    pub name: String,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[fleet]`: this node's name and the Redis that carries purges between nodes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub node: Option<String>,
+    pub redis: Option<String>,
+    pub channel: Option<String>,
+    pub confirm_timeout: Option<String>,
 }
 
 /// `[server]`: process-level settings handed to Pingora.
@@ -45,6 +86,7 @@ pub struct ProxyFile {
     pub listen: Option<Vec<String>>,
     pub h2c: Option<bool>,
     pub unknown_host_status: Option<u16>,
+    pub purge_from: Option<Vec<String>>,
 }
 
 /// `[cache]`: the shared in-memory cache.
@@ -54,6 +96,7 @@ pub struct CacheFile {
     pub capacity: Option<String>,
     pub max_object_size: Option<String>,
     pub lock_timeout: Option<String>,
+    pub tag_headers: Option<Vec<String>>,
 }
 
 /// `[origin]`: defaults for connections to application servers.

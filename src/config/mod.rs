@@ -4,6 +4,7 @@
 //! Loading never half-succeeds: either every file validates and a complete `Runtime` comes back,
 //! or the caller gets every problem found, each with its file and key path.
 
+pub mod admin;
 pub mod file;
 pub mod units;
 pub mod validate;
@@ -62,6 +63,9 @@ pub struct Runtime {
     pub cache: CacheSettings,
     pub origin: OriginSettings,
     pub log: LogSettings,
+    /// `None`: no admin listener (no `[admin]` section).
+    pub admin: Option<admin::AdminSettings>,
+    pub fleet: admin::FleetSettings,
     pub sites: Sites,
 }
 
@@ -80,6 +84,8 @@ pub struct ProxySettings {
     pub h2c: bool,
     /// 421 (Misdirected Request) or 404 for hosts no site claims.
     pub unknown_host_status: u16,
+    /// Client networks allowed to send `PURGE`; empty: the method is not special.
+    pub purge_from: Vec<admin::Cidr>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,8 @@ pub struct CacheSettings {
     pub max_object_size: usize,
     /// How long coalesced requests wait for the one request that is fetching the object.
     pub lock_timeout: Duration,
+    /// Response headers carrying surrogate keys (lowercase); never sent to clients.
+    pub tag_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

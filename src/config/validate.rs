@@ -133,6 +133,9 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let cache: CacheFile = section(&mut table, "cache", &mut issues);
     let origin: OriginFile = section(&mut table, "origin", &mut issues);
     let log: LogFile = section(&mut table, "log", &mut issues);
+    let admin_file: Option<super::file::AdminFile> =
+        table.remove("admin").and_then(|v| issues.de(v, "admin"));
+    let fleet_file: super::file::FleetFile = section(&mut table, "fleet", &mut issues);
     let mut site_files = Vec::new();
     match table.remove("sites") {
         Some(toml::Value::Array(items)) => {
@@ -161,6 +164,9 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let cache = cache_settings(cache, &mut issues);
     let origin = origin_settings(origin, &mut issues);
     let log = log_settings(log, &mut issues);
+    let mut push = |key: String, message: String| issues.push(key, message);
+    let admin = super::admin::admin(admin_file, &mut push);
+    let fleet = super::admin::fleet(fleet_file, &mut push);
     let sites = sites(path, site_files, issues.out);
     Some(Runtime {
         source: path.to_path_buf(),
@@ -169,6 +175,8 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         cache,
         origin,
         log,
+        admin,
+        fleet,
         sites,
     })
 }
@@ -223,10 +231,21 @@ fn proxy_settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
             format!("{unknown_host_status} is not 404 or 421"),
         );
     }
+    let mut purge_from = Vec::new();
+    for (i, net) in f.purge_from.iter().flatten().enumerate() {
+        match super::admin::Cidr::parse(net) {
+            Some(c) => purge_from.push(c),
+            None => issues.push(
+                format!("proxy.purge_from[{i}]"),
+                format!("{net:?} is not a network like \"10.0.0.0/8\""),
+            ),
+        }
+    }
     ProxySettings {
         listen,
         h2c: f.h2c.unwrap_or(false),
         unknown_host_status,
+        purge_from,
     }
 }
 
@@ -250,10 +269,25 @@ fn cache_settings(f: CacheFile, issues: &mut Issues) -> CacheSettings {
     if lock_timeout.is_zero() {
         issues.push("cache.lock_timeout", "must be more than 0s");
     }
+    let tag_headers: Vec<String> = f
+        .tag_headers
+        .unwrap_or_else(|| vec!["surrogate-key".into(), "cache-tag".into()])
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    for (i, h) in tag_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            issues.push(
+                format!("cache.tag_headers[{i}]"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
     CacheSettings {
         capacity,
         max_object_size: max_object_size as usize,
         lock_timeout,
+        tag_headers,
     }
 }
 

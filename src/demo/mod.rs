@@ -69,7 +69,8 @@ pub fn run(runtime: Runtime) -> ! {
          \x20 curl -si -H 'Host: {host}' 'http://{addr}/search?utm_source=x&q=disco' | grep -i cache-status\n\
          \x20 curl -si -H 'Host: {host}' -H 'Cookie: session=alice.1' http://{addr}/track/1 | grep -i -e cache-status -e logged\n\
          \x20 curl -si -H 'Host: {host}' http://{addr}/static/{hash}/app.js | grep -i -e cache-control -e cache-status\n\
-         \x20 curl -si -H 'Host: unknown.test' http://{addr}/    # 421: unknown hosts are never proxied\n"
+         \x20 curl -si -H 'Host: unknown.test' http://{addr}/    # 421: unknown hosts are never proxied\n\
+         \x20 cargo run --release -- purge --config config/demo.toml key tracks   # purge by surrogate key\n"
     );
     crate::app::run(runtime, false)
 }

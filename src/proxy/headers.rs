@@ -143,6 +143,11 @@ pub fn finish_response(
     for name in INTERNAL_HEADERS {
         resp.remove_header(name);
     }
+    if let Some(rt) = &ctx.runtime {
+        for name in &rt.cache.tag_headers {
+            resp.remove_header(name.as_str());
+        }
+    }
     if ctx.edge_answer.is_none() {
         resp.insert_header("cache-status", cache_status(cache, ctx))?;
     }

@@ -8,9 +8,11 @@
 
 pub mod ctx;
 pub mod headers;
+mod invalidate;
 
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};
+use crate::fleet::Purger;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,11 +31,16 @@ use std::time::Instant;
 pub struct EdgeProxy {
     runtime: Arc<ArcSwap<Runtime>>,
     cache: CacheCore,
+    purger: Arc<Purger>,
 }
 
 impl EdgeProxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, cache: CacheCore) -> Self {
-        EdgeProxy { runtime, cache }
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, cache: CacheCore, purger: Arc<Purger>) -> Self {
+        EdgeProxy {
+            runtime,
+            cache,
+            purger,
+        }
     }
 }
 
@@ -86,6 +93,11 @@ impl ProxyHttp for EdgeProxy {
             respond(session, status, "unknown-host", body).await?;
             return Ok(true);
         };
+        if req.method.as_str() == "PURGE" {
+            ctx.edge_answer = Some("purge");
+            let host = host.unwrap_or_default();
+            return invalidate::purge_method(&self.purger, &rt, session, &host).await;
+        }
         let path = req.uri.path();
         let rule = site.routes.find(&req.method, path).clone();
         ctx.bypass = policy::request_bypass(&rule, req);
@@ -261,6 +273,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
         headers::finish_response(&session.cache, ctx, resp)
     }
 

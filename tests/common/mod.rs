@@ -136,9 +136,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Admin token with the `purge` scope in every test proxy.
+pub const PURGE_TOKEN: &str = "test-purge-token-0123456789";
+/// Admin token with only the `read` scope.
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
+
 /// The real crossfade binary, started with a generated config.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     child: Child,
 }
@@ -159,12 +165,26 @@ impl Proxy {
         let default_site = extra == "#default";
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let admin_port = free_port();
         let d = dir.path().display();
         let mut config = format!(
             "[server]\nthreads = 1\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
              pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             [proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n{extra}\n"
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\
+             [[admin.tokens]]\nname = \"viewer\"\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n\
+             {extra}\n"
         );
+        if !extra.contains("[proxy]") {
+            config.push_str(&format!(
+                "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n"
+            ));
+        } else {
+            config = config.replace(
+                "[proxy]",
+                &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true"),
+            );
+        }
         for (i, s) in sites.iter().enumerate() {
             let rules_file = format!("{}.rules.toml", s.name);
             std::fs::write(dir.path().join(&rules_file), s.rules).unwrap();
@@ -192,10 +212,18 @@ impl Proxy {
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut proxy = Proxy { addr, dir, child };
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let mut proxy = Proxy {
+            addr,
+            admin,
+            dir,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && tokio::net::TcpStream::connect(admin).await.is_ok()
+            {
                 break;
             }
             if let Ok(Some(status)) = proxy.child.try_wait() {
@@ -257,6 +285,40 @@ impl Proxy {
             b = b.resolve(h, self.addr);
         }
         b.build().unwrap()
+    }
+
+    /// Sends a JSON body to the admin API with `token`; returns (status, parsed body).
+    pub async fn admin_call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut req = client
+            .request(method, format!("http://{}{path}", self.admin))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// `POST /purge` with the purge token; panics unless it answers 200.
+    pub async fn purge(&self, body: serde_json::Value) -> serde_json::Value {
+        let (status, report) = self
+            .admin_call(Some(PURGE_TOKEN), Method::POST, "/purge", &body.to_string())
+            .await;
+        assert_eq!(status, 200, "purge {body}: {report}");
+        report
     }
 
     /// `http://www.shop.test:<port><path>`.

@@ -1,0 +1,195 @@
+//! The admin API: its own listener (loopback by default), JSON in and out, every call
+//! authenticated with a bearer token from config (`[[admin.tokens]]`), checked per scope.
+//!
+//! Endpoints:
+//!
+//! | method | path      | scope | body → answer |
+//! | ------ | --------- | ----- | ------------- |
+//! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
+//! | POST   | `/purge`  | purge | `{"kind":"url","url":"www.store.test/track/1","soft":false}`, `{"kind":"prefix","prefix":"www.store.test/release/"}`, `{"kind":"key","key":"track-1","site":"store"}`, `{"kind":"all","site":"store"}` → purge report |
+//!
+//! Errors: 401 without a valid token, 403 when the token lacks the scope, 400 for a body that
+//! is not valid JSON of the right shape (unknown fields included) or names an unknown
+//! host/site, 404/405 for unknown paths/methods, 413 for bodies over 64 KiB. Every error is
+//! `{"error": "…"}`. Tokens are never logged.
+
+pub mod auth;
+pub mod client;
+
+use crate::cache::purge::Purge;
+use crate::cache::storage::EdgeStorage;
+use crate::config::admin::Scope;
+use crate::config::Runtime;
+use crate::fleet::Purger;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use auth::{authorize, Denied};
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Admin request bodies are small JSON documents; anything larger is refused.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The admin API application.
+pub struct AdminApp {
+    runtime: Arc<ArcSwap<Runtime>>,
+    storage: &'static EdgeStorage,
+    purger: Arc<Purger>,
+    started: Instant,
+}
+
+impl AdminApp {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        storage: &'static EdgeStorage,
+        purger: Arc<Purger>,
+    ) -> Self {
+        AdminApp {
+            runtime,
+            storage,
+            purger,
+            started: Instant::now(),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .header("cache-control", "no-store")
+        .body(bytes)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Vec<u8>> {
+    json_response(status, json!({ "error": message.to_string() }))
+}
+
+/// Reads the whole request body, refusing more than [`MAX_BODY`].
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body larger than 64 KiB",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+impl AdminApp {
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let rt = self.runtime.load_full();
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let scope = match (method.clone(), path.as_str()) {
+            (Method::GET, "/status") => Scope::Read,
+            (Method::POST, "/purge") => Scope::Purge,
+            (_, "/status" | "/purge") => {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                )
+            }
+            _ => return error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
+        };
+        let tokens = rt
+            .admin
+            .as_ref()
+            .map(|a| a.tokens.as_slice())
+            .unwrap_or_default();
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let token = match authorize(tokens, authorization, scope) {
+            Ok(t) => t.name.clone(),
+            Err(Denied::Unauthenticated) => {
+                return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+            }
+            Err(Denied::Forbidden(s)) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!("this token lacks the {:?} scope", s.as_str()),
+                )
+            }
+        };
+        match scope {
+            Scope::Purge => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                let purge: Purge = match serde_json::from_slice(&body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("invalid purge request: {e}"),
+                        )
+                    }
+                };
+                tracing::info!(token = %token, ?purge, "admin purge");
+                match self.purger.purge(purge).await {
+                    Ok(report) => json_response(
+                        StatusCode::OK,
+                        serde_json::to_value(report).unwrap_or_default(),
+                    ),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            _ => self.status(&rt),
+        }
+    }
+
+    fn status(&self, rt: &Runtime) -> Response<Vec<u8>> {
+        let (urls, keys, memberships) = self.storage.index_sizes();
+        json_response(
+            StatusCode::OK,
+            json!({
+                "node": rt.fleet.node,
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "config": rt.source.display().to_string(),
+                "cache": {
+                    "objects": self.storage.object_count(),
+                    "bytes": self.storage.weighted_bytes(),
+                    "capacity": rt.cache.capacity,
+                    "index": { "urls": urls, "surrogate_keys": keys, "tag_memberships": memberships },
+                },
+                "sites": rt.sites.list.iter().map(|s| json!({
+                    "name": &*s.name,
+                    "hosts": s.hosts,
+                    "active_pool": s.active_pool().name,
+                })).collect::<Vec<_>>(),
+                "fleet": self.purger.status(),
+            }),
+        )
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.route(session).await
+    }
+}

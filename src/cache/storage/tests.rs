@@ -1,0 +1,141 @@
+//! Storage unit tests: complete bodies only, bounds, index consistency, purge epochs.
+
+use super::*;
+use pingora::cache::trace::Span;
+use pingora::http::ResponseHeader;
+use std::time::Duration;
+
+fn meta(tags: &str) -> CacheMeta {
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    if !tags.is_empty() {
+        header.insert_header("surrogate-key", tags).unwrap();
+    }
+    let now = SystemTime::now();
+    CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+}
+
+fn leak(capacity: u64) -> &'static EdgeStorage {
+    Box::leak(Box::new(EdgeStorage::new(
+        capacity,
+        vec!["surrogate-key".into()],
+    )))
+}
+
+fn key(path: &str) -> CacheKey {
+    CacheKey::new(key::primary("shop", "a.test", path, ""), "shop")
+}
+
+async fn put(storage: &'static EdgeStorage, k: &CacheKey, tags: &str, body: &[u8]) {
+    let span = Span::inactive().handle();
+    let mut fill = storage
+        .get_miss_handler(k, &meta(tags), &span)
+        .await
+        .unwrap();
+    fill.write_body(Bytes::copy_from_slice(body), true)
+        .await
+        .unwrap();
+    fill.finish().await.unwrap();
+}
+
+async fn has(storage: &'static EdgeStorage, k: &CacheKey) -> bool {
+    let span = Span::inactive().handle();
+    storage.lookup(k, &span).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn stores_only_complete_bodies_and_stays_bounded() {
+    let storage = leak(64 * 1024);
+    let span = Span::inactive().handle();
+    let k = key("/k");
+    let mut fill = storage
+        .get_miss_handler(&k, &meta(""), &span)
+        .await
+        .unwrap();
+    fill.write_body(Bytes::from_static(b"half"), false)
+        .await
+        .unwrap();
+    drop(fill);
+    assert!(!has(storage, &k).await);
+
+    put(storage, &k, "", b"hello world").await;
+    let (_, mut hit) = storage.lookup(&k, &span).await.unwrap().unwrap();
+    assert_eq!(hit.read_body().await.unwrap().unwrap(), "hello world");
+
+    for i in 0..64 {
+        let k = key(&format!("/k{i}"));
+        for _ in 0..3 {
+            let _ = storage.lookup(&k, &span).await.unwrap();
+        }
+        put(storage, &k, "t", &[0u8; 4096]).await;
+    }
+    assert!(storage.weighted_bytes() <= 64 * 1024);
+    let objects = storage.object_count() as usize;
+    assert!(objects > 0);
+    let (urls, _, memberships) = storage.index_sizes();
+    assert_eq!(urls, objects, "the index holds exactly the stored objects");
+    assert!(memberships <= objects);
+}
+
+#[tokio::test]
+async fn tag_index_survives_replacement_and_purges() {
+    let storage = leak(1 << 20);
+    let (a, b) = (key("/a"), key("/b"));
+    put(storage, &a, "t1 t2", b"a1").await;
+    put(storage, &a, "t2", b"a2").await; // replaced: no longer tagged t1
+    put(storage, &b, "t1", b"b").await;
+    assert_eq!(storage.purge_tag("t1", None, false).unwrap().removed, 1);
+    assert!(has(storage, &a).await && !has(storage, &b).await);
+    assert_eq!(
+        storage
+            .purge_tag("t2", Some("other-site"), false)
+            .unwrap()
+            .removed,
+        0
+    );
+    assert_eq!(
+        storage
+            .purge_tag("t2", Some("shop"), false)
+            .unwrap()
+            .removed,
+        1
+    );
+    assert!(!has(storage, &a).await);
+    assert_eq!(
+        storage.index_sizes(),
+        (0, 0, 0),
+        "nothing leaks in the index"
+    );
+}
+
+#[tokio::test]
+async fn soft_purge_marks_stale_and_purge_all_is_immediate() {
+    let storage = leak(1 << 20);
+    let span = Span::inactive().handle();
+    let (a, b) = (key("/a"), key("/b"));
+    put(storage, &a, "", b"a").await;
+    put(storage, &b, "", b"b").await;
+    assert_eq!(storage.purge_url("a.test/a", true).unwrap().stale, 1);
+    let (m, _) = storage.lookup(&a, &span).await.unwrap().unwrap();
+    assert!(
+        !m.is_fresh(SystemTime::now()),
+        "soft purge keeps the object, stale"
+    );
+
+    assert_eq!(storage.purge_all(Some("shop"), true).stale, 2);
+    let (m, _) = storage.lookup(&b, &span).await.unwrap().unwrap();
+    assert!(!m.is_fresh(SystemTime::now()));
+    put(storage, &b, "", b"b2").await;
+    let (m, _) = storage.lookup(&b, &span).await.unwrap().unwrap();
+    assert!(
+        m.is_fresh(SystemTime::now()),
+        "a new store after the purge is fresh"
+    );
+
+    storage.purge_all(None, false);
+    assert!(!has(storage, &a).await && !has(storage, &b).await);
+    put(storage, &a, "", b"a3").await;
+    assert!(
+        has(storage, &a).await,
+        "objects stored after a purge-all live"
+    );
+}
