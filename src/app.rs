@@ -43,6 +43,11 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     let admin = runtime.admin.clone();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let purger = Arc::new(Purger::new(runtime.clone(), cache.storage));
+    if let Some(fleet) = purger.service() {
+        server.add_service(pingora::services::background::background_service(
+            "fleet", fleet,
+        ));
+    }
     if let Some(admin) = admin {
         let app = AdminApp::new(runtime.clone(), cache.storage, purger.clone());
         let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);

@@ -444,3 +444,47 @@ async fn cli_purge_prints_the_report_and_fails_on_errors() {
         .status
         .success());
 }
+
+#[tokio::test]
+async fn surrogate_key_index_stays_true_under_eviction() {
+    let origin = Origin::start(|_| async {
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("surrogate-key", "shared"),
+            ],
+            vec![b'x'; 16 * 1024],
+        )
+    })
+    .await;
+    let proxy = Proxy::single(
+        &origin,
+        HONOR_ALL,
+        "[cache]\ncapacity = \"512KiB\"\nmax_object_size = \"64KiB\"\n",
+    )
+    .await;
+    let c = proxy.client(&["www.shop.test"]);
+    // 200 objects of 16 KiB, each asked twice: far more than fits.
+    for i in 0..200 {
+        for _ in 0..2 {
+            get(&c, &proxy.url(&format!("/o/{i}")), &[]).await;
+        }
+    }
+    let (_, s) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/status", "")
+        .await;
+    let objects = s["cache"]["objects"].as_u64().unwrap();
+    assert!(objects > 0 && objects < 200, "{s}");
+    assert_eq!(
+        s["cache"]["index"]["urls"], objects,
+        "one index entry per stored object: {s}"
+    );
+    assert_eq!(s["cache"]["index"]["tag_memberships"], objects, "{s}");
+    let report = proxy.purge(json!({"kind": "key", "key": "shared"})).await;
+    assert_eq!(removed(&report), objects, "{report}");
+    let (_, s) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/status", "")
+        .await;
+    assert_eq!(s["cache"]["index"]["tag_memberships"], 0, "{s}");
+}

@@ -1,43 +1,99 @@
 //! The purge index: which stored objects belong to a URL (every variant, for URL and prefix
 //! purges) and which carry a surrogate key (for tag purges).
 //!
-//! pingora keys are hashes, so this is our own index. It is kept true by construction: an
-//! object is added when it is stored and removed by the storage's eviction listener whenever
-//! moka drops it (evicted, replaced, purged). Every stored object has a unique sequence number,
-//! and removal only deletes an entry whose sequence matches, so replacing an object with a newer
-//! one under the same id never drops the newer one's entries.
+//! pingora keys are hashes, so this is our own index. Each stored version of an object has
+//! one shared [`Entry`]; the index holds the entries, so a purge marks objects dead or stale
+//! through them without touching the cache itself (no lookups, no LRU noise). The index is
+//! kept true by construction: an entry is added when its object is stored and removed (by
+//! identity, so a newer version under the same id is never dropped by mistake) when moka drops
+//! the object — evicted, replaced or purged.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What the index knows about one stored object.
-#[derive(Debug, Clone)]
+/// One stored version of an object, as the index and purges see it.
+#[derive(Debug)]
 pub struct Entry {
     pub id: u128,
-    pub seq: u64,
     pub site: Arc<str>,
     pub url: Arc<str>,
     pub tags: Box<[Arc<str>]>,
+    /// Hard-purged: invisible from now on.
+    dead: AtomicBool,
+    /// Soft-purged at this time (ms since the Unix epoch; 0 = not).
+    stale_since_ms: AtomicU64,
+}
+
+impl Entry {
+    pub fn new(id: u128, site: Arc<str>, url: Arc<str>, tags: Box<[Arc<str>]>) -> Self {
+        Entry {
+            id,
+            site,
+            url,
+            tags,
+            dead: AtomicBool::new(false),
+            stale_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A new version of the same object (after a 304): same URL and keys, no purge marks.
+    pub fn renewed(&self) -> Self {
+        Entry::new(
+            self.id,
+            self.site.clone(),
+            self.url.clone(),
+            self.tags.clone(),
+        )
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Marks dead; false when it already was.
+    pub fn kill(&self) -> bool {
+        !self.dead.swap(true, Ordering::AcqRel)
+    }
+
+    /// Marks stale as of `at_ms`, keeping an earlier mark: re-purging must not reopen the
+    /// stale window.
+    pub fn mark_stale(&self, at_ms: u64) {
+        let _ = self.stale_since_ms.compare_exchange(
+            0,
+            at_ms.max(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub fn stale_since(&self) -> Option<SystemTime> {
+        match self.stale_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
 }
 
 /// URL and surrogate-key index over stored objects.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// `host/path?query` → (object id, sequence) for every variant of that URL.
-    by_url: BTreeMap<Arc<str>, Vec<(u128, u64)>>,
-    /// surrogate key → object id → sequence.
-    by_tag: HashMap<Arc<str>, HashMap<u128, u64>>,
+    /// `host/path?query` → every stored variant of that URL.
+    by_url: BTreeMap<Arc<str>, Vec<Arc<Entry>>>,
+    /// surrogate key → object id → entry.
+    by_tag: HashMap<Arc<str>, HashMap<u128, Arc<Entry>>>,
     /// site → number of stored objects.
     by_site: HashMap<Arc<str>, usize>,
 }
 
 impl Index {
-    pub fn add(&mut self, e: &Entry) {
+    pub fn add(&mut self, e: &Arc<Entry>) {
         let variants = self.by_url.entry(e.url.clone()).or_default();
-        match variants.iter_mut().find(|(id, _)| *id == e.id) {
-            Some(v) => v.1 = e.seq,
+        match variants.iter_mut().find(|v| v.id == e.id) {
+            Some(v) => *v = e.clone(),
             None => {
-                variants.push((e.id, e.seq));
+                variants.push(e.clone());
                 *self.by_site.entry(e.site.clone()).or_default() += 1;
             }
         }
@@ -45,15 +101,15 @@ impl Index {
             self.by_tag
                 .entry(tag.clone())
                 .or_default()
-                .insert(e.id, e.seq);
+                .insert(e.id, e.clone());
         }
     }
 
-    /// Removes `e`'s entries, unless a newer object (another sequence) has taken them over.
-    pub fn remove(&mut self, e: &Entry) {
+    /// Removes `e`, unless a newer version has taken its place.
+    pub fn remove(&mut self, e: &Arc<Entry>) {
         if let Some(variants) = self.by_url.get_mut(&e.url) {
             let before = variants.len();
-            variants.retain(|&(id, seq)| !(id == e.id && seq == e.seq));
+            variants.retain(|v| !Arc::ptr_eq(v, e));
             if variants.len() < before {
                 if let Some(n) = self.by_site.get_mut(&e.site) {
                     *n -= 1;
@@ -68,7 +124,7 @@ impl Index {
         }
         for tag in e.tags.iter() {
             if let Some(ids) = self.by_tag.get_mut(tag) {
-                if ids.get(&e.id) == Some(&e.seq) {
+                if ids.get(&e.id).is_some_and(|v| Arc::ptr_eq(v, e)) {
                     ids.remove(&e.id);
                 }
                 if ids.is_empty() {
@@ -79,30 +135,27 @@ impl Index {
     }
 
     /// Every stored variant of exactly this URL.
-    pub fn url(&self, url: &str) -> Vec<u128> {
-        self.by_url
-            .get(url)
-            .map(|v| v.iter().map(|(id, _)| *id).collect())
-            .unwrap_or_default()
+    pub fn url(&self, url: &str) -> Vec<Arc<Entry>> {
+        self.by_url.get(url).cloned().unwrap_or_default()
     }
 
     /// Every stored object whose URL starts with `prefix`.
-    pub fn prefix(&self, prefix: &str) -> Vec<u128> {
+    pub fn prefix(&self, prefix: &str) -> Vec<Arc<Entry>> {
         self.by_url
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(url, _)| url.starts_with(prefix))
-            .flat_map(|(_, v)| v.iter().map(|(id, _)| *id))
+            .flat_map(|(_, v)| v.iter().cloned())
             .collect()
     }
 
     /// Every stored object tagged with `tag`.
-    pub fn tag(&self, tag: &str) -> Vec<u128> {
+    pub fn tag(&self, tag: &str) -> Vec<Arc<Entry>> {
         self.by_tag
             .get(tag)
-            .map(|ids| ids.keys().copied().collect())
+            .map(|ids| ids.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -130,46 +183,51 @@ pub fn split_tags(value: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
 
-    fn entry(id: u128, seq: u64, url: &str, tags: &[&str]) -> Entry {
-        Entry {
-            id,
-            seq,
-            site: "s".into(),
-            url: url.into(),
-            tags: tags.iter().map(|t| Arc::from(*t)).collect(),
-        }
+    fn entry(id: u128, url: &str, tags: &[&str]) -> Arc<Entry> {
+        let tags = tags.iter().map(|t| Arc::from(*t)).collect();
+        Arc::new(Entry::new(id, "s".into(), url.into(), tags))
+    }
+
+    fn ids(v: Vec<Arc<Entry>>) -> Vec<u128> {
+        let mut ids: Vec<u128> = v.iter().map(|e| e.id).collect();
+        ids.sort();
+        ids
     }
 
     #[test]
     fn replacement_keeps_the_newer_entries() {
         let mut index = Index::default();
-        let old = entry(1, 1, "a.test/x", &["t1", "t2"]);
-        let new = entry(1, 2, "a.test/x", &["t2"]);
+        let old = entry(1, "a.test/x", &["t1", "t2"]);
+        let new = entry(1, "a.test/x", &["t2"]);
         index.add(&old);
         index.add(&new);
         index.remove(&old);
-        assert_eq!(index.url("a.test/x"), vec![1]);
-        assert_eq!(index.tag("t2"), vec![1]);
+        assert_eq!(ids(index.url("a.test/x")), vec![1]);
+        assert_eq!(ids(index.tag("t2")), vec![1]);
         assert!(index.tag("t1").is_empty());
         index.remove(&new);
         assert_eq!(index.sizes(), (0, 0, 0));
+        assert_eq!(index.site_objects("s"), 0);
     }
 
     #[test]
-    fn prefix_and_variants() {
+    fn prefix_variants_and_marks() {
         let mut index = Index::default();
-        index.add(&entry(1, 1, "a.test/release/1", &[]));
-        index.add(&entry(2, 2, "a.test/release/1", &[]));
-        index.add(&entry(3, 3, "a.test/release/2?x=1", &[]));
-        index.add(&entry(4, 4, "a.test/releases", &[]));
-        index.add(&entry(5, 5, "b.test/release/1", &[]));
-        let mut ids = index.prefix("a.test/release/");
-        ids.sort();
-        assert_eq!(ids, vec![1, 2, 3]);
+        index.add(&entry(1, "a.test/release/1", &[]));
+        index.add(&entry(2, "a.test/release/1", &[]));
+        index.add(&entry(3, "a.test/release/2?x=1", &[]));
+        index.add(&entry(4, "a.test/releases", &[]));
+        index.add(&entry(5, "b.test/release/1", &[]));
+        assert_eq!(ids(index.prefix("a.test/release/")), vec![1, 2, 3]);
         assert_eq!(index.url("a.test/release/1").len(), 2);
         assert_eq!(
             split_tags("a b,c ,  d").collect::<Vec<_>>(),
             vec!["a", "b", "c", "d"]
         );
+        let e = entry(9, "x", &[]);
+        e.mark_stale(1_000);
+        e.mark_stale(2_000);
+        assert_eq!(e.stale_since(), Some(UNIX_EPOCH + Duration::from_secs(1)));
+        assert!(e.kill() && !e.kill() && e.is_dead());
     }
 }

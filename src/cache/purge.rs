@@ -51,8 +51,6 @@ pub enum PurgeError {
     UnknownSite(String),
     #[error("the surrogate key is empty")]
     EmptyKey,
-    #[error("storage failed")]
-    Storage(#[source] Box<pingora::Error>),
 }
 
 /// Splits `http://Host:port/path?query` or `host/path?query` into (host, path, query).
@@ -118,24 +116,19 @@ impl Purge {
     pub fn apply(&self, rt: &Runtime, storage: &EdgeStorage) -> Result<PurgeCount, PurgeError> {
         self.validate(rt)?;
         let soft = self.soft();
-        let storage_err = |e| PurgeError::Storage(e);
-        match self {
-            Purge::Url { url, .. } => storage
-                .purge_url(&index_url(rt, url)?, soft)
-                .map_err(storage_err),
+        Ok(match self {
+            Purge::Url { url, .. } => storage.purge_url(&index_url(rt, url)?, soft),
             Purge::Prefix { prefix, .. } => {
                 let (host, path, query) = split_url(prefix)?;
                 let prefix = match query {
                     Some(q) => format!("{host}{path}?{q}"),
                     None => format!("{host}{path}"),
                 };
-                storage.purge_prefix(&prefix, soft).map_err(storage_err)
+                storage.purge_prefix(&prefix, soft)
             }
-            Purge::Key { key, site, .. } => storage
-                .purge_tag(key.trim(), site.as_deref(), soft)
-                .map_err(storage_err),
-            Purge::All { site, .. } => Ok(storage.purge_all(site.as_deref(), soft)),
-        }
+            Purge::Key { key, site, .. } => storage.purge_tag(key.trim(), site.as_deref(), soft),
+            Purge::All { site, .. } => storage.purge_all(site.as_deref(), soft),
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Fixed bookkeeping per object beyond its bytes (key, Arc, moka node, index entries), so
 /// that many tiny objects cannot overshoot the capacity by their overhead alone.
@@ -34,12 +34,16 @@ const OBJECT_OVERHEAD: usize = 256;
 struct Object {
     meta: (Vec<u8>, Vec<u8>),
     body: Bytes,
-    /// Index identity; unique per stored version.
-    entry: Entry,
+    /// This version's index entry, which also carries its purge marks.
+    entry: Arc<Entry>,
     /// When this content was last confirmed by the origin (a store or a 304), in sequence
-    /// numbers; compared with purge epochs. A soft purge keeps it.
+    /// numbers; compared with purge epochs.
     born: u64,
 }
+
+/// Purges of more objects than this remove them from moka on a helper thread, so the purge
+/// answers in milliseconds; the objects are invisible from the moment the purge returns.
+const SYNC_REMOVAL_LIMIT: usize = 256;
 
 impl Object {
     fn weight(&self) -> u32 {
@@ -88,8 +92,9 @@ pub struct PurgeCount {
 pub struct EdgeStorage {
     objects: moka::sync::Cache<u128, Arc<Object>>,
     index: Arc<Mutex<Index>>,
-    /// Serialises index update + insert so two writers of one id cannot interleave them.
-    write_order: Mutex<()>,
+    /// Serialises index update + insert (and purge removals) so two writers of one id cannot
+    /// interleave; moka's conditional removal is atomic only against other computes.
+    write_order: Arc<Mutex<()>>,
     seq: AtomicU64,
     epochs: RwLock<Epochs>,
     tag_headers: Vec<String>,
@@ -114,7 +119,7 @@ impl EdgeStorage {
                 })
                 .build(),
             index,
-            write_order: Mutex::new(()),
+            write_order: Arc::new(Mutex::new(())),
             seq: AtomicU64::new(1),
             epochs: RwLock::new(Epochs::default()),
             tag_headers,
@@ -154,10 +159,7 @@ impl EdgeStorage {
         let updated = Object {
             meta: meta.serialize()?,
             body: obj.body.clone(),
-            entry: Entry {
-                seq: self.next_seq(),
-                ..obj.entry.clone()
-            },
+            entry: Arc::new(obj.entry.renewed()),
             born,
         };
         self.store(id, updated);
@@ -165,6 +167,10 @@ impl EdgeStorage {
     }
 
     fn verdict(&self, obj: &Object) -> Verdict {
+        if obj.entry.is_dead() {
+            return Verdict::Gone;
+        }
+        let soft_purged = obj.entry.stale_since();
         let epochs = self.epochs.read().unwrap_or_else(|e| e.into_inner());
         let site = epochs
             .sites
@@ -178,53 +184,77 @@ impl EdgeStorage {
             .into_iter()
             .filter(|e| obj.born <= e.soft)
             .filter_map(|e| e.soft_at)
+            .chain(soft_purged)
             .min();
         soft.map_or(Verdict::Live, Verdict::StaleSince)
     }
 
-    fn purge_ids(&self, ids: Vec<u128>, soft: bool) -> Result<PurgeCount> {
+    /// Marks `entries` stale (soft) or dead (hard). Purges go through the index entries, so
+    /// they neither look objects up nor disturb the eviction order.
+    fn purge_entries(&self, entries: Vec<Arc<Entry>>, soft: bool) -> PurgeCount {
         let mut count = PurgeCount::default();
-        let now = SystemTime::now();
-        for id in ids {
-            let Some(obj) = self.objects.get(&id) else {
-                continue;
-            };
-            if soft {
-                let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
-                meta.expire_at(now);
-                self.restore(id, &obj, &meta, obj.born)?;
+        if soft {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64);
+            for e in entries.iter().filter(|e| !e.is_dead()) {
+                e.mark_stale(now_ms);
                 count.stale += 1;
-            } else {
-                self.objects.invalidate(&id);
-                count.removed += 1;
+            }
+            return count;
+        }
+        let doomed: Vec<Arc<Entry>> = entries.into_iter().filter(|e| e.kill()).collect();
+        {
+            let mut index = lock(&self.index);
+            for e in &doomed {
+                index.remove(e);
             }
         }
-        Ok(count)
+        count.removed = doomed.len() as u64;
+        let (objects, order) = (self.objects.clone(), self.write_order.clone());
+        let remove = move || {
+            for chunk in doomed.chunks(64) {
+                let _order = lock(&order);
+                for e in chunk {
+                    // Only the purged version: a newer object stored since then stays.
+                    objects
+                        .entry(e.id)
+                        .and_compute_with(|current| match current {
+                            Some(c) if Arc::ptr_eq(&c.value().entry, e) => {
+                                moka::ops::compute::Op::Remove
+                            }
+                            _ => moka::ops::compute::Op::Nop,
+                        });
+                }
+            }
+        };
+        if count.removed as usize <= SYNC_REMOVAL_LIMIT {
+            remove();
+        } else {
+            std::thread::spawn(remove);
+        }
+        count
     }
 
     /// Purges every variant of one URL (`host/path?query`, query normalised).
-    pub fn purge_url(&self, url: &str, soft: bool) -> Result<PurgeCount> {
-        let ids = lock(&self.index).url(url);
-        self.purge_ids(ids, soft)
+    pub fn purge_url(&self, url: &str, soft: bool) -> PurgeCount {
+        let entries = lock(&self.index).url(url);
+        self.purge_entries(entries, soft)
     }
 
     /// Purges every object whose URL starts with `prefix` (`host/path…`).
-    pub fn purge_prefix(&self, prefix: &str, soft: bool) -> Result<PurgeCount> {
-        let ids = lock(&self.index).prefix(prefix);
-        self.purge_ids(ids, soft)
+    pub fn purge_prefix(&self, prefix: &str, soft: bool) -> PurgeCount {
+        let entries = lock(&self.index).prefix(prefix);
+        self.purge_entries(entries, soft)
     }
 
     /// Purges every object tagged with the surrogate key `tag` (optionally of one site).
-    pub fn purge_tag(&self, tag: &str, site: Option<&str>, soft: bool) -> Result<PurgeCount> {
-        let ids = lock(&self.index).tag(tag);
-        let ids = match site {
-            None => ids,
-            Some(site) => ids
-                .into_iter()
-                .filter(|id| self.objects.get(id).is_some_and(|o| &*o.entry.site == site))
-                .collect(),
-        };
-        self.purge_ids(ids, soft)
+    pub fn purge_tag(&self, tag: &str, site: Option<&str>, soft: bool) -> PurgeCount {
+        let mut entries = lock(&self.index).tag(tag);
+        if let Some(site) = site {
+            entries.retain(|e| &*e.site == site);
+        }
+        self.purge_entries(entries, soft)
     }
 
     /// Purges everything, or everything of one site, in O(1): an epoch bump.
@@ -340,7 +370,8 @@ impl Storage for EdgeStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let count = self.purge_ids(vec![id(target.key())], true)?;
+        let entries = self.objects.get(&id(target.key())).map(|o| o.entry.clone());
+        let count = self.purge_entries(entries.into_iter().collect(), true);
         Ok(if count.stale > 0 {
             PurgeOutcome::Expired
         } else {
@@ -453,13 +484,12 @@ impl HandleMiss for Fill {
         let obj = Object {
             meta: self.meta.take().unwrap_or_default(),
             body: std::mem::take(&mut self.body).freeze(),
-            entry: Entry {
-                id: self.id,
-                seq,
-                site: self.site.clone(),
-                url: self.url.clone(),
-                tags: std::mem::take(&mut self.tags),
-            },
+            entry: Arc::new(Entry::new(
+                self.id,
+                self.site.clone(),
+                self.url.clone(),
+                std::mem::take(&mut self.tags),
+            )),
             born: seq,
         };
         let size = obj.body.len();

@@ -10,6 +10,7 @@ use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use std::sync::Arc;
 
 /// Request header asking a `PURGE` to mark stale instead of remove.
 pub const SOFT_PURGE_HEADER: &str = "crossfade-soft-purge";
@@ -77,9 +78,9 @@ pub async fn purge_method(
 }
 
 /// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and the
-/// Location / Content-Location URIs on the same host, on this node.
+/// Location / Content-Location URIs on the same host: here at once, on other nodes shortly.
 pub fn after_unsafe_method(
-    purger: &Purger,
+    purger: &Arc<Purger>,
     req: &RequestHeader,
     resp: &ResponseHeader,
     ctx: &RequestCtx,
@@ -114,8 +115,10 @@ pub fn after_unsafe_method(
         }
     }
     for url in targets {
-        if let Err(e) = purger.apply_local(&Purge::Url { url, soft: false }) {
-            tracing::debug!(error = %e, "invalidation after unsafe method skipped");
+        let purge = Purge::Url { url, soft: false };
+        match purger.apply_local(&purge) {
+            Ok(_) => purger.broadcast(purge),
+            Err(e) => tracing::debug!(error = %e, "invalidation after unsafe method skipped"),
         }
     }
 }

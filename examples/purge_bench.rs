@@ -1,0 +1,113 @@
+//! Purge benchmark (issue 3): surrogate-key purge of 100,000 objects sharing one key, and of
+//! one key among 100,000 keys, on the real storage; plus the memory of the purge index per
+//! cached object. Run with `loadtest/purge-bench.sh` (release build). Prints medians of rounds.
+
+use bytes::Bytes;
+use crossfade::cache::index::{Entry, Index};
+use crossfade::cache::key;
+use crossfade::cache::storage::EdgeStorage;
+use pingora::cache::trace::Span;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const OBJECTS: usize = 100_000;
+const ROUNDS: usize = 5;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn fill(storage: &'static EdgeStorage, n: usize) {
+    let span = Span::inactive().handle();
+    let now = SystemTime::now();
+    for i in 0..n {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("surrogate-key", format!("shared obj-{i}"))
+            .unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header);
+        let k = CacheKey::new(
+            key::primary("store", "www.store.test", &format!("/track/{i}"), ""),
+            "store",
+        );
+        let mut fill = storage.get_miss_handler(&k, &meta, &span).await.unwrap();
+        fill.write_body(Bytes::from_static(b"0123456789abcdef"), true)
+            .await
+            .unwrap();
+        fill.finish().await.unwrap();
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    // Index memory: the index alone, built for OBJECTS objects with a URL and two keys each.
+    let before = rss_bytes();
+    let mut index = Index::default();
+    for i in 0..OBJECTS {
+        index.add(&Arc::new(Entry::new(
+            i as u128,
+            Arc::from("store"),
+            Arc::from(format!("www.store.test/track/{i}").as_str()),
+            vec![Arc::from("shared"), Arc::from(format!("obj-{i}").as_str())].into(),
+        )));
+    }
+    let index_bytes = rss_bytes().saturating_sub(before);
+    drop(index);
+
+    let storage: &'static EdgeStorage = Box::leak(Box::new(EdgeStorage::new(
+        4 << 30,
+        vec!["surrogate-key".into()],
+    )));
+    let (mut shared_hard, mut shared_soft, mut one_hard) = (vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        fill(storage, OBJECTS).await;
+        let t = Instant::now();
+        let c = storage.purge_tag("shared", None, true);
+        shared_soft.push(t.elapsed());
+
+        assert_eq!(c.stale as usize, OBJECTS);
+
+        let t = Instant::now();
+        let c = storage.purge_tag("obj-50000", None, false);
+        one_hard.push(t.elapsed());
+        assert_eq!(c.removed, 1);
+
+        let t = Instant::now();
+        let c = storage.purge_tag("shared", None, false);
+        shared_hard.push(t.elapsed());
+        assert_eq!(c.removed as usize, OBJECTS - 1);
+        storage.object_count();
+    }
+    let (urls, keys, memberships) = storage.index_sizes();
+    println!("purge benchmark: {OBJECTS} objects, median of {ROUNDS} rounds");
+    println!(
+        "  hard purge of one key shared by {OBJECTS} objects: {:?}",
+        median(shared_hard)
+    );
+    println!(
+        "  soft purge of one key shared by {OBJECTS} objects: {:?}",
+        median(shared_soft)
+    );
+    println!(
+        "  hard purge of one key among {OBJECTS} keys:          {:?}",
+        median(one_hard)
+    );
+    println!(
+        "  purge index memory: {} bytes per cached object (URL + 2 keys; RSS delta of the index alone)",
+        index_bytes / OBJECTS as u64
+    );
+    println!("  index after the last purge: {urls} urls, {keys} keys, {memberships} memberships");
+}

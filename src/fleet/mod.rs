@@ -1,0 +1,192 @@
+//! Purges across the fleet: apply on this node, then (with Redis configured) publish to every
+//! other node and collect their confirmations into one report.
+//!
+//! Without `[fleet] redis` a node works alone and reports only itself.
+
+mod redis;
+
+use crate::cache::purge::{Purge, PurgeError};
+use crate::cache::storage::EdgeStorage;
+use crate::config::Runtime;
+use arc_swap::ArcSwap;
+use redis::RedisLink;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one node did for a purge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeResult {
+    pub node: String,
+    pub removed: u64,
+    pub stale: u64,
+}
+
+/// The answer to a purge: which nodes applied it, which did not confirm in time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeReport {
+    pub purge: Purge,
+    pub nodes: Vec<NodeResult>,
+    /// Nodes known to the fleet that did not confirm within the timeout.
+    pub unconfirmed: Vec<String>,
+    /// True when every known node confirmed.
+    pub complete: bool,
+    /// Why the fleet could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_error: Option<String>,
+}
+
+/// Applies purges on this node and, in a fleet, on every node.
+pub struct Purger {
+    runtime: Arc<ArcSwap<Runtime>>,
+    storage: &'static EdgeStorage,
+    node: String,
+    link: Option<Arc<RedisLink>>,
+    next_id: AtomicU64,
+}
+
+impl Purger {
+    /// A purger for this node; with `[fleet] redis`, also the link to the other nodes (its
+    /// background task is started by [`FleetService`]).
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, storage: &'static EdgeStorage) -> Self {
+        let fleet = runtime.load().fleet.clone();
+        let link = fleet.redis.as_deref().and_then(|url| {
+            RedisLink::new(url, &fleet.node, &fleet.channel, fleet.confirm_timeout)
+                .map_err(|e| tracing::error!(error = %e, "fleet: bad Redis URL; running alone"))
+                .ok()
+                .map(Arc::new)
+        });
+        // Ids only need to be unique among in-flight purges of this node.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Purger {
+            runtime,
+            storage,
+            node: fleet.node,
+            link,
+            next_id: AtomicU64::new(seed),
+        }
+    }
+
+    /// The background task that keeps the Redis link up, if this node is in a fleet.
+    pub fn service(self: &Arc<Self>) -> Option<FleetService> {
+        self.link.as_ref().map(|link| FleetService {
+            link: link.clone(),
+            purger: Arc::downgrade(self),
+        })
+    }
+
+    /// Fleet state for the status endpoint.
+    pub fn status(&self) -> serde_json::Value {
+        match &self.link {
+            Some(link) => link.status(),
+            None => serde_json::json!({ "mode": "single", "node": self.node }),
+        }
+    }
+
+    /// Applies `purge` here only.
+    pub fn apply_local(&self, purge: &Purge) -> Result<NodeResult, PurgeError> {
+        let count = purge.apply(&self.runtime.load(), self.storage)?;
+        tracing::info!(node = %self.node, ?purge, removed = count.removed, stale = count.stale, "purge applied");
+        Ok(NodeResult {
+            node: self.node.clone(),
+            removed: count.removed,
+            stale: count.stale,
+        })
+    }
+
+    /// Applies `purge` here, then on every other node of the fleet, and reports which nodes
+    /// confirmed within `fleet.confirm_timeout`.
+    pub async fn purge(&self, purge: Purge) -> Result<PurgeReport, PurgeError> {
+        let local = self.apply_local(&purge)?;
+        let mut report = PurgeReport {
+            purge,
+            nodes: vec![local],
+            unconfirmed: vec![],
+            complete: true,
+            fleet_error: None,
+        };
+        let Some(link) = &self.link else {
+            return Ok(report);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sent = match link.peers().await {
+            Ok(peers) => link
+                .send_purge(id, &report.purge)
+                .await
+                .map(|rx| (peers, rx)),
+            Err(e) => Err(e),
+        };
+        let (mut waiting, mut acks) = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                report.unconfirmed = link.last_peers();
+                report.complete = false;
+                report.fleet_error = Some(e.to_string());
+                return Ok(report);
+            }
+        };
+        let deadline = Instant::now() + link.confirm_timeout;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, acks.recv()).await {
+                Ok(Some(ack)) => {
+                    waiting.retain(|n| *n != ack.node);
+                    if let Some(e) = ack.error {
+                        report.fleet_error = Some(format!("{}: {e}", ack.node));
+                        report.complete = false;
+                    }
+                    report.nodes.push(NodeResult {
+                        node: ack.node,
+                        removed: ack.removed,
+                        stale: ack.stale,
+                    });
+                }
+                _ => break,
+            }
+        }
+        link.done(id);
+        report.complete &= waiting.is_empty();
+        report.unconfirmed = waiting;
+        report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(report)
+    }
+
+    /// Sends `purge` to the other nodes without waiting for them (invalidations after unsafe
+    /// methods, which were already applied here).
+    pub fn broadcast(self: &Arc<Self>, purge: Purge) {
+        if self.link.is_none() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(link) = &me.link {
+                let id = me.next_id.fetch_add(1, Ordering::Relaxed);
+                match link.send_purge(id, &purge).await {
+                    Ok(_) => link.done(id),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fleet: invalidation not sent to other nodes")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The pingora background service that runs the Redis link.
+pub struct FleetService {
+    link: Arc<RedisLink>,
+    purger: std::sync::Weak<Purger>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for FleetService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        tokio::select! {
+            _ = self.link.clone().run(self.purger.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

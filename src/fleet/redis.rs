@@ -1,0 +1,328 @@
+//! The Redis link of a fleet: purges published on `<channel>:purge`, confirmations on
+//! `<channel>:ack`, and a heartbeat hash `<channel>:nodes` (node → last seen, ms) that tells a
+//! node which peers should confirm.
+//!
+//! A node that loses Redis keeps serving: it logs loudly, shows the state in `/status`, and
+//! reconnects with backoff. Purges published while its subscription was down are lost to it,
+//! so on re-subscribing it soft-purges its whole cache (objects are refreshed on next use,
+//! within their stale windows where they have one) rather than risk serving purged content.
+
+use super::{NodeResult, Purger};
+use crate::cache::purge::Purge;
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// How often a node announces itself.
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// A peer not heard from for this long is not expected to confirm purges.
+const PEER_TTL_MS: u64 = 5000;
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PurgeMsg {
+    pub id: u64,
+    pub from: String,
+    pub purge: Purge,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct AckMsg {
+    pub id: u64,
+    pub to: String,
+    pub node: String,
+    pub removed: u64,
+    pub stale: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LinkState {
+    subscribed: bool,
+    last_error: Option<String>,
+    peers: Vec<String>,
+    resubscriptions: u64,
+}
+
+/// Why talking to Redis failed (kept as text for the status endpoint and reports).
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct LinkError(#[from] redis::RedisError);
+
+/// Connection state and pending confirmations of one node's Redis link.
+pub struct RedisLink {
+    client: redis::Client,
+    node: String,
+    purge_channel: String,
+    ack_channel: String,
+    nodes_key: String,
+    pub(super) confirm_timeout: Duration,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<AckMsg>>>,
+    state: Mutex<LinkState>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RedisLink {
+    pub fn new(
+        url: &str,
+        node: &str,
+        channel: &str,
+        confirm_timeout: Duration,
+    ) -> Result<Self, LinkError> {
+        Ok(RedisLink {
+            client: redis::Client::open(url)?,
+            node: node.to_string(),
+            purge_channel: format!("{channel}:purge"),
+            ack_channel: format!("{channel}:ack"),
+            nodes_key: format!("{channel}:nodes"),
+            confirm_timeout,
+            conn: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            state: Mutex::new(LinkState::default()),
+        })
+    }
+
+    /// A command connection, (re)connected on demand.
+    async fn conn(&self) -> Result<MultiplexedConnection, LinkError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.client.get_multiplexed_async_connection().await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget_conn(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Runs one command; a failure on a connection made before Redis restarted is retried once
+    /// on a fresh connection.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LinkError> {
+        let mut c = self.conn().await?;
+        match cmd.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.forget_conn().await;
+                let mut c = self.conn().await?;
+                cmd.query_async(&mut c).await.map_err(LinkError::from)
+            }
+        }
+    }
+
+    async fn publish(&self, channel: &str, payload: String) -> Result<(), LinkError> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+            .map(|_| ())
+    }
+
+    /// Peers heard from recently (not this node).
+    pub(super) async fn peers(&self) -> Result<Vec<String>, LinkError> {
+        let all: HashMap<String, u64> = self
+            .query(redis::cmd("HGETALL").arg(&self.nodes_key))
+            .await?;
+        let now = now_ms();
+        let mut peers: Vec<String> = all
+            .into_iter()
+            .filter(|(n, seen)| *n != self.node && now.saturating_sub(*seen) < PEER_TTL_MS)
+            .map(|(n, _)| n)
+            .collect();
+        peers.sort();
+        Ok(peers)
+    }
+
+    async fn heartbeat(&self) -> Result<(), LinkError> {
+        self.query::<i64>(
+            redis::cmd("HSET")
+                .arg(&self.nodes_key)
+                .arg(&self.node)
+                .arg(now_ms()),
+        )
+        .await?;
+        let peers = self.peers().await?;
+        lock(&self.state).peers = peers;
+        Ok(())
+    }
+
+    /// Publishes a purge; confirmations arrive on the returned channel.
+    pub(super) async fn send_purge(
+        &self,
+        id: u64,
+        purge: &Purge,
+    ) -> Result<mpsc::UnboundedReceiver<AckMsg>, LinkError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.pending).insert(id, tx);
+        let msg = PurgeMsg {
+            id,
+            from: self.node.clone(),
+            purge: purge.clone(),
+        };
+        let payload = serde_json::to_string(&msg).unwrap_or_default();
+        if let Err(e) = self.publish(&self.purge_channel, payload).await {
+            lock(&self.pending).remove(&id);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    /// The peers seen by the last successful heartbeat.
+    pub(super) fn last_peers(&self) -> Vec<String> {
+        lock(&self.state).peers.clone()
+    }
+
+    pub(super) fn done(&self, id: u64) {
+        lock(&self.pending).remove(&id);
+    }
+
+    pub(super) fn status(&self) -> serde_json::Value {
+        let s = lock(&self.state).clone();
+        serde_json::json!({
+            "mode": "redis",
+            "node": self.node,
+            "subscribed": s.subscribed,
+            "last_error": s.last_error,
+            "peers": s.peers,
+            "resubscriptions": s.resubscriptions,
+        })
+    }
+
+    fn set_error(&self, e: impl std::fmt::Display) {
+        let mut s = lock(&self.state);
+        let message = e.to_string();
+        if s.subscribed || s.last_error.as_deref() != Some(&message) {
+            tracing::error!(node = %self.node, error = %message, "fleet: Redis unavailable; serving on, purges from other nodes are not received");
+        }
+        s.subscribed = false;
+        s.last_error = Some(message);
+    }
+
+    /// Handles one message from the subscription.
+    async fn on_message(&self, purger: &Purger, channel: &str, payload: &str) {
+        if channel == self.purge_channel {
+            let Ok(msg) = serde_json::from_str::<PurgeMsg>(payload) else {
+                tracing::warn!("fleet: unreadable purge message ignored");
+                return;
+            };
+            if msg.from == self.node {
+                return;
+            }
+            let (result, error) = match purger.apply_local(&msg.purge) {
+                Ok(r) => (r, None),
+                Err(e) => (
+                    NodeResult {
+                        node: self.node.clone(),
+                        removed: 0,
+                        stale: 0,
+                    },
+                    Some(e.to_string()),
+                ),
+            };
+            let ack = AckMsg {
+                id: msg.id,
+                to: msg.from,
+                node: self.node.clone(),
+                removed: result.removed,
+                stale: result.stale,
+                error,
+            };
+            if let Err(e) = self
+                .publish(
+                    &self.ack_channel,
+                    serde_json::to_string(&ack).unwrap_or_default(),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "fleet: could not confirm a purge");
+            }
+        } else if let Ok(ack) = serde_json::from_str::<AckMsg>(payload) {
+            if ack.to == self.node {
+                if let Some(tx) = lock(&self.pending).get(&ack.id) {
+                    let _ = tx.send(ack);
+                }
+            }
+        }
+    }
+
+    /// Runs the subscription and heartbeat until the process ends. Holds the purger weakly so
+    /// that it does not keep the proxy alive.
+    pub async fn run(self: Arc<Self>, purger: Weak<Purger>) {
+        let heartbeat = {
+            let link = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = link.heartbeat().await {
+                        tracing::debug!(error = %e, "fleet heartbeat failed");
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            })
+        };
+        let mut backoff = BACKOFF_MIN;
+        let mut ever_subscribed = false;
+        loop {
+            match self.subscribe().await {
+                Ok(mut pubsub) => {
+                    backoff = BACKOFF_MIN;
+                    {
+                        let mut s = lock(&self.state);
+                        s.subscribed = true;
+                        s.last_error = None;
+                        if ever_subscribed {
+                            s.resubscriptions += 1;
+                        }
+                    }
+                    tracing::info!(node = %self.node, "fleet: subscribed to purges");
+                    if ever_subscribed {
+                        if let Some(p) = purger.upgrade() {
+                            tracing::warn!("fleet: purges may have been missed while disconnected; marking the cache stale");
+                            let _ = p.apply_local(&Purge::All {
+                                site: None,
+                                soft: true,
+                            });
+                        }
+                    }
+                    ever_subscribed = true;
+                    let mut stream = pubsub.on_message();
+                    while let Some(msg) = stream.next().await {
+                        let Some(p) = purger.upgrade() else { break };
+                        let channel = msg.get_channel_name().to_string();
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        self.on_message(&p, &channel, &payload).await;
+                    }
+                    self.set_error("subscription closed");
+                }
+                Err(e) => self.set_error(e),
+            }
+            if purger.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        heartbeat.abort();
+    }
+
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, LinkError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&self.purge_channel).await?;
+        pubsub.subscribe(&self.ack_channel).await?;
+        Ok(pubsub)
+    }
+}

@@ -1,0 +1,150 @@
+//! A fleet of real crossfade nodes sharing purges over a real Redis: every node applies a
+//! purge sent to any one, the report names who confirmed, and a node that loses Redis keeps
+//! serving and comes back.
+
+mod common;
+use common::*;
+use http::Method;
+use serde_json::json;
+use std::time::Duration;
+
+async fn node(origin: &Origin, redis: &Redis, name: &str) -> Proxy {
+    Proxy::single(origin, HONOR_ALL, &redis.fleet(name)).await
+}
+
+async fn status(p: &Proxy) -> serde_json::Value {
+    p.admin_call(Some(READ_TOKEN), Method::GET, "/status", "")
+        .await
+        .1
+}
+
+/// Waits until `p` is subscribed and sees `peers` other nodes.
+async fn until_meshed(p: &Proxy, peers: usize) {
+    let ok = eventually(Duration::from_secs(10), || async {
+        let s = status(p).await;
+        s["fleet"]["subscribed"] == true
+            && s["fleet"]["peers"]
+                .as_array()
+                .is_some_and(|a| a.len() == peers)
+    })
+    .await;
+    assert!(ok, "fleet did not form: {}", status(p).await);
+}
+
+fn node_names(report: &serde_json::Value) -> Vec<String> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_purge_on_one_node_reaches_every_node() {
+    let origin = Origin::start(|_| async {
+        reply(
+            200,
+            &[("cache-control", "max-age=600"), ("surrogate-key", "k")],
+            "x",
+        )
+    })
+    .await;
+    let redis = Redis::start().await;
+    let nodes = [
+        node(&origin, &redis, "n1").await,
+        node(&origin, &redis, "n2").await,
+        node(&origin, &redis, "n3").await,
+    ];
+    for n in &nodes {
+        until_meshed(n, 2).await;
+    }
+    let clients: Vec<_> = nodes.iter().map(|n| n.client(&["www.shop.test"])).collect();
+    for (n, c) in nodes.iter().zip(&clients) {
+        get(c, &n.url("/a"), &[]).await;
+        assert!(get(c, &n.url("/a"), &[]).await.is_hit());
+    }
+    let report = nodes[0]
+        .purge(json!({"kind": "url", "url": "www.shop.test/a"}))
+        .await;
+    assert_eq!(node_names(&report), vec!["n1", "n2", "n3"], "{report}");
+    assert_eq!(report["complete"], true);
+    assert!(
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["removed"] == 1),
+        "{report}"
+    );
+    for (n, c) in nodes.iter().zip(&clients) {
+        assert!(
+            !get(c, &n.url("/a"), &[]).await.is_hit(),
+            "purged everywhere"
+        );
+    }
+
+    // A hung node (its subscription stops answering) is reported as unconfirmed.
+    signal(nodes[2].pid(), "STOP");
+    let report = nodes[1].purge(json!({"kind": "key", "key": "k"})).await;
+    signal(nodes[2].pid(), "CONT");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["unconfirmed"], json!(["n3"]), "{report}");
+    assert_eq!(node_names(&report), vec!["n1", "n2"]);
+}
+
+#[tokio::test]
+async fn a_node_that_loses_redis_keeps_serving_and_reconnects() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let redis = Redis::start().await;
+    let port = redis.port;
+    let (n1, n2) = (
+        node(&origin, &redis, "n1").await,
+        node(&origin, &redis, "n2").await,
+    );
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    let c = n1.client(&["www.shop.test"]);
+    get(&c, &n1.url("/a"), &[]).await;
+
+    drop(redis);
+    let down = eventually(Duration::from_secs(10), || async {
+        status(&n1).await["fleet"]["subscribed"] == false
+    })
+    .await;
+    assert!(
+        down,
+        "the status shows the lost subscription: {}",
+        status(&n1).await
+    );
+    assert!(status(&n1).await["fleet"]["last_error"].is_string());
+    assert!(
+        get(&c, &n1.url("/a"), &[]).await.is_hit(),
+        "cached pages are still served"
+    );
+    assert_eq!(
+        get(&c, &n1.url("/b"), &[]).await.status,
+        200,
+        "and misses still proxied"
+    );
+    let report = n1
+        .purge(json!({"kind": "url", "url": "www.shop.test/b"}))
+        .await;
+    assert_eq!(
+        report["complete"], false,
+        "an incomplete purge says so: {report}"
+    );
+    assert!(report["fleet_error"].is_string());
+    assert_eq!(
+        report["nodes"][0]["removed"], 1,
+        "the local purge still happened"
+    );
+
+    let _redis = Redis::start_on(port).await;
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    let report = n2.purge(json!({"kind": "all"})).await;
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(node_names(&report), vec!["n1", "n2"]);
+}
