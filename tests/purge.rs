@@ -488,3 +488,47 @@ async fn surrogate_key_index_stays_true_under_eviction() {
         .await;
     assert_eq!(s["cache"]["index"]["tag_memberships"], 0, "{s}");
 }
+
+#[tokio::test]
+async fn every_purge_kind_can_be_soft() {
+    // Objects with a stale-while-revalidate window: after a soft purge the next request gets
+    // the stale copy at once (and one refresh goes to the origin).
+    let origin = counting_origin("max-age=600, stale-while-revalidate=60").await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let cases = [
+        (
+            "/u/1",
+            json!({"kind": "url", "url": "www.shop.test/u/1", "soft": true}),
+        ),
+        (
+            "/p/1",
+            json!({"kind": "prefix", "prefix": "www.shop.test/p/", "soft": true}),
+        ),
+        ("/k/1", json!({"kind": "key", "key": "tag-k", "soft": true})),
+        ("/a/1", json!({"kind": "all", "site": "shop", "soft": true})),
+    ];
+    for (path, purge) in cases {
+        let url = proxy.url(path);
+        let first = get(&c, &url, &[]).await.body;
+        assert!(get(&c, &url, &[]).await.is_hit());
+        let report = proxy.purge(purge.clone()).await;
+        assert!(
+            report["nodes"][0]["stale"].as_u64().unwrap() >= 1,
+            "{report}"
+        );
+        assert_eq!(report["nodes"][0]["removed"], 0, "{report}");
+        let stale = get(&c, &url, &[]).await;
+        assert_eq!(stale.body, first, "{purge}: the stale copy is served");
+        assert!(
+            stale.cache().contains("stale-while-revalidate"),
+            "{purge}: {}",
+            stale.cache()
+        );
+        let refreshed = eventually(Duration::from_secs(5), || async {
+            get(&c, &url, &[]).await.body != first
+        })
+        .await;
+        assert!(refreshed, "{purge}: refreshed in the background");
+    }
+}
