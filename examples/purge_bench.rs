@@ -40,7 +40,7 @@ async fn fill(storage: &'static EdgeStorage, n: usize) {
             .unwrap();
         let meta = CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header);
         let k = CacheKey::new(
-            key::primary("store", "www.store.test", &format!("/track/{i}"), ""),
+            key::primary("store", "www.store.test", &format!("/track/{i}"), "", ""),
             "store",
         );
         let mut fill = storage.get_miss_handler(&k, &meta, &span).await.unwrap();

@@ -5,6 +5,8 @@ use crate::admin::AdminApp;
 use crate::cache::CacheCore;
 use crate::config::Runtime;
 use crate::fleet::Purger;
+use crate::pools::health::HealthService;
+use crate::pools::switch::Release;
 use crate::proxy::EdgeProxy;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
@@ -42,20 +44,33 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     );
     let admin = runtime.admin.clone();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
-    let purger = Arc::new(Purger::new(runtime.clone(), cache.storage));
+    let release = Arc::new(Release::load(
+        &runtime.load(),
+        runtime.load().release.state_file.clone(),
+    ));
+    let purger = Arc::new(Purger::new(runtime.clone(), cache.storage, release.clone()));
     if let Some(fleet) = purger.service() {
         server.add_service(pingora::services::background::background_service(
             "fleet", fleet,
         ));
     }
     if let Some(admin) = admin {
-        let app = AdminApp::new(runtime.clone(), cache.storage, purger.clone());
+        let app = AdminApp::new(
+            runtime.clone(),
+            cache.storage,
+            purger.clone(),
+            release.clone(),
+        );
         let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);
         service.add_tcp(&admin.listen.to_string());
         tracing::info!(listen = %admin.listen, tokens = admin.tokens.len(), "admin API");
         server.add_service(service);
     }
-    let proxy = EdgeProxy::new(runtime, cache, purger);
+    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release);
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        HealthService { runtime },
+    ));
     let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
         .name("crossfade proxy")
         .server_options(options)

@@ -23,6 +23,55 @@ pub enum Command {
     Demo(DemoArgs),
     /// Purge the cache on every node (through the admin API).
     Purge(PurgeArgs),
+    /// Blue/green release control: status, flip, canary, rollback (through the admin API).
+    Pools(PoolsArgs),
+    /// Put a site or one of its routes into maintenance, or take it out.
+    Maintenance(MaintenanceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolsArgs {
+    #[command(subcommand)]
+    pub what: PoolsWhat,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsWhat {
+    /// Every site's active pool, canary, maintenance, and each pool's servers and health.
+    Status,
+    /// Send all new requests of a site to a pool.
+    Flip { site: String, pool: String },
+    /// Send a share of visitors (sticky) to a pool; 0 ends the canary.
+    Canary {
+        site: String,
+        pool: String,
+        percent: u8,
+    },
+    /// Return a site to its previous pool state.
+    Rollback { site: String },
+}
+
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    /// `on` or `off`.
+    pub state: OnOff,
+    pub site: String,
+    /// Only this route (by its name in the rules file).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Serve cached copies (even stale) where there are any; the page only on a miss.
+    #[arg(long)]
+    pub serve_cached: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

@@ -3,9 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use crossfade::admin::client;
-use crossfade::cache::purge::Purge;
-use crossfade::cli::{Cli, Command, PurgeArgs, PurgeWhat};
-use crossfade::config::admin::Scope;
+use crossfade::cli::{Cli, Command};
 use crossfade::{app, config, demo, telemetry};
 use std::process::ExitCode;
 
@@ -49,7 +47,9 @@ fn main() -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Purge(args) => purge(args),
+        Command::Purge(args) => exit(client::purge(args)?),
+        Command::Pools(args) => exit(client::pools(args)?),
+        Command::Maintenance(args) => exit(client::maintenance(args)?),
         Command::Demo(args) => {
             let runtime = config::load(&args.config)?;
             telemetry::init(&runtime.log);
@@ -58,25 +58,9 @@ fn main() -> Result<ExitCode> {
     }
 }
 
-/// `crossfade purge …`: sends the purge to the admin API and prints the report; fails when
-/// the purge failed or a node did not confirm.
-fn purge(args: PurgeArgs) -> Result<ExitCode> {
-    let soft = args.soft;
-    let purge = match args.what {
-        PurgeWhat::Url { url } => Purge::Url { url, soft },
-        PurgeWhat::Prefix { prefix } => Purge::Prefix { prefix, soft },
-        PurgeWhat::Key { key, site } => Purge::Key { key, site, soft },
-        PurgeWhat::All { site } => Purge::All { site, soft },
-    };
-    let (addr, token) = client::target(&args.admin, Scope::Purge)?;
-    let body = serde_json::to_string(&purge)?;
-    let (status, answer) = client::call(&addr, &token, "POST", "/purge", &body)?;
-    println!("{}", answer.trim_end());
-    let complete = serde_json::from_str::<serde_json::Value>(&answer)
-        .ok()
-        .and_then(|v| v["complete"].as_bool())
-        .unwrap_or(false);
-    Ok(if status == 200 && complete {
+/// Admin commands exit 1 when the call failed or a fleet operation was incomplete.
+fn exit(ok: bool) -> Result<ExitCode> {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -82,3 +82,79 @@ pub fn call(
         .ok_or(ClientError::BadResponse)?;
     Ok((status, body.to_string()))
 }
+
+/// Runs one admin call for the CLI and prints the answer; true when it succeeded.
+pub fn run(
+    args: &AdminArgs,
+    scope: Scope,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<bool, ClientError> {
+    let (addr, token) = target(args, scope)?;
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, answer) = call(&addr, &token, method, path, &body)?;
+    println!("{}", answer.trim_end());
+    let complete = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .is_some_and(|v| v.get("complete").is_none_or(|c| c.as_bool() == Some(true)));
+    Ok(status == 200 && complete)
+}
+
+/// `crossfade pools …`.
+pub fn pools(args: crate::cli::PoolsArgs) -> Result<bool, ClientError> {
+    use crate::cli::PoolsWhat;
+    use serde_json::json;
+    let (path, body) = match args.what {
+        PoolsWhat::Status => {
+            return run(
+                &args.admin,
+                Scope::Read,
+                "GET",
+                "/pools",
+                &serde_json::Value::Null,
+            )
+        }
+        PoolsWhat::Flip { site, pool } => ("/pools/flip", json!({ "site": site, "pool": pool })),
+        PoolsWhat::Canary {
+            site,
+            pool,
+            percent,
+        } => (
+            "/pools/canary",
+            json!({ "site": site, "pool": pool, "percent": percent }),
+        ),
+        PoolsWhat::Rollback { site } => ("/pools/rollback", json!({ "site": site })),
+    };
+    run(&args.admin, Scope::Release, "POST", path, &body)
+}
+
+/// `crossfade maintenance on|off …`.
+pub fn maintenance(args: crate::cli::MaintenanceArgs) -> Result<bool, ClientError> {
+    let body = serde_json::json!({
+        "site": args.site,
+        "route": args.route,
+        "on": matches!(args.state, crate::cli::OnOff::On),
+        "serve_cached": args.serve_cached,
+    });
+    run(&args.admin, Scope::Release, "POST", "/maintenance", &body)
+}
+
+/// `crossfade purge …`.
+pub fn purge(args: crate::cli::PurgeArgs) -> Result<bool, ClientError> {
+    use crate::cache::purge::Purge;
+    use crate::cli::PurgeWhat;
+    let soft = args.soft;
+    let purge = match args.what {
+        PurgeWhat::Url { url } => Purge::Url { url, soft },
+        PurgeWhat::Prefix { prefix } => Purge::Prefix { prefix, soft },
+        PurgeWhat::Key { key, site } => Purge::Key { key, site, soft },
+        PurgeWhat::All { site } => Purge::All { site, soft },
+    };
+    let body = serde_json::to_value(&purge).unwrap_or_default();
+    run(&args.admin, Scope::Purge, "POST", "/purge", &body)
+}

@@ -6,11 +6,17 @@
 //! | method | path      | scope | body → answer |
 //! | ------ | --------- | ----- | ------------- |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
+//! | GET    | `/pools`  | any   | → per site: release state (active, canary, maintenance) and pools (servers, health, in-flight, release, asset hash) |
+//! | POST   | `/pools/flip` | release | `{"site":"store","pool":"green"}` → site state |
+//! | POST   | `/pools/canary` | release | `{"site":"store","pool":"green","percent":10}` (0 ends the canary) → site state |
+//! | POST   | `/pools/rollback` | release | `{"site":"store"}` → site state |
+//! | POST   | `/maintenance` | release | `{"site":"store","route":"checkout","on":true,"serve_cached":false}` (no route: whole site) → site state |
 //! | POST   | `/purge`  | purge | `{"kind":"url","url":"www.store.test/track/1","soft":false}`, `{"kind":"prefix","prefix":"www.store.test/release/"}`, `{"kind":"key","key":"track-1","site":"store"}`, `{"kind":"all","site":"store"}` → purge report |
 //!
 //! Errors: 401 without a valid token, 403 when the token lacks the scope, 400 for a body that
 //! is not valid JSON of the right shape (unknown fields included) or names an unknown
-//! host/site, 404/405 for unknown paths/methods, 413 for bodies over 64 KiB. Every error is
+//! host/site/route, 409 for a release change that cannot apply (unknown pool, no healthy
+//! server, nothing to roll back), 404/405 for unknown paths/methods, 413 for bodies over 64 KiB. Every error is
 //! `{"error": "…"}`. Tokens are never logged.
 
 pub mod auth;
@@ -21,6 +27,7 @@ use crate::cache::storage::EdgeStorage;
 use crate::config::admin::Scope;
 use crate::config::Runtime;
 use crate::fleet::Purger;
+use crate::pools::switch::{Change, Release};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use auth::{authorize, Denied};
@@ -39,6 +46,7 @@ pub struct AdminApp {
     runtime: Arc<ArcSwap<Runtime>>,
     storage: &'static EdgeStorage,
     purger: Arc<Purger>,
+    release: Arc<Release>,
     started: Instant,
 }
 
@@ -47,11 +55,13 @@ impl AdminApp {
         runtime: Arc<ArcSwap<Runtime>>,
         storage: &'static EdgeStorage,
         purger: Arc<Purger>,
+        release: Arc<Release>,
     ) -> Self {
         AdminApp {
             runtime,
             storage,
             purger,
+            release,
             started: Instant::now(),
         }
     }
@@ -103,9 +113,17 @@ impl AdminApp {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let scope = match (method.clone(), path.as_str()) {
-            (Method::GET, "/status") => Scope::Read,
+            (Method::GET, "/status" | "/pools") => Scope::Read,
             (Method::POST, "/purge") => Scope::Purge,
-            (_, "/status" | "/purge") => {
+            (
+                Method::POST,
+                "/pools/flip" | "/pools/canary" | "/pools/rollback" | "/maintenance",
+            ) => Scope::Release,
+            (
+                _,
+                "/status" | "/purge" | "/pools" | "/pools/flip" | "/pools/canary"
+                | "/pools/rollback" | "/maintenance",
+            ) => {
                 return error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!("{method} is not allowed on {path}"),
@@ -158,8 +176,74 @@ impl AdminApp {
                     Err(e) => error(StatusCode::BAD_REQUEST, e),
                 }
             }
+            Scope::Release => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                self.change(&rt, &path, &body, &token).await
+            }
+            _ if path == "/pools" => self.pools(&rt),
             _ => self.status(&rt),
         }
+    }
+
+    /// Applies a release change named by the endpoint (`/pools/flip` → `flip`).
+    async fn change(
+        &self,
+        rt: &Runtime,
+        path: &str,
+        body: &[u8],
+        token: &str,
+    ) -> Response<Vec<u8>> {
+        let action = path.rsplit('/').next().unwrap_or_default();
+        let mut value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(map),
+            Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+        };
+        if value.get("action").is_some() {
+            return error(StatusCode::BAD_REQUEST, "unknown field `action`");
+        }
+        value["action"] = json!(action);
+        let change: Change = match serde_json::from_value(value) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid {action} request: {e}"),
+                )
+            }
+        };
+        match self.release.apply(rt, &change) {
+            Ok(state) => {
+                tracing::warn!(token = %token, ?change, "release change applied");
+                let fleet = self.purger.share_release(change.site(), &state).await;
+                json_response(
+                    StatusCode::OK,
+                    json!({ "site": change.site(), "state": state, "fleet": fleet }),
+                )
+            }
+            Err(e) if e.is_conflict() => error(StatusCode::CONFLICT, e),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+
+    fn pools(&self, rt: &Runtime) -> Response<Vec<u8>> {
+        let states = self.release.all();
+        let sites: Vec<_> = rt
+            .sites
+            .list
+            .iter()
+            .map(|s| {
+                json!({
+                    "site": &*s.name,
+                    "state": states.get(&*s.name),
+                    "pools": s.pools.iter().map(|p| p.describe()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json_response(StatusCode::OK, json!({ "sites": sites }))
     }
 
     fn status(&self, rt: &Runtime) -> Response<Vec<u8>> {
@@ -179,7 +263,7 @@ impl AdminApp {
                 "sites": rt.sites.list.iter().map(|s| json!({
                     "name": &*s.name,
                     "hosts": s.hosts,
-                    "active_pool": s.active_pool().name,
+                    "active_pool": self.release.get(&s.name).map(|st| st.active),
                 })).collect::<Vec<_>>(),
                 "fleet": self.purger.status(),
             }),

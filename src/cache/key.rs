@@ -49,10 +49,12 @@ pub fn normalize_query(query: Option<&str>, filter: &QueryFilter, sort: bool) ->
     pairs.join("&")
 }
 
-/// The primary key: site, host, path and normalised query, each length-prefixed.
-pub fn primary(site: &str, host: &str, path: &str, query: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(site.len() + host.len() + path.len() + query.len() + 16);
-    for part in [site, host, path, query] {
+/// The primary key: site, host, path, normalised query and the pool (release) whose pages it
+/// holds (empty for versioned assets, which are the same whichever pool serves them), each
+/// length-prefixed. Keying pages by pool keeps a canary's pages away from the stable cohort.
+pub fn primary(site: &str, host: &str, path: &str, query: &str, pool: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(site.len() + host.len() + path.len() + query.len() + 24);
+    for part in [site, host, path, query, pool] {
         key.extend_from_slice(&(part.len() as u32).to_be_bytes());
         key.extend_from_slice(part.as_bytes());
     }
@@ -66,22 +68,24 @@ pub struct Primary<'a> {
     pub host: &'a str,
     pub path: &'a str,
     pub query: &'a str,
+    pub pool: &'a str,
 }
 
 /// Reads back a primary key built by [`primary`].
 pub fn decode_primary(mut key: &[u8]) -> Option<Primary<'_>> {
-    let mut parts = [""; 4];
+    let mut parts = [""; 5];
     for part in &mut parts {
         let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
         *part = std::str::from_utf8(key.get(4..4 + len)?).ok()?;
         key = &key[4 + len..];
     }
-    let [site, host, path, query] = parts;
+    let [site, host, path, query, pool] = parts;
     Some(Primary {
         site,
         host,
         path,
         query,
+        pool,
     })
 }
 
@@ -138,8 +142,11 @@ mod tests {
 
     #[test]
     fn primary_keys_are_framed() {
-        assert_ne!(primary("s", "ab", "/c", ""), primary("s", "a", "b/c", ""));
-        let p = primary("shop", "a.test", "/x", "q=1");
+        assert_ne!(
+            primary("s", "ab", "/c", "", ""),
+            primary("s", "a", "b/c", "", "")
+        );
+        let p = primary("shop", "a.test", "/x", "q=1", "blue");
         let d = decode_primary(&p).unwrap();
         assert_eq!(
             (d.site, d.host, d.path, d.query),

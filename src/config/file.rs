@@ -27,6 +27,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub fleet: FleetFile,
     #[serde(default)]
+    pub release: ReleaseFile,
+    #[serde(default)]
     pub sites: Vec<SiteFile>,
 }
 
@@ -128,6 +130,8 @@ pub struct SiteFile {
     #[serde(default)]
     pub default: bool,
     pub active_pool: Option<String>,
+    /// Path pattern of versioned static assets, with `{hash}` as one segment.
+    pub assets: Option<String>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolFile>,
 }
@@ -137,6 +141,25 @@ pub struct SiteFile {
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub servers: Vec<String>,
+    pub release: Option<String>,
+    pub asset_hash: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub passive_down: Option<String>,
+}
+
+/// `[release]`: blue/green state and the edge's maintenance page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseFile {
+    pub state_file: Option<String>,
+    pub cohort_cookie: Option<String>,
+    pub session_cookie: Option<String>,
+    pub maintenance_page: Option<String>,
+    pub retry_after: Option<String>,
 }
 
 /// `rules/<site>.toml`.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod file;
+pub mod pools;
 pub mod units;
 pub mod validate;
 
@@ -66,6 +67,7 @@ pub struct Runtime {
     /// `None`: no admin listener (no `[admin]` section).
     pub admin: Option<admin::AdminSettings>,
     pub fleet: admin::FleetSettings,
+    pub release: pools::ReleaseSettings,
     pub sites: Sites,
 }
 
@@ -126,12 +128,18 @@ pub struct Site {
     pub hosts: Vec<String>,
     pub routes: RouteTable,
     pub pools: Vec<Pool>,
+    /// The configured active pool (the release state may have moved on since).
     pub active_pool: usize,
+    pub assets: Option<pools::AssetPattern>,
 }
 
 impl Site {
     pub fn active_pool(&self) -> &Pool {
         &self.pools[self.active_pool]
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
     }
 }
 

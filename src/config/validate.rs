@@ -13,7 +13,6 @@ use super::*;
 use crate::rules::{Mode, NameSet, PathMatch, QueryFilter, Rule, StatusMatch};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
-use std::net::ToSocketAddrs;
 
 /// Collects issues for one file.
 struct Issues<'a> {
@@ -136,6 +135,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let admin_file: Option<super::file::AdminFile> =
         table.remove("admin").and_then(|v| issues.de(v, "admin"));
     let fleet_file: super::file::FleetFile = section(&mut table, "fleet", &mut issues);
+    let release_file: super::file::ReleaseFile = section(&mut table, "release", &mut issues);
     let mut site_files = Vec::new();
     match table.remove("sites") {
         Some(toml::Value::Array(items)) => {
@@ -167,6 +167,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let mut push = |key: String, message: String| issues.push(key, message);
     let admin = super::admin::admin(admin_file, &mut push);
     let fleet = super::admin::fleet(fleet_file, &mut push);
+    let release = super::pools::release(path, release_file, &mut push);
     let sites = sites(path, site_files, issues.out);
     Some(Runtime {
         source: path.to_path_buf(),
@@ -177,6 +178,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         log,
         admin,
         fleet,
+        release,
         sites,
     })
 }
@@ -370,7 +372,9 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
             issues.push(format!("{at}.hosts"), "needs at least one host name");
         }
         let hosts: Vec<String> = f.hosts.iter().map(|h| normalize_host(h)).collect();
-        let pools = pools(&f, &at, &mut issues);
+        let mut push = |key: String, message: String| issues.push(key, message);
+        let pools = super::pools::pools(&f, &at, valid_name, &mut push);
+        let assets = super::pools::assets(&f, &at, &mut push);
         let active_pool = match (&f.active_pool, pools.len()) {
             (Some(name), _) => pools
                 .iter()
@@ -410,6 +414,7 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
             routes,
             pools,
             active_pool,
+            assets,
         });
         let mut issues = Issues {
             file: config.to_path_buf(),
@@ -450,39 +455,6 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
         });
     }
     sites
-}
-
-fn pools(f: &SiteFile, at: &str, issues: &mut Issues) -> Vec<Pool> {
-    if f.pools.is_empty() {
-        issues.push(
-            format!("{at}.pools"),
-            "needs at least one pool, e.g. [sites.pools.blue] servers = [\"127.0.0.1:9000\"]",
-        );
-    }
-    let mut out = Vec::new();
-    for (name, p) in &f.pools {
-        let key = format!("{at}.pools.{name}");
-        if !valid_name(name) {
-            issues.push(key.clone(), "pool names must be a-z, 0-9, _ or -");
-        }
-        if p.servers.is_empty() {
-            issues.push(format!("{key}.servers"), "needs at least one server");
-        }
-        let mut servers = Vec::new();
-        for (j, s) in p.servers.iter().enumerate() {
-            match s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                Some(addr) => servers.push(addr),
-                None => issues.push(
-                    format!("{key}.servers[{j}]"),
-                    format!("{s:?} is not a host:port that resolves"),
-                ),
-            }
-        }
-        if !servers.is_empty() {
-            out.push(Pool::new(name.clone(), servers));
-        }
-    }
-    out
 }
 
 fn compile_rules(path: &Path, all: &mut Vec<Issue>) -> Option<crate::rules::RouteTable> {

@@ -13,7 +13,8 @@ pub fn run(runtime: Runtime) -> ! {
     let mut listeners = Vec::new();
     for site in &runtime.sites.list {
         for pool in &site.pools {
-            for addr in &pool.servers {
+            for server in &pool.servers {
+                let addr = server.addr;
                 match std::net::TcpListener::bind(addr) {
                     Ok(l) => {
                         listeners.push((l, Release::new(&format!("{}-{}", site.name, pool.name))))

@@ -8,6 +8,7 @@ mod redis;
 use crate::cache::purge::{Purge, PurgeError};
 use crate::cache::storage::EdgeStorage;
 use crate::config::Runtime;
+use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use redis::RedisLink;
 use serde::{Deserialize, Serialize};
@@ -44,12 +45,17 @@ pub struct Purger {
     node: String,
     link: Option<Arc<RedisLink>>,
     next_id: AtomicU64,
+    release: Arc<Release>,
 }
 
 impl Purger {
     /// A purger for this node; with `[fleet] redis`, also the link to the other nodes (its
     /// background task is started by [`FleetService`]).
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, storage: &'static EdgeStorage) -> Self {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        storage: &'static EdgeStorage,
+        release: Arc<Release>,
+    ) -> Self {
         let fleet = runtime.load().fleet.clone();
         let link = fleet.redis.as_deref().and_then(|url| {
             RedisLink::new(url, &fleet.node, &fleet.channel, fleet.confirm_timeout)
@@ -67,6 +73,7 @@ impl Purger {
             node: fleet.node,
             link,
             next_id: AtomicU64::new(seed),
+            release,
         }
     }
 
@@ -152,6 +159,37 @@ impl Purger {
         report.unconfirmed = waiting;
         report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(report)
+    }
+
+    /// Installs a release state that another node decided.
+    pub fn install_release(&self, site: &str, state: crate::pools::switch::SiteState) {
+        let rt = self.runtime.load();
+        let known = rt.sites.list.iter().find(|s| &*s.name == site);
+        if known.is_some_and(|s| s.pool(&state.active).is_some()) {
+            self.release.install(site, state);
+        } else {
+            tracing::warn!(
+                site,
+                "fleet: release state for an unknown site or pool ignored"
+            );
+        }
+    }
+
+    /// Shares a site's new release state with the other nodes; returns what to report.
+    pub async fn share_release(
+        &self,
+        site: &str,
+        state: &crate::pools::switch::SiteState,
+    ) -> serde_json::Value {
+        match &self.link {
+            None => serde_json::json!({ "mode": "single" }),
+            Some(link) => match link.send_release(site, state).await {
+                Ok(()) => serde_json::json!({ "mode": "redis", "published": true }),
+                Err(e) => {
+                    serde_json::json!({ "mode": "redis", "published": false, "error": e.to_string() })
+                }
+            },
+        }
     }
 
     /// Sends `purge` to the other nodes without waiting for them (invalidations after unsafe

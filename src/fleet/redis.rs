@@ -1,6 +1,8 @@
 //! The Redis link of a fleet: purges published on `<channel>:purge`, confirmations on
-//! `<channel>:ack`, and a heartbeat hash `<channel>:nodes` (node → last seen, ms) that tells a
-//! node which peers should confirm.
+//! `<channel>:ack`, a heartbeat hash `<channel>:nodes` (node → last seen, ms) that tells a
+//! node which peers should confirm, and release state: changes published on
+//! `<channel>:release` and kept in the hash `<channel>:release-state` (site → state), which a
+//! node reads whenever it (re)subscribes, so every node runs the same pools.
 //!
 //! A node that loses Redis keeps serving: it logs loudly, shows the state in `/status`, and
 //! reconnects with backoff. Purges published while its subscription was down are lost to it,
@@ -42,6 +44,13 @@ pub(super) struct AckMsg {
     pub error: Option<String>,
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ReleaseMsg {
+    pub from: String,
+    pub site: String,
+    pub state: crate::pools::switch::SiteState,
+}
+
 #[derive(Debug, Default, Clone)]
 struct LinkState {
     subscribed: bool,
@@ -62,6 +71,8 @@ pub struct RedisLink {
     purge_channel: String,
     ack_channel: String,
     nodes_key: String,
+    release_channel: String,
+    release_key: String,
     pub(super) confirm_timeout: Duration,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<AckMsg>>>,
@@ -91,6 +102,8 @@ impl RedisLink {
             purge_channel: format!("{channel}:purge"),
             ack_channel: format!("{channel}:ack"),
             nodes_key: format!("{channel}:nodes"),
+            release_channel: format!("{channel}:release"),
+            release_key: format!("{channel}:release-state"),
             confirm_timeout,
             conn: tokio::sync::Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
@@ -187,6 +200,46 @@ impl RedisLink {
         lock(&self.state).peers.clone()
     }
 
+    /// Stores and publishes a site's release state.
+    pub(super) async fn send_release(
+        &self,
+        site: &str,
+        state: &crate::pools::switch::SiteState,
+    ) -> Result<(), LinkError> {
+        let msg = ReleaseMsg {
+            from: self.node.clone(),
+            site: site.to_string(),
+            state: state.clone(),
+        };
+        let payload = serde_json::to_string(&msg).unwrap_or_default();
+        let json = serde_json::to_string(state).unwrap_or_default();
+        self.query::<i64>(
+            redis::cmd("HSET")
+                .arg(&self.release_key)
+                .arg(site)
+                .arg(json),
+        )
+        .await?;
+        self.publish(&self.release_channel, payload).await
+    }
+
+    /// Installs the fleet's stored release state (on every (re)subscription).
+    async fn sync_release(&self, purger: &Purger) {
+        let stored: Result<HashMap<String, String>, _> = self
+            .query(redis::cmd("HGETALL").arg(&self.release_key))
+            .await;
+        match stored {
+            Ok(states) => {
+                for (site, json) in states {
+                    if let Ok(state) = serde_json::from_str(&json) {
+                        purger.install_release(&site, state);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet: could not read the release state"),
+        }
+    }
+
     pub(super) fn done(&self, id: u64) {
         lock(&self.pending).remove(&id);
     }
@@ -215,7 +268,16 @@ impl RedisLink {
 
     /// Handles one message from the subscription.
     async fn on_message(&self, purger: &Purger, channel: &str, payload: &str) {
-        if channel == self.purge_channel {
+        if channel == self.release_channel {
+            match serde_json::from_str::<ReleaseMsg>(payload) {
+                Ok(msg) if msg.from != self.node => {
+                    tracing::warn!(site = %msg.site, from = %msg.from, "fleet: release state changed by another node");
+                    purger.install_release(&msg.site, msg.state);
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!("fleet: unreadable release message ignored"),
+            }
+        } else if channel == self.purge_channel {
             let Ok(msg) = serde_json::from_str::<PurgeMsg>(payload) else {
                 tracing::warn!("fleet: unreadable purge message ignored");
                 return;
@@ -289,6 +351,9 @@ impl RedisLink {
                         }
                     }
                     tracing::info!(node = %self.node, "fleet: subscribed to purges");
+                    if let Some(p) = purger.upgrade() {
+                        self.sync_release(&p).await;
+                    }
                     if ever_subscribed {
                         if let Some(p) = purger.upgrade() {
                             tracing::warn!("fleet: purges may have been missed while disconnected; marking the cache stale");
@@ -323,6 +388,7 @@ impl RedisLink {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(&self.purge_channel).await?;
         pubsub.subscribe(&self.ack_channel).await?;
+        pubsub.subscribe(&self.release_channel).await?;
         Ok(pubsub)
     }
 }

@@ -1,32 +1,211 @@
-//! Upstream pools: named groups of application servers and the choice of server per request.
+//! Upstream pools: named groups of application servers (blue, green, …), their health, and the
+//! choice of server per request. Which pool a request goes to is the release state's decision
+//! ([`switch`]); health checks run in [`health`].
 //!
-//! A site has one or more pools (blue, green, …) and one active pool. Within a pool, servers
-//! are used round-robin.
+//! Within a pool, healthy servers are used round-robin. A server is unhealthy when its active
+//! check failed `fall` times in a row (until it passes `rise` times), or for `passive_down`
+//! after a connection failure or three 5xx answers in a row.
+
+pub mod health;
+pub mod switch;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// A named group of application servers.
-#[derive(Debug)]
-pub struct Pool {
-    pub name: String,
-    pub servers: Vec<SocketAddr>,
-    next: AtomicUsize,
+/// Consecutive 5xx answers that take a server out of rotation.
+const PASSIVE_5XX_LIMIT: u32 = 3;
+
+/// Active health check settings of a pool.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
-impl Pool {
-    /// `servers` is never empty: validation rejects a pool without servers.
-    pub fn new(name: String, servers: Vec<SocketAddr>) -> Self {
-        Pool {
-            name,
-            servers,
-            next: AtomicUsize::new(0),
+/// One application server and what the edge knows about it.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Active-check verdict (true until a check says otherwise).
+    checked_up: AtomicBool,
+    /// Consecutive active-check results in the current direction (for rise/fall).
+    streak: AtomicU32,
+    /// Passively marked down until this time (ms since the Unix epoch).
+    down_until_ms: AtomicU64,
+    consecutive_5xx: AtomicU32,
+    /// Requests being proxied to this server now.
+    pub inflight: AtomicUsize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr) -> Self {
+        Server {
+            addr,
+            checked_up: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            inflight: AtomicUsize::new(0),
         }
     }
 
-    /// The next server, round-robin.
-    pub fn pick(&self) -> SocketAddr {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.servers[i % self.servers.len()]
+    pub fn is_healthy(&self) -> bool {
+        self.checked_up.load(Ordering::Acquire)
+            && self.down_until_ms.load(Ordering::Acquire) <= now_ms()
+    }
+
+    /// Records an active check result, applying the rise/fall thresholds.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32) {
+        let up = self.checked_up.load(Ordering::Acquire);
+        if ok == up {
+            self.streak.store(0, Ordering::Release);
+            return;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::AcqRel) + 1;
+        if streak >= if up { fall } else { rise } {
+            self.checked_up.store(ok, Ordering::Release);
+            self.streak.store(0, Ordering::Release);
+            tracing::warn!(server = %self.addr, healthy = ok, "health check changed a server's state");
+        }
+    }
+
+    /// A connection to the server failed: out of rotation for `down`.
+    pub fn connect_failed(&self, down: Duration) {
+        self.down_until_ms
+            .store(now_ms() + down.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Records the status of an answer; repeated 5xx take the server out for `down`.
+    pub fn answered(&self, status: u16, down: Duration) {
+        if status >= 500 {
+            if self.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1 >= PASSIVE_5XX_LIMIT {
+                self.consecutive_5xx.store(0, Ordering::Release);
+                self.connect_failed(down);
+            }
+        } else {
+            self.consecutive_5xx.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A named group of application servers serving one release.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub servers: Vec<Server>,
+    next: AtomicUsize,
+    /// The release this pool runs (config, or the health check's `X-Release` header).
+    pub release: RwLock<Option<String>>,
+    /// The static-asset hash this pool serves (config, or the health check's `X-Asset-Hash`).
+    pub asset_hash: RwLock<Option<String>>,
+    pub health: Option<HealthCheck>,
+    pub passive_down: Duration,
+}
+
+impl Pool {
+    pub fn new(name: String, servers: Vec<SocketAddr>) -> Self {
+        Pool {
+            name,
+            servers: servers.into_iter().map(Server::new).collect(),
+            next: AtomicUsize::new(0),
+            release: RwLock::new(None),
+            asset_hash: RwLock::new(None),
+            health: None,
+            passive_down: Duration::from_secs(10),
+        }
+    }
+
+    /// The next healthy server, round-robin; `None` when no server is healthy.
+    pub fn pick(&self) -> Option<&Server> {
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.servers[(start + i) % n])
+            .find(|s| s.is_healthy())
+    }
+
+    pub fn healthy_servers(&self) -> usize {
+        self.servers.iter().filter(|s| s.is_healthy()).count()
+    }
+
+    pub fn server(&self, addr: SocketAddr) -> Option<&Server> {
+        self.servers.iter().find(|s| s.addr == addr)
+    }
+
+    pub fn asset_hash(&self) -> Option<String> {
+        self.asset_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn release(&self) -> Option<String> {
+        self.release
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A JSON view for `/pools` and `/status`.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "release": self.release(),
+            "asset_hash": self.asset_hash(),
+            "healthy_servers": self.healthy_servers(),
+            "servers": self.servers.iter().map(|s| serde_json::json!({
+                "addr": s.addr.to_string(),
+                "healthy": s.is_healthy(),
+                "inflight": s.inflight.load(Ordering::Relaxed),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_thresholds_and_passive_marks() {
+        let pool = Pool::new(
+            "blue".into(),
+            vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+        );
+        let s = &pool.servers[0];
+        s.record_check(false, 2, 2);
+        assert!(s.is_healthy(), "one failure is below fall=2");
+        s.record_check(false, 2, 2);
+        assert!(!s.is_healthy());
+        assert_eq!(
+            pool.pick().unwrap().addr.port(),
+            2,
+            "only healthy servers are picked"
+        );
+        s.record_check(true, 2, 2);
+        s.record_check(true, 2, 2);
+        assert!(s.is_healthy());
+        let t = &pool.servers[1];
+        for _ in 0..3 {
+            t.answered(503, Duration::from_secs(60));
+        }
+        assert!(!t.is_healthy(), "three 5xx in a row");
+        s.connect_failed(Duration::from_secs(60));
+        assert!(pool.pick().is_none());
+        assert_eq!(pool.healthy_servers(), 0);
     }
 }

@@ -33,6 +33,12 @@ pub struct RequestCtx {
     pub stale_on_error: bool,
     /// Headers of a 304 answering our revalidation, merged into the stored headers.
     pub not_modified: Option<http::HeaderMap>,
+    /// A cohort bucket assigned to this visitor, to be set as a cookie.
+    pub new_cohort: Option<u8>,
+    /// Maintenance with cached copies allowed: serve from cache, never go to the origin.
+    pub maintenance_cached: bool,
+    /// The chosen pool had no healthy server.
+    pub no_server: bool,
 }
 
 impl RequestCtx {
@@ -54,6 +60,9 @@ impl RequestCtx {
             upstream_status: None,
             stale_on_error: false,
             not_modified: None,
+            new_cohort: None,
+            maintenance_cached: false,
+            no_server: false,
         }
     }
 }

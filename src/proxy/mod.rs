@@ -7,24 +7,32 @@
 //! admission → `Cache-Status` and browser TTL → one access-log event.
 
 pub mod ctx;
+mod edge;
 pub mod headers;
 mod invalidate;
+mod release;
 
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};
 use crate::fleet::Purger;
+use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
 use ctx::RequestCtx;
+use edge::Answer;
 use http::header;
 use pingora::cache::key::HashBinary;
+use pingora::cache::ForcedFreshness;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use release::Choice;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 /// The crossfade proxy service logic.
@@ -32,15 +40,31 @@ pub struct EdgeProxy {
     runtime: Arc<ArcSwap<Runtime>>,
     cache: CacheCore,
     purger: Arc<Purger>,
+    release: Arc<Release>,
 }
 
 impl EdgeProxy {
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, cache: CacheCore, purger: Arc<Purger>) -> Self {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        cache: CacheCore,
+        purger: Arc<Purger>,
+        release: Arc<Release>,
+    ) -> Self {
         EdgeProxy {
             runtime,
             cache,
             purger,
+            release,
         }
+    }
+
+    /// The server this request was sent to, for health bookkeeping.
+    fn server<'a>(
+        &self,
+        ctx: &'a RequestCtx,
+    ) -> Option<(&'a crate::pools::Pool, &'a crate::pools::Server)> {
+        let pool = ctx.site.as_ref()?.pool(ctx.pool.as_deref()?)?;
+        Some((pool, pool.server(ctx.upstream_addr?)?))
     }
 }
 
@@ -53,24 +77,6 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     };
     let host = normalize_host(&raw);
     (!host.is_empty()).then_some(host)
-}
-
-/// Writes a short plain-text answer from the edge itself; `detail` says why (a fixed label).
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    detail: &'static str,
-    body: &'static str,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("cache-status", format!("crossfade; detail={detail}"))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
 }
 
 #[async_trait]
@@ -90,7 +96,9 @@ impl ProxyHttp for EdgeProxy {
             let status = rt.proxy.unknown_host_status;
             ctx.runtime = Some(rt);
             let body = "crossfade: no site is configured for this host\n";
-            respond(session, status, "unknown-host", body).await?;
+            Answer::text(status, "unknown-host", body)
+                .send(session)
+                .await?;
             return Ok(true);
         };
         if req.method.as_str() == "PURGE" {
@@ -100,16 +108,76 @@ impl ProxyHttp for EdgeProxy {
         }
         let path = req.uri.path();
         let rule = site.routes.find(&req.method, path).clone();
+        let Some(state) = self.release.get(&site.name) else {
+            return Error::e_explain(ErrorType::InternalError, "no release state for site");
+        };
+        if state.maintenance.covers(&rule.name) {
+            if !state.maintenance.serve_cached
+                || req.method != http::Method::GET && req.method != http::Method::HEAD
+            {
+                ctx.edge_answer = Some("maintenance");
+                let page = Answer::unavailable(
+                    "maintenance",
+                    &rt.release.maintenance_page,
+                    rt.release.retry_after,
+                );
+                page.send(session).await?;
+                return Ok(true);
+            }
+            ctx.maintenance_cached = true;
+        }
+        let r = &rt.release;
+        let pool_in_key = match release::choose(
+            &site,
+            &state,
+            path,
+            &req.headers,
+            &r.cohort_cookie,
+            &r.session_cookie,
+        ) {
+            Choice::UnknownAsset => {
+                ctx.edge_answer = Some("unknown-asset");
+                // Short negative TTL: a release that is about to go live must not stay 404.
+                let answer = Answer {
+                    cache_control: "public, max-age=10",
+                    ..Answer::text(
+                        404,
+                        "unknown-asset-version",
+                        "crossfade: no release serves this asset version\n",
+                    )
+                };
+                answer.send(session).await?;
+                return Ok(true);
+            }
+            Choice::Asset { pool } => {
+                ctx.pool = Some(pool);
+                String::new()
+            }
+            Choice::Pool { pool, new_cohort } => {
+                ctx.new_cohort = new_cohort;
+                ctx.pool = Some(pool.clone());
+                pool
+            }
+        };
         ctx.bypass = policy::request_bypass(&rule, req);
         if ctx.bypass.is_none() {
             let query = key::normalize_query(req.uri.query(), &rule.query, rule.query_sort);
             let host = host.as_deref().unwrap_or_default();
-            ctx.primary = key::primary(&site.name, host, path, &query);
+            ctx.primary = key::primary(&site.name, host, path, &query, &pool_in_key);
             ctx.upstream_uri = Some(if query.is_empty() {
                 path.to_string()
             } else {
                 format!("{path}?{query}")
             });
+        } else if ctx.maintenance_cached {
+            ctx.edge_answer = Some("maintenance");
+            let page = Answer::unavailable(
+                "maintenance",
+                &rt.release.maintenance_page,
+                rt.release.retry_after,
+            );
+            page.send(session).await?;
+            return Ok(true);
         }
         ctx.host = host.unwrap_or_default();
         ctx.site = Some(site);
@@ -201,18 +269,118 @@ impl ProxyHttp for EdgeProxy {
         let (Some(site), Some(rt)) = (&ctx.site, &ctx.runtime) else {
             return Error::e_explain(ErrorType::InternalError, "no site selected");
         };
-        let pool = site.active_pool();
-        let addr = pool.pick();
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let Some(pool) = ctx.pool.as_deref().and_then(|p| site.pool(p)) else {
+            return Error::e_explain(ErrorType::InternalError, "no pool selected");
+        };
+        // A retry after a failed connect picks again; release the previous pick first.
+        if let Some(prev) = ctx.upstream_addr.take().and_then(|a| pool.server(a)) {
+            prev.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        let Some(server) = pool.pick() else {
+            ctx.no_server = true;
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some(format!("pool {:?} has no healthy server", pool.name).into()),
+                None,
+            ));
+        };
+        server.inflight.fetch_add(1, Ordering::Relaxed);
+        let mut peer = HttpPeer::new(server.addr, false, String::new());
         let o = &rt.origin;
         peer.options.connection_timeout = Some(o.connect_timeout);
         peer.options.read_timeout = Some(o.read_timeout);
         peer.options.write_timeout = Some(o.write_timeout);
         peer.options.idle_timeout = Some(o.idle_timeout);
-        ctx.pool = Some(pool.name.clone());
-        ctx.upstream_addr = Some(addr);
+        ctx.upstream_addr = Some(server.addr);
         ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some((pool, server)) = self.server(ctx) {
+            server.connect_failed(pool.passive_down);
+        }
+        // Nothing was sent yet, so another server may take the request.
+        e.set_retry(true);
+        e
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        if !ctx.maintenance_cached {
+            return Ok(true);
+        }
+        ctx.edge_answer = Some("maintenance");
+        let rt = ctx.runtime.clone();
+        let page = rt
+            .as_ref()
+            .map_or("", |r| r.release.maintenance_page.as_str());
+        let retry = rt
+            .as_ref()
+            .map_or(Duration::from_secs(120), |r| r.release.retry_after);
+        Answer::unavailable("maintenance", page, retry)
+            .send(session)
+            .await?;
+        Ok(false)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut pingora::cache::storage::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        // In maintenance with cached copies allowed, a stale copy beats the maintenance page.
+        Ok((ctx.maintenance_cached && !is_fresh).then_some(ForcedFreshness::ForceFresh))
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ if ctx.no_server => 503,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 503 && ctx.no_server {
+            ctx.edge_answer = Some("no-healthy-server");
+            if let Some(rt) = ctx.runtime.clone() {
+                let page = Answer::unavailable(
+                    "no-healthy-server",
+                    &rt.release.maintenance_page,
+                    rt.release.retry_after,
+                );
+                let _ = page.send(session).await;
+            }
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_request_filter(
@@ -264,6 +432,9 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
+        if let Some((pool, server)) = self.server(ctx) {
+            server.answered(upstream_response.status.as_u16(), pool.passive_down);
+        }
         Ok(())
     }
 
@@ -274,6 +445,13 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
+        if let (Some(bucket), Some(rt)) = (ctx.new_cohort, &ctx.runtime) {
+            let cookie = format!(
+                "{}={bucket}; Path=/; Max-Age=86400; SameSite=Lax",
+                rt.release.cohort_cookie
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
+        }
         headers::finish_response(&session.cache, ctx, resp)
     }
 
@@ -296,6 +474,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some((_, server)) = self.server(ctx) {
+            server.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
         crate::telemetry::access_log(session, e, ctx);
     }
 }

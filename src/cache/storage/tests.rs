@@ -22,7 +22,7 @@ fn leak(capacity: u64) -> &'static EdgeStorage {
 }
 
 fn key(path: &str) -> CacheKey {
-    CacheKey::new(key::primary("shop", "a.test", path, ""), "shop")
+    CacheKey::new(key::primary("shop", "a.test", path, "", ""), "shop")
 }
 
 async fn put(storage: &'static EdgeStorage, k: &CacheKey, tags: &str, body: &[u8]) {

@@ -1,0 +1,140 @@
+//! Active health checks: each pool with a `health_path` has its servers asked
+//! `GET <health_path>` every `health_interval`; a 2xx answer within `health_timeout` passes.
+//! The answer's `X-Release` and `X-Asset-Hash` headers, when present, update what the pool
+//! announces (so a deploy can change them without a config change).
+
+use super::{HealthCheck, Pool, Server};
+use crate::config::Runtime;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest health-check answer head we read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// What one check found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Answer {
+    ok: bool,
+    release: Option<String>,
+    asset_hash: Option<String>,
+}
+
+fn parse_head(head: &str) -> Answer {
+    let mut lines = head.split("\r\n");
+    let ok = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .is_some_and(|s| (200..300).contains(&s));
+    let mut answer = Answer {
+        ok,
+        ..Answer::default()
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "x-release" if !value.is_empty() => answer.release = Some(value),
+            "x-asset-hash" if !value.is_empty() => answer.asset_hash = Some(value),
+            _ => {}
+        }
+    }
+    answer
+}
+
+async fn check(server: &Server, hc: &HealthCheck) -> Answer {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.ok()?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: crossfade-health\r\nConnection: close\r\n\r\n",
+            hc.path, server.addr
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; MAX_HEAD];
+        let mut len = 0;
+        loop {
+            let n = stream.read(&mut buf[len..]).await.ok()?;
+            len += n;
+            let text = String::from_utf8_lossy(&buf[..len]);
+            if let Some(end) = text.find("\r\n\r\n") {
+                return Some(parse_head(&text[..end]));
+            }
+            if n == 0 || len == MAX_HEAD {
+                return Some(parse_head(&text));
+            }
+        }
+    };
+    tokio::time::timeout(hc.timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+async fn check_pool(pool: &Pool, hc: &HealthCheck) {
+    for server in &pool.servers {
+        let answer = check(server, hc).await;
+        server.record_check(answer.ok, hc.rise, hc.fall);
+        if answer.ok {
+            if let Some(r) = answer.release {
+                *pool.release.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            }
+            if let Some(h) = answer.asset_hash {
+                *pool.asset_hash.write().unwrap_or_else(|e| e.into_inner()) = Some(h);
+            }
+        }
+    }
+}
+
+/// The pingora background service running every pool's checks.
+pub struct HealthService {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let rt = self.runtime.load_full();
+        let mut tasks = tokio::task::JoinSet::new();
+        for site in &rt.sites.list {
+            for (i, pool) in site.pools.iter().enumerate() {
+                let Some(hc) = pool.health.clone() else {
+                    continue;
+                };
+                let (site, rt) = (site.clone(), rt.clone());
+                tasks.spawn(async move {
+                    let _keep = rt;
+                    loop {
+                        check_pool(&site.pools[i], &hc).await;
+                        tokio::time::sleep(hc.interval).await;
+                    }
+                });
+            }
+        }
+        let _ = shutdown.changed().await;
+        tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse() {
+        let a = parse_head("HTTP/1.1 200 OK\r\nX-Release: 2026.11.2\r\nx-asset-hash: abc123");
+        assert_eq!(
+            a,
+            Answer {
+                ok: true,
+                release: Some("2026.11.2".into()),
+                asset_hash: Some("abc123".into())
+            }
+        );
+        assert!(!parse_head("HTTP/1.1 503 Service Unavailable").ok);
+        assert!(!parse_head("garbage").ok);
+    }
+}

@@ -1,0 +1,360 @@
+//! Release state: per site, the active pool, a canary split, maintenance, and the previous
+//! state for rollback. Changed by the admin API (and the fleet), persisted atomically (write a
+//! temp file, fsync, rename) so it survives a restart, read on every request.
+//!
+//! Cohorts: during a canary each visitor has a bucket 0–99 (from the `cohort_cookie`, else a
+//! hash of their session cookie); buckets below the canary percentage go to the canary pool.
+//! The bucket is sticky, so a visitor never mixes pages and assets of two releases.
+
+use crate::config::{Runtime, Site};
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A weighted split towards a canary pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub pool: String,
+    /// Share of visitors (buckets 0–99) sent to the canary pool.
+    pub percent: u8,
+}
+
+/// Maintenance mode of a site or of some of its routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub site: bool,
+    pub routes: BTreeSet<String>,
+    /// Serve cached copies (fresh or stale) instead of the maintenance page when there are any.
+    pub serve_cached: bool,
+}
+
+impl Maintenance {
+    pub fn covers(&self, route: &str) -> bool {
+        self.site || self.routes.contains(route)
+    }
+}
+
+/// The release state of one site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteState {
+    pub active: String,
+    pub canary: Option<Canary>,
+    #[serde(default)]
+    pub maintenance: Maintenance,
+    /// Where `rollback` returns to (pool choice only; maintenance is not rolled back).
+    #[serde(default)]
+    pub previous: Option<Box<SiteState>>,
+}
+
+/// A change to a site's release state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Change {
+    Flip {
+        site: String,
+        pool: String,
+    },
+    Canary {
+        site: String,
+        pool: String,
+        percent: u8,
+    },
+    Rollback {
+        site: String,
+    },
+    Maintenance {
+        site: String,
+        #[serde(default)]
+        route: Option<String>,
+        on: bool,
+        #[serde(default)]
+        serve_cached: bool,
+    },
+}
+
+impl Change {
+    pub fn site(&self) -> &str {
+        match self {
+            Change::Flip { site, .. }
+            | Change::Canary { site, .. }
+            | Change::Rollback { site }
+            | Change::Maintenance { site, .. } => site,
+        }
+    }
+}
+
+/// Why a change was refused. `Conflict` maps to 409, the others to 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no site is named {0:?}")]
+    UnknownSite(String),
+    #[error("no route {route:?} in site {site:?}")]
+    UnknownRoute { site: String, route: String },
+    #[error("site {site:?} has no pool {pool:?}")]
+    UnknownPool { site: String, pool: String },
+    #[error("pool {pool:?} of site {site:?} has no healthy server")]
+    Unhealthy { site: String, pool: String },
+    #[error("percent must be 0-100, not {0}")]
+    Percent(u8),
+    #[error("pool {0:?} is already the active pool; a canary needs another pool")]
+    CanaryIsActive(String),
+    #[error("site {0:?} has nothing to roll back to")]
+    NothingToRollBack(String),
+}
+
+impl ChangeError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            ChangeError::UnknownPool { .. }
+                | ChangeError::Unhealthy { .. }
+                | ChangeError::CanaryIsActive(_)
+                | ChangeError::NothingToRollBack(_)
+        )
+    }
+}
+
+/// The release state of every site, shared by the proxy, the admin API and the fleet.
+pub struct Release {
+    states: ArcSwap<HashMap<String, SiteState>>,
+    file: Option<PathBuf>,
+    write: Mutex<()>,
+}
+
+fn initial(site: &Site) -> SiteState {
+    SiteState {
+        active: site.active_pool().name.clone(),
+        canary: None,
+        maintenance: Maintenance::default(),
+        previous: None,
+    }
+}
+
+impl Release {
+    /// The persisted state where there is one (for sites and pools that still exist), else
+    /// each site's configured `active_pool`.
+    pub fn load(rt: &Runtime, file: Option<PathBuf>) -> Self {
+        let saved: HashMap<String, SiteState> = file
+            .as_deref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| match serde_json::from_slice(&bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "release state file unreadable; starting from config");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        let mut states = HashMap::new();
+        for site in &rt.sites.list {
+            let state = saved
+                .get(&*site.name)
+                .filter(|s| site.pools.iter().any(|p| p.name == s.active))
+                .cloned()
+                .unwrap_or_else(|| initial(site));
+            states.insert(site.name.to_string(), state);
+        }
+        Release {
+            states: ArcSwap::from_pointee(states),
+            file,
+            write: Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self, site: &str) -> Option<SiteState> {
+        self.states.load().get(site).cloned()
+    }
+
+    pub fn all(&self) -> Arc<HashMap<String, SiteState>> {
+        self.states.load_full()
+    }
+
+    /// Validates and applies a change, persists it, and returns the site's new state.
+    pub fn apply(&self, rt: &Runtime, change: &Change) -> Result<SiteState, ChangeError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let site_name = change.site();
+        let site = rt
+            .sites
+            .list
+            .iter()
+            .find(|s| &*s.name == site_name)
+            .ok_or_else(|| ChangeError::UnknownSite(site_name.into()))?;
+        let current = self.get(site_name).unwrap_or_else(|| initial(site));
+        let usable = |pool: &str| -> Result<(), ChangeError> {
+            let p = site.pools.iter().find(|p| p.name == pool).ok_or_else(|| {
+                ChangeError::UnknownPool {
+                    site: site_name.into(),
+                    pool: pool.into(),
+                }
+            })?;
+            if p.healthy_servers() == 0 {
+                return Err(ChangeError::Unhealthy {
+                    site: site_name.into(),
+                    pool: pool.into(),
+                });
+            }
+            Ok(())
+        };
+        let remember = |s: &SiteState| {
+            let mut prev = s.clone();
+            prev.previous = None;
+            Some(Box::new(prev))
+        };
+        let next = match change {
+            Change::Flip { pool, .. } => {
+                usable(pool)?;
+                SiteState {
+                    active: pool.clone(),
+                    canary: None,
+                    previous: remember(&current),
+                    ..current.clone()
+                }
+            }
+            Change::Canary { pool, percent, .. } => {
+                if *percent > 100 {
+                    return Err(ChangeError::Percent(*percent));
+                }
+                usable(pool)?;
+                if *pool == current.active {
+                    return Err(ChangeError::CanaryIsActive(pool.clone()));
+                }
+                let canary = (*percent > 0).then(|| Canary {
+                    pool: pool.clone(),
+                    percent: *percent,
+                });
+                SiteState {
+                    canary,
+                    previous: remember(&current),
+                    ..current.clone()
+                }
+            }
+            Change::Rollback { .. } => {
+                let prev = current
+                    .previous
+                    .clone()
+                    .ok_or_else(|| ChangeError::NothingToRollBack(site_name.into()))?;
+                SiteState {
+                    maintenance: current.maintenance.clone(),
+                    previous: None,
+                    ..*prev
+                }
+            }
+            Change::Maintenance {
+                route,
+                on,
+                serve_cached,
+                ..
+            } => {
+                let mut m = current.maintenance.clone();
+                match route {
+                    Some(r) => {
+                        if !site.routes.routes.iter().any(|x| &*x.name == r) {
+                            return Err(ChangeError::UnknownRoute {
+                                site: site_name.into(),
+                                route: r.clone(),
+                            });
+                        }
+                        if *on {
+                            m.routes.insert(r.clone());
+                        } else {
+                            m.routes.remove(r);
+                        }
+                    }
+                    None => {
+                        m.site = *on;
+                        if !on {
+                            m.routes.clear();
+                        }
+                    }
+                }
+                m.serve_cached = *serve_cached;
+                SiteState {
+                    maintenance: m,
+                    ..current.clone()
+                }
+            }
+        };
+        self.set(site_name, next.clone());
+        Ok(next)
+    }
+
+    /// Installs a state received from another node (already validated there).
+    pub fn install(&self, site: &str, state: SiteState) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.set(site, state);
+    }
+
+    fn set(&self, site: &str, state: SiteState) {
+        let mut all = (*self.states.load_full()).clone();
+        all.insert(site.to_string(), state);
+        if let Some(file) = &self.file {
+            if let Err(e) = persist(file, &all) {
+                tracing::error!(error = %e, file = %file.display(), "release state not persisted");
+            }
+        }
+        self.states.store(Arc::new(all));
+    }
+}
+
+/// Writes `state` to `file` atomically: temp file in the same directory, fsync, rename.
+fn persist(file: &Path, state: &HashMap<String, SiteState>) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(state).unwrap_or_default())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The visitor's cohort bucket (0–99): the cohort cookie if valid, else a stable hash of the
+/// session cookie, else `None` (a new bucket is assigned and set as a cookie).
+pub fn bucket(cohort: Option<&str>, session: Option<&str>) -> Option<u8> {
+    if let Some(b) = cohort
+        .and_then(|c| c.parse::<u8>().ok())
+        .filter(|b| *b < 100)
+    {
+        return Some(b);
+    }
+    session.map(|s| {
+        let h = s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        (h % 100) as u8
+    })
+}
+
+/// A fresh random bucket for a visitor without one.
+pub fn new_bucket() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    (h.finish() % 100) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_sticky() {
+        assert_eq!(bucket(Some("42"), Some("abc")), Some(42));
+        assert_eq!(bucket(Some("420"), Some("abc")), bucket(None, Some("abc")));
+        assert_eq!(bucket(None, None), None);
+        assert!(new_bucket() < 100);
+        let parsed: Change =
+            serde_json::from_str(r#"{"action":"canary","site":"s","pool":"green","percent":10}"#)
+                .unwrap();
+        assert_eq!(parsed.site(), "s");
+        assert!(serde_json::from_str::<Change>(r#"{"action":"flip","site":"s"}"#).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Which pool a request goes to: versioned assets to a pool serving their hash, otherwise the
+//! site's active pool or, during a canary, the visitor's cohort's pool.
+
+use crate::cache::key;
+use crate::config::Site;
+use crate::pools::switch::{self, SiteState};
+use http::HeaderMap;
+
+/// The pool decision for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// A page or other request: the pool, and a new cohort bucket to set as a cookie.
+    Pool {
+        pool: String,
+        new_cohort: Option<u8>,
+    },
+    /// A versioned asset served by this pool.
+    Asset { pool: String },
+    /// A versioned asset whose hash no healthy pool serves.
+    UnknownAsset,
+}
+
+/// Decides the pool for a request to `path` on `site` in `state`.
+pub fn choose(
+    site: &Site,
+    state: &SiteState,
+    path: &str,
+    headers: &HeaderMap,
+    cohort_cookie: &str,
+    session_cookie: &str,
+) -> Choice {
+    if let Some(hash) = site.assets.as_ref().and_then(|a| a.hash_of(path)) {
+        // Prefer the active pool, then the canary, then any other pool serving the hash.
+        let order = std::iter::once(state.active.as_str())
+            .chain(state.canary.as_ref().map(|c| c.pool.as_str()))
+            .chain(site.pools.iter().map(|p| p.name.as_str()));
+        return order
+            .filter_map(|name| site.pool(name))
+            .find(|p| p.asset_hash().as_deref() == Some(hash) && p.healthy_servers() > 0)
+            .map_or(Choice::UnknownAsset, |p| Choice::Asset {
+                pool: p.name.clone(),
+            });
+    }
+    let Some(canary) = &state.canary else {
+        return Choice::Pool {
+            pool: state.active.clone(),
+            new_cohort: None,
+        };
+    };
+    let cookie = |name: &str| {
+        key::cookies(headers)
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    };
+    let (bucket, new_cohort) = match switch::bucket(cookie(cohort_cookie), cookie(session_cookie)) {
+        Some(b) => (b, None),
+        None => {
+            let b = switch::new_bucket();
+            (b, Some(b))
+        }
+    };
+    // A visitor who was given a bucket keeps it: the cookie makes the choice sticky.
+    let new_cohort = new_cohort.or_else(|| cookie(cohort_cookie).is_none().then_some(bucket));
+    let pool = if bucket < canary.percent {
+        canary.pool.clone()
+    } else {
+        state.active.clone()
+    };
+    Choice::Pool { pool, new_cohort }
+}
