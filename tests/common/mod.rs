@@ -138,6 +138,8 @@ pub fn free_port() -> u16 {
 
 /// Admin token with the `purge` scope in every test proxy.
 pub const PURGE_TOKEN: &str = "test-purge-token-0123456789";
+/// Admin token with the `release` scope.
+pub const RELEASE_TOKEN: &str = "test-release-token-0123456789";
 /// Admin token with only the `read` scope.
 pub const READ_TOKEN: &str = "test-read-token-0123456789";
 
@@ -163,6 +165,26 @@ impl Proxy {
     /// `extra` = `"#default"` makes the first site the default for unknown hosts.
     pub async fn start(sites: &[SiteSpec<'_>], extra: &str) -> Proxy {
         let default_site = extra == "#default";
+        let mut tables = String::new();
+        let mut rules = Vec::new();
+        for (i, s) in sites.iter().enumerate() {
+            let hosts: Vec<String> = s.hosts.iter().map(|h| format!("{h:?}")).collect();
+            tables.push_str(&format!(
+                "[[sites]]\nname = \"{}\"\nhosts = [{}]\nrules = \"{}.rules.toml\"\ndefault = {}\n\
+                 [sites.pools.blue]\nservers = [\"{}\"]\n",
+                s.name,
+                hosts.join(", "),
+                s.name,
+                default_site && i == 0,
+                s.origin
+            ));
+            rules.push((s.name, s.rules));
+        }
+        Self::start_toml(&tables, &rules, extra).await
+    }
+
+    /// Starts crossfade with `[[sites]]` tables written out, and rules files `<name>.rules.toml`.
+    pub async fn start_toml(sites: &str, rules: &[(&str, &str)], extra: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -173,6 +195,7 @@ impl Proxy {
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
              [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\
              [[admin.tokens]]\nname = \"viewer\"\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n\
+             [[admin.tokens]]\nname = \"release\"\ntoken = \"{RELEASE_TOKEN}\"\nscopes = [\"release\"]\n\
              {extra}\n"
         );
         if !extra.contains("[proxy]") {
@@ -185,30 +208,29 @@ impl Proxy {
                 &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true"),
             );
         }
-        for (i, s) in sites.iter().enumerate() {
-            let rules_file = format!("{}.rules.toml", s.name);
-            std::fs::write(dir.path().join(&rules_file), s.rules).unwrap();
-            let hosts: Vec<String> = s.hosts.iter().map(|h| format!("{h:?}")).collect();
-            config.push_str(&format!(
-                "[[sites]]\nname = \"{}\"\nhosts = [{}]\nrules = \"{rules_file}\"\ndefault = {}\n\
-                 [sites.pools.blue]\nservers = [\"{}\"]\n",
-                s.name,
-                hosts.join(", "),
-                default_site && i == 0,
-                s.origin
-            ));
+        config.push_str(sites);
+        for (name, text) in rules {
+            std::fs::write(dir.path().join(format!("{name}.rules.toml")), text).unwrap();
         }
-        let config_path = dir.path().join("crossfade.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(dir.path().join("crossfade.toml"), config).unwrap();
+        Self::launch(dir, port, admin_port).await
+    }
+
+    async fn launch(dir: tempfile::TempDir, port: u16, admin_port: u16) -> Proxy {
+        let log = |name: &str| {
+            Stdio::from(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join(name))
+                    .unwrap(),
+            )
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_crossfade"))
             .args(["run", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("stderr.log")).unwrap(),
-            ))
+            .arg(dir.path().join("crossfade.toml"))
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
             .spawn()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -237,6 +259,14 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         proxy
+    }
+
+    /// Stops this crossfade (SIGKILL) and starts it again with the same config, files and ports.
+    pub async fn restart(mut self) -> Proxy {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let (port, admin_port) = (self.addr.port(), self.admin.port());
+        drop(self);
+        Self::launch(dir, port, admin_port).await
     }
 
     /// A single site `shop` for `www.shop.test` in front of `origin`.

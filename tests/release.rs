@@ -1,0 +1,411 @@
+//! Blue/green releases: flips under load with zero failed requests, sticky canaries, versioned
+//! assets during a canary, health checks, whole-pool failure, maintenance, persistence across a
+//! restart, fleet-wide flips, and refused flips.
+
+mod common;
+use common::*;
+use http::Method;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RULES: &str = r#"
+[defaults]
+bypass_cookies = ["session"]
+stale_if_error = "1h"
+[[routes]]
+name = "assets"
+glob = "/static/*/**"
+mode = "override"
+edge_ttl = "365d"
+browser_ttl = "365d"
+browser_immutable = true
+[[routes]]
+name = "live"
+prefix = "/live/"
+mode = "pass"
+[[routes]]
+name = "checkout"
+prefix = "/checkout"
+mode = "pass"
+"#;
+
+/// A release's origin: pages name the release and link its assets; `/health` announces the
+/// release and asset hash; assets exist only under the release's own hash.
+async fn release_origin(name: &'static str, hash: &'static str) -> Origin {
+    Origin::start(move |seen| async move {
+        let path = seen.uri.path().to_string();
+        if path == "/health" {
+            return reply(200, &[("x-release", name), ("x-asset-hash", hash)], "ok");
+        }
+        if let Some(rest) = path.strip_prefix("/static/") {
+            return match rest.split_once('/') {
+                Some((h, "app.js")) if h == hash => reply(
+                    200,
+                    &[("cache-control", "public, max-age=31536000, immutable")],
+                    format!("js of {name}"),
+                ),
+                _ => reply(404, &[], "no such asset"),
+            };
+        }
+        let page = format!("pool={name} <script src=\"/static/{hash}/app.js\"></script>");
+        reply(200, &[("cache-control", "max-age=60")], page)
+    })
+    .await
+}
+
+fn servers(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `shop` site with a blue and a green pool, health-checked every 200 ms.
+fn site(blue: &[SocketAddr], green: &[SocketAddr]) -> String {
+    let pool = |name: &str, addrs: &[SocketAddr]| {
+        format!(
+            "[sites.pools.{name}]\nservers = [{}]\nhealth_path = \"/health\"\nhealth_interval = \"200ms\"\n\
+             health_timeout = \"500ms\"\nrise = 1\nfall = 1\n",
+            servers(addrs)
+        )
+    };
+    format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+         active_pool = \"blue\"\nassets = \"/static/{{hash}}/\"\n{}{}",
+        pool("blue", blue),
+        pool("green", green)
+    )
+}
+
+async fn start(blue: &[&Origin], green: &[&Origin], extra: &str) -> Proxy {
+    let b: Vec<_> = blue.iter().map(|o| o.addr).collect();
+    let g: Vec<_> = green.iter().map(|o| o.addr).collect();
+    let proxy = Proxy::start_toml(&site(&b, &g), &[("shop", RULES)], extra).await;
+    // Wait for the first health checks to report the asset hashes.
+    let ready = eventually(Duration::from_secs(5), || async {
+        let (_, pools) = proxy
+            .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+            .await;
+        pools["sites"][0]["pools"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["asset_hash"].is_string()))
+    })
+    .await;
+    assert!(ready, "health checks did not run");
+    proxy
+}
+
+async fn release(proxy: &Proxy, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    proxy
+        .admin_call(Some(RELEASE_TOKEN), Method::POST, path, &body.to_string())
+        .await
+}
+
+async fn flip(proxy: &Proxy, pool: &str) {
+    let (status, answer) =
+        release(proxy, "/pools/flip", json!({"site": "shop", "pool": pool})).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn flips_under_load_fail_no_request_and_leave_the_old_pool_alone() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&blue], &[&green], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (c, url, stop) = (
+            c.clone(),
+            proxy.url(&format!("/live/{worker}")),
+            stop.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let good = match c.get(&url).send().await {
+                    Ok(r) => r.status() == 200 && r.text().await.is_ok(),
+                    Err(_) => false,
+                };
+                if good {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let pools = [
+        (&green, &blue, "green"),
+        (&blue, &green, "blue"),
+        (&green, &blue, "green"),
+    ];
+    for (new, old, name) in pools {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        flip(&proxy, name).await;
+        // Requests already in flight on the old pool may finish; then it gets nothing new.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (old_hits, new_hits) = (old.hits(), new.hits());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            old.hits() - old_hits <= 4,
+            "no new request reaches the old pool after a flip"
+        );
+        assert!(new.hits() > new_hits, "the new pool takes the traffic");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0, "zero failed requests ({ok} succeeded)");
+    assert!(ok > 100);
+}
+
+#[tokio::test]
+async fn canary_sends_a_sticky_tenth_of_visitors_to_green_and_assets_of_both_load() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&blue], &[&green], "").await;
+    let (status, answer) = release(
+        &proxy,
+        "/pools/canary",
+        json!({"site": "shop", "pool": "green", "percent": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut on_green = 0;
+    for visitor in 0..300 {
+        // Each visitor is a new cookie jar: the first answer sets the cohort cookie.
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_store(true)
+            .resolve("www.shop.test", proxy.addr)
+            .build()
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for page in 0..3 {
+            let body = get(
+                &c,
+                &proxy.url(&format!("/page/{}", (visitor + page) % 7)),
+                &[],
+            )
+            .await
+            .body;
+            let pool = if body.starts_with("pool=green") {
+                "green"
+            } else {
+                "blue"
+            };
+            seen.insert(pool);
+            let hash = if pool == "green" { "g1" } else { "b1" };
+            let asset = get(&c, &proxy.url(&format!("/static/{hash}/app.js")), &[]).await;
+            assert_eq!(
+                (asset.status, asset.body.as_str()),
+                (200, format!("js of {pool}").as_str()),
+                "assets of the page's release load"
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "visitor {visitor} saw one release only: {seen:?}"
+        );
+        if seen.contains("green") {
+            on_green += 1;
+        }
+    }
+    assert!(
+        (12..=50).contains(&on_green),
+        "about 10% of 300 visitors on green, got {on_green}"
+    );
+
+    let unknown = get(
+        &proxy.client(&["www.shop.test"]),
+        &proxy.url("/static/deadbeef/app.js"),
+        &[],
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.header("cache-control"),
+        "public, max-age=10",
+        "short negative TTL"
+    );
+    assert!(unknown.cache().contains("unknown-asset-version"));
+}
+
+#[tokio::test]
+async fn health_checks_take_dead_servers_out_and_a_dead_pool_gets_a_503_page() {
+    let (b1, b2, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&b1, &b2], &[&green], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    assert_eq!(get(&c, &proxy.url("/page/cached"), &[]).await.status, 200);
+    b1.kill();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = b2.hits();
+    for i in 0..20 {
+        let got = get(&c, &proxy.url(&format!("/live/{i}")), &[]).await;
+        assert_eq!(got.status, 200, "the live server takes every request");
+    }
+    assert_eq!(b2.hits() - before, 20);
+
+    b2.kill();
+    let down = eventually(Duration::from_secs(3), || async {
+        let (_, pools) = proxy
+            .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+            .await;
+        pools["sites"][0]["pools"][0]["healthy_servers"] == 0
+    })
+    .await;
+    assert!(down, "the pool is marked down");
+    let cached = get(&c, &proxy.url("/page/cached"), &[]).await;
+    assert_eq!(cached.status, 200, "cached pages are still served");
+    let uncached = get(&c, &proxy.url("/page/never-seen"), &[]).await;
+    assert_eq!(uncached.status, 503);
+    assert!(uncached.body.contains("right back") && !uncached.header("retry-after").is_empty());
+
+    let (status, answer) = release(
+        &proxy,
+        "/pools/flip",
+        json!({"site": "shop", "pool": "purple"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    green.kill();
+    let green_down = eventually(Duration::from_secs(3), || async {
+        release(
+            &proxy,
+            "/pools/flip",
+            json!({"site": "shop", "pool": "green"}),
+        )
+        .await
+        .0 == 409
+    })
+    .await;
+    assert!(
+        green_down,
+        "a flip to a pool without a healthy server is refused"
+    );
+}
+
+#[tokio::test]
+async fn maintenance_and_state_survive_a_restart() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&blue], &[&green], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    get(&c, &proxy.url("/page/cached"), &[]).await;
+
+    let (status, _) = release(
+        &proxy,
+        "/maintenance",
+        json!({"site": "shop", "route": "checkout", "on": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let hits = blue.hits();
+    let page = get(&c, &proxy.url("/checkout/pay"), &[]).await;
+    assert_eq!((page.status, page.header("retry-after")), (503, "120"));
+    assert_eq!(
+        get(&c, &proxy.url("/page/x"), &[]).await.status,
+        200,
+        "other routes are unaffected"
+    );
+    release(
+        &proxy,
+        "/maintenance",
+        json!({"site": "shop", "on": true, "serve_cached": true}),
+    )
+    .await;
+    assert_eq!(
+        get(&c, &proxy.url("/page/cached"), &[]).await.status,
+        200,
+        "cached copies may be served"
+    );
+    assert_eq!(get(&c, &proxy.url("/page/new"), &[]).await.status, 503);
+    assert_eq!(
+        blue.hits(),
+        hits + 1,
+        "maintenance never touches the origin"
+    );
+    release(&proxy, "/maintenance", json!({"site": "shop", "on": false})).await;
+    assert_eq!(get(&c, &proxy.url("/checkout/pay"), &[]).await.status, 200);
+
+    flip(&proxy, "green").await;
+    let proxy = proxy.restart().await;
+    let c = proxy.client(&["www.shop.test"]);
+    assert!(
+        get(&c, &proxy.url("/live/1"), &[])
+            .await
+            .body
+            .starts_with("pool=green"),
+        "the flip survived a restart"
+    );
+    let (status, answer) = release(&proxy, "/pools/rollback", json!({"site": "shop"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        get(&c, &proxy.url("/live/2"), &[])
+            .await
+            .body
+            .starts_with("pool=blue"),
+        "rolled back"
+    );
+    assert_eq!(
+        release(&proxy, "/pools/rollback", json!({"site": "shop"}))
+            .await
+            .0,
+        409,
+        "nothing left to roll back"
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_redis_flip_together() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let redis = Redis::start().await;
+    let n1 = start(&[&blue], &[&green], &redis.fleet("n1")).await;
+    let n2 = start(&[&blue], &[&green], &redis.fleet("n2")).await;
+    for n in [&n1, &n2] {
+        let subscribed = eventually(Duration::from_secs(10), || async {
+            n.admin_call(Some(READ_TOKEN), Method::GET, "/status", "")
+                .await
+                .1["fleet"]["subscribed"]
+                == true
+        })
+        .await;
+        assert!(subscribed);
+    }
+    flip(&n1, "green").await;
+    let c2 = n2.client(&["www.shop.test"]);
+    let together = eventually(Duration::from_secs(3), || async {
+        get(&c2, &n2.url("/live/x"), &[])
+            .await
+            .body
+            .starts_with("pool=green")
+    })
+    .await;
+    assert!(together, "node 2 flipped with node 1");
+}
