@@ -128,6 +128,11 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["health"]) => respond(state, StatusCode::OK, &[
+            ("x-release", state.release.name.clone()),
+            ("x-asset-hash", state.release.asset_hash.clone()),
+            ("cache-control", "no-store".to_string()),
+        ], "ok\n".into()),
         (&Method::GET | &Method::HEAD, [""]) => page(
             "Home",
             "<ul><li><a href=\"/track/1\">Track 1</a></li><li><a href=\"/charts/house\">House chart</a></li>\
