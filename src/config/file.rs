@@ -141,6 +141,9 @@ pub struct SiteFile {
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub servers: Vec<String>,
+    pub weights: Option<Vec<u32>>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     pub release: Option<String>,
     pub asset_hash: Option<String>,
     pub health_path: Option<String>,

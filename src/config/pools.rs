@@ -157,7 +157,24 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<Pool> {
     if servers.is_empty() {
         return None;
     }
-    let mut pool = Pool::new(name.to_string(), servers);
+    let weights = match &p.weights {
+        None => vec![1; servers.len()],
+        Some(w) if w.len() == p.servers.len() && w.iter().all(|w| *w >= 1) => w.clone(),
+        Some(_) => {
+            push(
+                format!("{key}.weights"),
+                "needs one weight of at least 1 per server".into(),
+            );
+            vec![1; servers.len()]
+        }
+    };
+    let mut pool = Pool::weighted(name.to_string(), servers.into_iter().zip(weights).collect());
+    let timeout = |k: &str, v: &Option<String>, push: Push| {
+        v.as_ref()
+            .map(|_| duration(&format!("{key}.{k}"), v, Duration::from_secs(1), push))
+    };
+    pool.connect_timeout = timeout("connect_timeout", &p.connect_timeout, push);
+    pool.read_timeout = timeout("read_timeout", &p.read_timeout, push);
     *pool.release.get_mut().unwrap_or_else(|e| e.into_inner()) = p.release.clone();
     *pool.asset_hash.get_mut().unwrap_or_else(|e| e.into_inner()) = p.asset_hash.clone();
     pool.health = health;

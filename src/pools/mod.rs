@@ -31,6 +31,8 @@ pub struct HealthCheck {
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    /// Relative share of the pool's traffic.
+    pub weight: u32,
     /// Active-check verdict (true until a check says otherwise).
     checked_up: AtomicBool,
     /// Consecutive active-check results in the current direction (for rise/fall).
@@ -49,9 +51,10 @@ fn now_ms() -> u64 {
 }
 
 impl Server {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
         Server {
             addr,
+            weight: weight.max(1),
             checked_up: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
@@ -104,6 +107,8 @@ impl Server {
 pub struct Pool {
     pub name: String,
     pub servers: Vec<Server>,
+    /// Server indices in weighted, interleaved order (a server of weight 3 appears 3 times).
+    schedule: Vec<usize>,
     next: AtomicUsize,
     /// The release this pool runs (config, or the health check's `X-Release` header).
     pub release: RwLock<Option<String>>,
@@ -111,27 +116,51 @@ pub struct Pool {
     pub asset_hash: RwLock<Option<String>>,
     pub health: Option<HealthCheck>,
     pub passive_down: Duration,
+    /// Per-pool overrides of `[origin]` timeouts.
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
 }
 
 impl Pool {
+    /// A pool of equally weighted servers.
     pub fn new(name: String, servers: Vec<SocketAddr>) -> Self {
+        let weighted = servers.into_iter().map(|a| (a, 1)).collect();
+        Self::weighted(name, weighted)
+    }
+
+    /// A pool of servers with weights.
+    pub fn weighted(name: String, servers: Vec<(SocketAddr, u32)>) -> Self {
+        let servers: Vec<Server> = servers
+            .into_iter()
+            .map(|(a, w)| Server::new(a, w))
+            .collect();
+        let max = servers.iter().map(|s| s.weight).max().unwrap_or(1);
+        let schedule = (1..=max)
+            .flat_map(|round| {
+                let servers = &servers;
+                (0..servers.len()).filter(move |&i| servers[i].weight >= round)
+            })
+            .collect();
         Pool {
             name,
-            servers: servers.into_iter().map(Server::new).collect(),
+            servers,
+            schedule,
             next: AtomicUsize::new(0),
             release: RwLock::new(None),
             asset_hash: RwLock::new(None),
             health: None,
             passive_down: Duration::from_secs(10),
+            connect_timeout: None,
+            read_timeout: None,
         }
     }
 
-    /// The next healthy server, round-robin; `None` when no server is healthy.
+    /// The next healthy server, weighted round-robin; `None` when no server is healthy.
     pub fn pick(&self) -> Option<&Server> {
-        let n = self.servers.len();
+        let n = self.schedule.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &self.servers[(start + i) % n])
+            .map(|i| &self.servers[self.schedule[(start + i) % n]])
             .find(|s| s.is_healthy())
     }
 
@@ -166,6 +195,7 @@ impl Pool {
             "healthy_servers": self.healthy_servers(),
             "servers": self.servers.iter().map(|s| serde_json::json!({
                 "addr": s.addr.to_string(),
+                "weight": s.weight,
                 "healthy": s.is_healthy(),
                 "inflight": s.inflight.load(Ordering::Relaxed),
             })).collect::<Vec<_>>(),
@@ -207,5 +237,15 @@ mod tests {
         s.connect_failed(Duration::from_secs(60));
         assert!(pool.pick().is_none());
         assert_eq!(pool.healthy_servers(), 0);
+    }
+
+    #[test]
+    fn weights_share_traffic() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let pool = Pool::weighted("blue".into(), vec![(a, 3), (b, 1)]);
+        let picks: Vec<u16> = (0..8).map(|_| pool.pick().unwrap().addr.port()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
+        assert_eq!(picks.iter().filter(|p| **p == 2).count(), 2);
     }
 }

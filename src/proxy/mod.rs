@@ -288,8 +288,8 @@ impl ProxyHttp for EdgeProxy {
         server.inflight.fetch_add(1, Ordering::Relaxed);
         let mut peer = HttpPeer::new(server.addr, false, String::new());
         let o = &rt.origin;
-        peer.options.connection_timeout = Some(o.connect_timeout);
-        peer.options.read_timeout = Some(o.read_timeout);
+        peer.options.connection_timeout = Some(pool.connect_timeout.unwrap_or(o.connect_timeout));
+        peer.options.read_timeout = Some(pool.read_timeout.unwrap_or(o.read_timeout));
         peer.options.write_timeout = Some(o.write_timeout);
         peer.options.idle_timeout = Some(o.idle_timeout);
         ctx.upstream_addr = Some(server.addr);
