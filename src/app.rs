@@ -5,6 +5,7 @@ use crate::admin::AdminApp;
 use crate::cache::CacheCore;
 use crate::config::Runtime;
 use crate::fleet::Purger;
+use crate::metrics::Metrics;
 use crate::pools::health::HealthService;
 use crate::pools::switch::Release;
 use crate::proxy::EdgeProxy;
@@ -48,7 +49,16 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         &runtime.load(),
         runtime.load().release.state_file.clone(),
     ));
-    let purger = Arc::new(Purger::new(runtime.clone(), cache.storage, release.clone()));
+    let metrics = {
+        let m = &runtime.load().metrics;
+        Arc::new(Metrics::new(m.statsd.map(|a| (a, m.statsd_prefix.clone()))))
+    };
+    let purger = Arc::new(Purger::new(
+        runtime.clone(),
+        cache.storage,
+        release.clone(),
+        metrics.clone(),
+    ));
     if let Some(fleet) = purger.service() {
         server.add_service(pingora::services::background::background_service(
             "fleet", fleet,
@@ -60,13 +70,14 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             cache.storage,
             purger.clone(),
             release.clone(),
+            metrics.clone(),
         );
         let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);
         service.add_tcp(&admin.listen.to_string());
         tracing::info!(listen = %admin.listen, tokens = admin.tokens.len(), "admin API");
         server.add_service(service);
     }
-    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release);
+    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics);
     server.add_service(pingora::services::background::background_service(
         "health checks",
         HealthService { runtime },

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod metrics;
 pub mod pools;
 pub mod proxy;
 pub mod rules;

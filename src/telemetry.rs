@@ -81,6 +81,7 @@ pub fn access_log(session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
         total_ms = ms(ctx.start.elapsed()),
         bytes = session.body_bytes_sent(),
         error = error.map(|e| e.etype().as_str()).unwrap_or(""),
+        request_id = ctx.request_id.as_str(),
         "request"
     );
 }

@@ -6,6 +6,7 @@
 //! | method | path      | scope | body → answer |
 //! | ------ | --------- | ----- | ------------- |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
+//! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
 //! | GET    | `/pools`  | any   | → per site: release state (active, canary, maintenance) and pools (servers, health, in-flight, release, asset hash) |
 //! | POST   | `/pools/flip` | release | `{"site":"store","pool":"green"}` → site state |
 //! | POST   | `/pools/canary` | release | `{"site":"store","pool":"green","percent":10}` (0 ends the canary) → site state |
@@ -27,6 +28,7 @@ use crate::cache::storage::EdgeStorage;
 use crate::config::admin::Scope;
 use crate::config::Runtime;
 use crate::fleet::Purger;
+use crate::metrics::Metrics;
 use crate::pools::switch::{Change, Release};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -47,6 +49,7 @@ pub struct AdminApp {
     storage: &'static EdgeStorage,
     purger: Arc<Purger>,
     release: Arc<Release>,
+    metrics: Arc<Metrics>,
     started: Instant,
 }
 
@@ -56,12 +59,14 @@ impl AdminApp {
         storage: &'static EdgeStorage,
         purger: Arc<Purger>,
         release: Arc<Release>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AdminApp {
             runtime,
             storage,
             purger,
             release,
+            metrics,
             started: Instant::now(),
         }
     }
@@ -113,7 +118,7 @@ impl AdminApp {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let scope = match (method.clone(), path.as_str()) {
-            (Method::GET, "/status" | "/pools") => Scope::Read,
+            (Method::GET, "/status" | "/pools" | "/metrics") => Scope::Read,
             (Method::POST, "/purge") => Scope::Purge,
             (
                 Method::POST,
@@ -121,7 +126,7 @@ impl AdminApp {
             ) => Scope::Release,
             (
                 _,
-                "/status" | "/purge" | "/pools" | "/pools/flip" | "/pools/canary"
+                "/status" | "/metrics" | "/purge" | "/pools" | "/pools/flip" | "/pools/canary"
                 | "/pools/rollback" | "/maintenance",
             ) => {
                 return error(
@@ -184,6 +189,7 @@ impl AdminApp {
                 self.change(&rt, &path, &body, &token).await
             }
             _ if path == "/pools" => self.pools(&rt),
+            _ if path == "/metrics" => self.metrics(&rt),
             _ => self.status(&rt),
         }
     }
@@ -218,6 +224,10 @@ impl AdminApp {
         match self.release.apply(rt, &change) {
             Ok(state) => {
                 tracing::warn!(token = %token, ?change, "release change applied");
+                self.metrics
+                    .release_changes
+                    .with_label_values(&[change.site(), action])
+                    .inc();
                 let fleet = self.purger.share_release(change.site(), &state).await;
                 json_response(
                     StatusCode::OK,
@@ -227,6 +237,61 @@ impl AdminApp {
             Err(e) if e.is_conflict() => error(StatusCode::CONFLICT, e),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
+    }
+
+    /// Refreshes the gauges that mirror state, then renders every metric.
+    fn metrics(&self, rt: &Runtime) -> Response<Vec<u8>> {
+        let m = &self.metrics;
+        m.cache_objects.set(self.storage.object_count() as i64);
+        m.cache_bytes.set(self.storage.weighted_bytes() as i64);
+        let evicted = self.storage.evictions();
+        m.cache_evictions
+            .inc_by(evicted.saturating_sub(m.cache_evictions.get()));
+        let (_, keys, memberships) = self.storage.index_sizes();
+        m.surrogate_keys.set(keys as i64);
+        m.surrogate_key_memberships.set(memberships as i64);
+        let states = self.release.all();
+        for site in &rt.sites.list {
+            let state = states.get(&*site.name);
+            for pool in &site.pools {
+                let labels = [&*site.name, pool.name.as_str()];
+                let inflight: usize = pool
+                    .servers
+                    .iter()
+                    .map(|s| s.inflight.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
+                m.pool_inflight
+                    .with_label_values(&labels)
+                    .set(inflight as i64);
+                m.pool_active
+                    .with_label_values(&labels)
+                    .set(state.is_some_and(|s| s.active == pool.name) as i64);
+                let canary = state
+                    .and_then(|s| s.canary.as_ref())
+                    .filter(|c| c.pool == pool.name);
+                m.pool_canary_percent
+                    .with_label_values(&labels)
+                    .set(canary.map_or(0, |c| c.percent as i64));
+                for server in &pool.servers {
+                    let addr = server.addr.to_string();
+                    let labels = [&*site.name, pool.name.as_str(), addr.as_str()];
+                    m.server_healthy
+                        .with_label_values(&labels)
+                        .set(server.is_healthy() as i64);
+                    m.server_weight
+                        .with_label_values(&labels)
+                        .set(server.weight as i64);
+                }
+            }
+        }
+        let body = m.render().into_bytes();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .header("cache-control", "no-store")
+            .body(body)
+            .unwrap_or_default()
     }
 
     fn pools(&self, rt: &Runtime) -> Response<Vec<u8>> {

@@ -88,6 +88,16 @@ pub fn index_url(rt: &Runtime, raw: &str) -> Result<String, PurgeError> {
 }
 
 impl Purge {
+    /// The kind as a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Purge::Url { .. } => "url",
+            Purge::Prefix { .. } => "prefix",
+            Purge::Key { .. } => "key",
+            Purge::All { .. } => "all",
+        }
+    }
+
     pub fn soft(&self) -> bool {
         match self {
             Purge::Url { soft, .. }

@@ -98,6 +98,8 @@ pub struct EdgeStorage {
     seq: AtomicU64,
     epochs: RwLock<Epochs>,
     tag_headers: Vec<String>,
+    /// Objects evicted to stay within the capacity (not purges or replacements).
+    evictions: Arc<AtomicU64>,
 }
 
 fn id(key: &impl CacheHashKey) -> u128 {
@@ -109,13 +111,18 @@ impl EdgeStorage {
     pub fn new(capacity_bytes: u64, tag_headers: Vec<String>) -> Self {
         let index = Arc::new(Mutex::new(Index::default()));
         let listener_index = index.clone();
+        let evictions = Arc::new(AtomicU64::new(0));
+        let listener_evictions = evictions.clone();
         EdgeStorage {
             objects: moka::sync::Cache::builder()
                 .max_capacity(capacity_bytes)
                 .weigher(|_, o: &Arc<Object>| o.weight())
                 .support_invalidation_closures()
-                .eviction_listener(move |_, o: Arc<Object>, _cause| {
+                .eviction_listener(move |_, o: Arc<Object>, cause| {
                     lock(&listener_index).remove(&o.entry);
+                    if cause == moka::notification::RemovalCause::Size {
+                        listener_evictions.fetch_add(1, Ordering::Relaxed);
+                    }
                 })
                 .build(),
             index,
@@ -123,6 +130,7 @@ impl EdgeStorage {
             seq: AtomicU64::new(1),
             epochs: RwLock::new(Epochs::default()),
             tag_headers,
+            evictions,
         }
     }
 
@@ -136,6 +144,11 @@ impl EdgeStorage {
     pub fn weighted_bytes(&self) -> u64 {
         self.objects.run_pending_tasks();
         self.objects.weighted_size()
+    }
+
+    /// Objects evicted for space since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// (URLs, surrogate keys, tag memberships) in the purge index.

@@ -29,6 +29,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub release: ReleaseFile,
     #[serde(default)]
+    pub metrics: MetricsFile,
+    #[serde(default)]
     pub sites: Vec<SiteFile>,
 }
 
@@ -152,6 +154,14 @@ pub struct PoolFile {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub passive_down: Option<String>,
+}
+
+/// `[metrics]`: statsd push (Prometheus is always on the admin listener).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    pub statsd: Option<String>,
+    pub statsd_prefix: Option<String>,
 }
 
 /// `[release]`: blue/green state and the edge's maintenance page.

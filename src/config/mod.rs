@@ -68,6 +68,7 @@ pub struct Runtime {
     pub admin: Option<admin::AdminSettings>,
     pub fleet: admin::FleetSettings,
     pub release: pools::ReleaseSettings,
+    pub metrics: MetricsSettings,
     pub sites: Sites,
 }
 
@@ -106,6 +107,13 @@ pub struct OriginSettings {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Where to push statsd metrics; `None`: no statsd.
+    pub statsd: Option<SocketAddr>,
+    pub statsd_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -136,6 +136,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         table.remove("admin").and_then(|v| issues.de(v, "admin"));
     let fleet_file: super::file::FleetFile = section(&mut table, "fleet", &mut issues);
     let release_file: super::file::ReleaseFile = section(&mut table, "release", &mut issues);
+    let metrics_file: super::file::MetricsFile = section(&mut table, "metrics", &mut issues);
     let mut site_files = Vec::new();
     match table.remove("sites") {
         Some(toml::Value::Array(items)) => {
@@ -168,6 +169,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let admin = super::admin::admin(admin_file, &mut push);
     let fleet = super::admin::fleet(fleet_file, &mut push);
     let release = super::pools::release(path, release_file, &mut push);
+    let metrics = metrics_settings(metrics_file, &mut push);
     let sites = sites(path, site_files, issues.out);
     Some(Runtime {
         source: path.to_path_buf(),
@@ -179,8 +181,38 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         admin,
         fleet,
         release,
+        metrics,
         sites,
     })
+}
+
+fn metrics_settings(
+    f: super::file::MetricsFile,
+    push: &mut dyn FnMut(String, String),
+) -> MetricsSettings {
+    let statsd = f.statsd.as_ref().and_then(|a| {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+            .ok()
+            .and_then(|mut x| x.next());
+        if addr.is_none() {
+            push(
+                "metrics.statsd".into(),
+                format!("{a:?} is not a host:port like \"127.0.0.1:8125\""),
+            );
+        }
+        addr
+    });
+    let prefix = f.statsd_prefix.unwrap_or_else(|| "crossfade".into());
+    if prefix.is_empty() || prefix.contains([':', '|', '\n', ' ']) {
+        push(
+            "metrics.statsd_prefix".into(),
+            format!("{prefix:?} must be a non-empty statsd name"),
+        );
+    }
+    MetricsSettings {
+        statsd,
+        statsd_prefix: prefix,
+    }
 }
 
 fn server_settings(f: ServerFile, issues: &mut Issues) -> ServerSettings {

@@ -46,6 +46,7 @@ pub struct Purger {
     link: Option<Arc<RedisLink>>,
     next_id: AtomicU64,
     release: Arc<Release>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Purger {
@@ -55,6 +56,7 @@ impl Purger {
         runtime: Arc<ArcSwap<Runtime>>,
         storage: &'static EdgeStorage,
         release: Arc<Release>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let fleet = runtime.load().fleet.clone();
         let link = fleet.redis.as_deref().and_then(|url| {
@@ -74,6 +76,7 @@ impl Purger {
             link,
             next_id: AtomicU64::new(seed),
             release,
+            metrics,
         }
     }
 
@@ -96,6 +99,11 @@ impl Purger {
     /// Applies `purge` here only.
     pub fn apply_local(&self, purge: &Purge) -> Result<NodeResult, PurgeError> {
         let count = purge.apply(&self.runtime.load(), self.storage)?;
+        let mode = if purge.soft() { "soft" } else { "hard" };
+        self.metrics
+            .purges
+            .with_label_values(&[purge.kind(), mode])
+            .inc();
         tracing::info!(node = %self.node, ?purge, removed = count.removed, stale = count.stale, "purge applied");
         Ok(NodeResult {
             node: self.node.clone(),

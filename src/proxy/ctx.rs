@@ -39,6 +39,12 @@ pub struct RequestCtx {
     pub maintenance_cached: bool,
     /// The chosen pool had no healthy server.
     pub no_server: bool,
+    /// The request id: the client's `X-Request-Id` when well-formed, else generated.
+    pub request_id: String,
+    /// When the response header went to the client.
+    pub ttfb: Option<Duration>,
+    /// The storage decision: `Some(None)` stored, `Some(Some(reason))` not stored.
+    pub store: Option<Option<&'static str>>,
 }
 
 impl RequestCtx {
@@ -63,6 +69,9 @@ impl RequestCtx {
             new_cohort: None,
             maintenance_cached: false,
             no_server: false,
+            request_id: String::new(),
+            ttfb: None,
+            store: None,
         }
     }
 }

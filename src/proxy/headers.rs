@@ -34,6 +34,51 @@ pub fn cache_label(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
     }
 }
 
+/// The storage decision for a response that came from the origin: `Some(None)` stored,
+/// `Some(Some(reason))` not stored, `None` when no decision was made (hit, bypass, edge).
+pub fn store_decision(cache: &HttpCache, ctx: &RequestCtx) -> Option<Option<&'static str>> {
+    if ctx.bypass.is_some() || ctx.edge_answer.is_some() {
+        return None;
+    }
+    match cache.phase() {
+        CachePhase::Miss | CachePhase::Expired | CachePhase::Revalidated => Some(None),
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) => None,
+        CachePhase::Disabled(reason) | CachePhase::RevalidatedNoCache(reason) => {
+            Some(Some(match reason {
+                NoCacheReason::Custom(s) => s,
+                other => other.as_str(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A well-formed `X-Request-Id` from the client (1–128 of `A-Za-z0-9-_.:`), else a new one.
+pub fn request_id(given: Option<&http::HeaderValue>) -> String {
+    let valid = |v: &&http::HeaderValue| {
+        (1..=128).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    match given.filter(valid).and_then(|v| v.to_str().ok()) {
+        Some(id) => id.to_string(),
+        None => {
+            use std::hash::{BuildHasher, Hasher};
+            let state = std::collections::hash_map::RandomState::new();
+            let mut a = state.build_hasher();
+            a.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            let mut b = state.build_hasher();
+            b.write_u64(a.finish());
+            format!("{:016x}{:016x}", a.finish(), b.finish())
+        }
+    }
+}
+
 /// Whether the response the client gets is (or becomes) a stored object.
 fn is_cached_object(phase: CachePhase) -> bool {
     matches!(

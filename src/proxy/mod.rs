@@ -15,6 +15,7 @@ mod release;
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};
 use crate::fleet::Purger;
+use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -41,6 +42,7 @@ pub struct EdgeProxy {
     cache: CacheCore,
     purger: Arc<Purger>,
     release: Arc<Release>,
+    metrics: Arc<Metrics>,
 }
 
 impl EdgeProxy {
@@ -49,12 +51,14 @@ impl EdgeProxy {
         cache: CacheCore,
         purger: Arc<Purger>,
         release: Arc<Release>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         EdgeProxy {
             runtime,
             cache,
             purger,
             release,
+            metrics,
         }
     }
 
@@ -90,6 +94,7 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let rt = self.runtime.load_full();
         let req = session.req_header();
+        ctx.request_id = headers::request_id(req.headers.get("x-request-id"));
         let host = request_host(req);
         let Some(site) = host.as_deref().and_then(|h| rt.sites.find(h)).cloned() else {
             ctx.edge_answer = Some("unknown-host");
@@ -415,6 +420,7 @@ impl ProxyHttp for EdgeProxy {
             upstream.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }
         upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
         Ok(())
     }
@@ -444,6 +450,9 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        ctx.ttfb = Some(ctx.start.elapsed());
+        ctx.store = headers::store_decision(&session.cache, ctx);
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
         if let (Some(bucket), Some(rt)) = (ctx.new_cohort, &ctx.runtime) {
             let cookie = format!(
@@ -478,5 +487,19 @@ impl ProxyHttp for EdgeProxy {
             server.inflight.fetch_sub(1, Ordering::Relaxed);
         }
         crate::telemetry::access_log(session, e, ctx);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics.request(&RequestEvent {
+            site: ctx.site.as_ref().map_or("-", |s| &s.name),
+            route: ctx.rule.as_ref().map_or("-", |r| &r.name),
+            pool: ctx.pool.as_deref().unwrap_or("-"),
+            cache: headers::cache_label(&session.cache, ctx),
+            status,
+            total: ctx.start.elapsed(),
+            upstream: ctx.upstream_time,
+            ttfb: ctx.ttfb,
+            bytes: session.body_bytes_sent(),
+            bypass: ctx.bypass.map(|b| b.as_str()),
+            store: ctx.store,
+        });
     }
 }

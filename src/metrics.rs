@@ -1,0 +1,375 @@
+//! Metrics: one [`Metrics`] struct registered on an explicit Prometheus registry (exposed on
+//! the admin listener's `/metrics`), and a statsd sink with the store's naming scheme
+//! (`<prefix>.<site>.<route>.<metric>`).
+//!
+//! Label values come only from config (site, route and pool names, server addresses) or from
+//! fixed sets (cache outcome, status class, bypass and not-stored reasons), never from a
+//! client's request, so cardinality is bounded whatever clients send. Requests for unknown
+//! hosts are counted under site `-`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+/// Response-time buckets (seconds): 1 ms to 10 s.
+const TIME_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Response-size buckets (bytes): 256 B to 16 MiB.
+const SIZE_BUCKETS: [f64; 9] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// One finished request, as metrics see it. Every string is a bounded label value.
+pub struct RequestEvent<'a> {
+    pub site: &'a str,
+    pub route: &'a str,
+    pub pool: &'a str,
+    /// Cache outcome label (`hit`, `miss`, `stale`, `bypass`, `edge`, …).
+    pub cache: &'static str,
+    pub status: u16,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+    pub ttfb: Option<Duration>,
+    pub bytes: usize,
+    /// Why the cache was bypassed, when it was.
+    pub bypass: Option<&'static str>,
+    /// `Some(None)`: stored; `Some(Some(reason))`: not stored; `None`: no storage decision.
+    pub store: Option<Option<&'static str>>,
+}
+
+/// Every crossfade metric.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    bypass: IntCounterVec,
+    store: IntCounterVec,
+    response_seconds: HistogramVec,
+    upstream_seconds: HistogramVec,
+    ttfb_seconds: HistogramVec,
+    response_bytes: HistogramVec,
+    pub purges: IntCounterVec,
+    pub release_changes: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub canary_rollbacks: IntCounterVec,
+    pub cache_objects: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub surrogate_keys: IntGauge,
+    pub surrogate_key_memberships: IntGauge,
+    pub server_healthy: IntGaugeVec,
+    pub server_weight: IntGaugeVec,
+    pub pool_inflight: IntGaugeVec,
+    pub pool_active: IntGaugeVec,
+    pub pool_canary_percent: IntGaugeVec,
+    statsd: Option<Statsd>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+/// `2xx`, `4xx`, … (`0xx` when nothing was sent).
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "0xx",
+    }
+}
+
+impl Metrics {
+    pub fn new(statsd: Option<(SocketAddr, String)>) -> Self {
+        let r = Registry::new();
+        let page = ["site", "route", "pool"];
+        Metrics {
+            requests: counter(
+                &r,
+                "crossfade_requests_total",
+                "Requests by site, route, pool, cache outcome and status class.",
+                &["site", "route", "pool", "cache", "status_class"],
+            ),
+            bypass: counter(
+                &r,
+                "crossfade_cache_bypass_total",
+                "Requests that did not use the cache, by reason.",
+                &["site", "route", "reason"],
+            ),
+            store: counter(
+                &r,
+                "crossfade_cache_store_total",
+                "Storage decisions for origin responses: stored, or not stored with the reason.",
+                &["site", "route", "outcome", "reason"],
+            ),
+            response_seconds: histogram(
+                &r,
+                "crossfade_response_seconds",
+                "Total time from request to last byte.",
+                &["site", "route", "pool", "cache"],
+                &TIME_BUCKETS,
+            ),
+            upstream_seconds: histogram(
+                &r,
+                "crossfade_upstream_seconds",
+                "Time from choosing an origin server to its response header.",
+                &page,
+                &TIME_BUCKETS,
+            ),
+            ttfb_seconds: histogram(
+                &r,
+                "crossfade_ttfb_seconds",
+                "Time from request to the response header sent to the client.",
+                &["site", "route", "pool", "cache"],
+                &TIME_BUCKETS,
+            ),
+            response_bytes: histogram(
+                &r,
+                "crossfade_response_bytes",
+                "Response body bytes sent to clients.",
+                &page,
+                &SIZE_BUCKETS,
+            ),
+            purges: counter(
+                &r,
+                "crossfade_purges_total",
+                "Purges applied on this node, by kind and mode.",
+                &["kind", "mode"],
+            ),
+            release_changes: counter(
+                &r,
+                "crossfade_release_changes_total",
+                "Release changes (flip, canary, rollback, maintenance) by site and action.",
+                &["site", "action"],
+            ),
+            config_reloads: counter(
+                &r,
+                "crossfade_config_reloads_total",
+                "Config reloads by result (ok, rejected).",
+                &["result"],
+            ),
+            canary_rollbacks: counter(
+                &r,
+                "crossfade_canary_rollbacks_total",
+                "Automatic canary rollbacks by site and reason.",
+                &["site", "reason"],
+            ),
+            cache_objects: gauge(
+                &r,
+                "crossfade_cache_objects",
+                "Objects stored in the cache.",
+            ),
+            cache_bytes: gauge(
+                &r,
+                "crossfade_cache_bytes",
+                "Bytes stored in the cache (as weighed for the capacity).",
+            ),
+            cache_evictions: {
+                let c = IntCounter::new(
+                    "crossfade_cache_evictions_total",
+                    "Objects evicted to stay within the capacity.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            surrogate_keys: gauge(
+                &r,
+                "crossfade_surrogate_keys",
+                "Distinct surrogate keys in the purge index.",
+            ),
+            surrogate_key_memberships: gauge(
+                &r,
+                "crossfade_surrogate_key_memberships",
+                "Object-to-key links in the purge index.",
+            ),
+            server_healthy: gauge_vec(
+                &r,
+                "crossfade_pool_server_healthy",
+                "1 when an origin server is in rotation.",
+                &["site", "pool", "server"],
+            ),
+            server_weight: gauge_vec(
+                &r,
+                "crossfade_pool_server_weight",
+                "Configured weight of an origin server.",
+                &["site", "pool", "server"],
+            ),
+            pool_inflight: gauge_vec(
+                &r,
+                "crossfade_pool_inflight",
+                "Requests in flight to a pool.",
+                &["site", "pool"],
+            ),
+            pool_active: gauge_vec(
+                &r,
+                "crossfade_pool_active",
+                "1 for the active pool of a site.",
+                &["site", "pool"],
+            ),
+            pool_canary_percent: gauge_vec(
+                &r,
+                "crossfade_pool_canary_percent",
+                "Share of visitors sent to a canary pool.",
+                &["site", "pool"],
+            ),
+            registry: r,
+            statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
+        }
+    }
+
+    /// Records one finished request (Prometheus and statsd).
+    pub fn request(&self, e: &RequestEvent) {
+        let class = status_class(e.status);
+        self.requests
+            .with_label_values(&[e.site, e.route, e.pool, e.cache, class])
+            .inc();
+        if let Some(reason) = e.bypass {
+            self.bypass
+                .with_label_values(&[e.site, e.route, reason])
+                .inc();
+        }
+        match e.store {
+            Some(None) => self
+                .store
+                .with_label_values(&[e.site, e.route, "stored", ""])
+                .inc(),
+            Some(Some(reason)) => self
+                .store
+                .with_label_values(&[e.site, e.route, "not_stored", reason])
+                .inc(),
+            None => {}
+        }
+        self.response_seconds
+            .with_label_values(&[e.site, e.route, e.pool, e.cache])
+            .observe(e.total.as_secs_f64());
+        if let Some(t) = e.ttfb {
+            self.ttfb_seconds
+                .with_label_values(&[e.site, e.route, e.pool, e.cache])
+                .observe(t.as_secs_f64());
+        }
+        if let Some(u) = e.upstream {
+            self.upstream_seconds
+                .with_label_values(&[e.site, e.route, e.pool])
+                .observe(u.as_secs_f64());
+        }
+        self.response_bytes
+            .with_label_values(&[e.site, e.route, e.pool])
+            .observe(e.bytes as f64);
+        if let Some(s) = &self.statsd {
+            s.request(e);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Pushes timers and counters to statsd over UDP. Sending never blocks: the socket is
+/// non-blocking and a full buffer or a dead server only drops the packet.
+struct Statsd {
+    socket: UdpSocket,
+    prefix: String,
+}
+
+impl Statsd {
+    fn new(addr: SocketAddr, prefix: String) -> Option<Self> {
+        let bind = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(bind).ok()?;
+        socket.set_nonblocking(true).ok()?;
+        socket.connect(addr).ok()?;
+        Some(Statsd { socket, prefix })
+    }
+
+    fn request(&self, e: &RequestEvent) {
+        let base = format!("{}.{}.{}", self.prefix, e.site, e.route);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut lines = vec![
+            format!("{base}.requests:1|c"),
+            format!("{base}.response_time:{:.3}|ms", ms(e.total)),
+            format!("{base}.response_size:{}|ms", e.bytes),
+            format!("{base}.{}:1|c", e.cache.replace('-', "_")),
+            format!("{base}.status_{}:1|c", status_class(e.status)),
+        ];
+        if let Some(u) = e.upstream {
+            lines.push(format!("{base}.upstream_time:{:.3}|ms", ms(u)));
+        }
+        // One datagram per request; errors (no listener, full buffer) are deliberately ignored.
+        let _ = self.socket.send(lines.join("\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_and_rendered() {
+        let m = Metrics::new(None);
+        m.request(&RequestEvent {
+            site: "shop",
+            route: "home",
+            pool: "blue",
+            cache: "hit",
+            status: 200,
+            total: Duration::from_millis(3),
+            upstream: None,
+            ttfb: Some(Duration::from_millis(1)),
+            bytes: 1234,
+            bypass: None,
+            store: None,
+        });
+        let text = m.render();
+        assert!(text.contains(r#"crossfade_requests_total{cache="hit",pool="blue",route="home",site="shop",status_class="2xx"} 1"#), "{text}");
+        assert!(text.contains("crossfade_response_seconds_bucket"));
+        assert_eq!(status_class(503), "5xx");
+    }
+}

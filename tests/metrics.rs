@@ -1,0 +1,235 @@
+//! Observability: Prometheus counts after known traffic, bounded label cardinality, statsd
+//! packets on a real UDP socket, and request ids.
+
+mod common;
+use common::*;
+use http::Method;
+use std::time::Duration;
+
+async fn metrics(proxy: &Proxy) -> String {
+    let (status, body) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    assert_eq!(status, 200);
+    body.as_str().unwrap().to_string()
+}
+
+/// The value of the sample whose line starts with `name{` and contains every `label`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn counts_match_known_traffic() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "0123456789") })
+            .await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for _ in 0..10 {
+        get(&c, &proxy.url("/x"), &[]).await;
+    }
+    get(&c, &proxy.url("/x"), &[("cookie", "session=alice")]).await;
+    let m = metrics(&proxy).await;
+    let base = [r#"site="shop""#, r#"route="all""#, r#"pool="blue""#];
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_requests_total",
+            &[&base[..], &[r#"cache="miss""#]].concat()
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_requests_total",
+            &[&base[..], &[r#"cache="hit""#]].concat()
+        ),
+        9.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_requests_total",
+            &[&base[..], &[r#"cache="bypass""#]].concat()
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_cache_bypass_total",
+            &[r#"reason="logged-in""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "crossfade_cache_store_total", &[r#"outcome="stored""#]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "crossfade_response_seconds_count", &[r#"site="shop""#]),
+        11.0
+    );
+    assert_eq!(
+        sample(&m, "crossfade_upstream_seconds_count", &[r#"site="shop""#]),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, "crossfade_response_bytes_sum", &[r#"site="shop""#]),
+        110.0
+    );
+    assert!(m.contains("crossfade_cache_objects 1"), "{m}");
+    assert_eq!(
+        sample(&m, "crossfade_pool_server_healthy", &[r#"pool="blue""#]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "crossfade_pool_active", &[r#"pool="blue""#]),
+        1.0
+    );
+
+    proxy
+        .purge(serde_json::json!({"kind": "url", "url": "www.shop.test/x"}))
+        .await;
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_purges_total",
+            &[r#"kind="url""#, r#"mode="hard""#]
+        ),
+        1.0
+    );
+    let (status, _) = proxy.admin_call(None, Method::GET, "/metrics", "").await;
+    assert_eq!(status, 401, "metrics need a token like every admin call");
+}
+
+#[tokio::test]
+async fn label_cardinality_stays_bounded_under_random_paths_and_hosts() {
+    let origin = Origin::start(|_| async { reply(200, &[], "x") }).await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let hosts: Vec<String> = (0..50).map(|i| format!("random{i}.test")).collect();
+    let mut names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    names.push("www.shop.test");
+    let c = proxy.client(&names);
+    for (i, h) in hosts.iter().enumerate() {
+        get(&c, &proxy.url_for(h, &format!("/p{i}?q={i}")), &[]).await;
+        get(&c, &proxy.url(&format!("/rand/{i}/x{i}?z={i}")), &[]).await;
+    }
+    let m = metrics(&proxy).await;
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("crossfade_requests_total{"))
+        .count();
+    assert!(
+        series <= 3,
+        "100 random requests made {series} series:\n{m}"
+    );
+    assert!(
+        !m.contains("random1.test") && !m.contains("/rand/"),
+        "no client input in labels"
+    );
+}
+
+#[tokio::test]
+async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!(
+        "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
+        udp.local_addr().unwrap()
+    );
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "abc") }).await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    let c = proxy.client(&["www.shop.test"]);
+    for _ in 0..3 {
+        get(&c, &proxy.url("/s"), &[]).await;
+    }
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while lines
+        .iter()
+        .filter(|l: &&String| l.contains(".requests:1|c"))
+        .count()
+        < 3
+    {
+        let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+            .await
+            .expect("statsd packet")
+            .unwrap();
+        lines.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    let has = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(has("store.shop.all.miss:1|c"), 1, "{lines:?}");
+    assert_eq!(has("store.shop.all.hit:1|c"), 2);
+    assert_eq!(has("store.shop.all.upstream_time:"), 1);
+    assert_eq!(has("store.shop.all.response_size:3|ms"), 3);
+    for l in lines
+        .iter()
+        .filter(|l| l.starts_with("store.shop.all.response_time:"))
+    {
+        let v: f64 = l
+            .trim_start_matches("store.shop.all.response_time:")
+            .trim_end_matches("|ms")
+            .parse()
+            .unwrap();
+        assert!((0.0..5000.0).contains(&v), "{l}");
+    }
+
+    // Nobody listens here: requests are not slowed down or failed.
+    let dead = free_port();
+    let proxy = Proxy::single(
+        &origin,
+        OVERRIDE_ALL,
+        &format!("[metrics]\nstatsd = \"127.0.0.1:{dead}\"\n"),
+    )
+    .await;
+    let c = proxy.client(&["www.shop.test"]);
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(get(&c, &proxy.url("/s"), &[]).await.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn request_ids_are_propagated_or_generated() {
+    let origin = Origin::start(|seen| async move {
+        let id = seen.header("x-request-id").unwrap_or("none").to_string();
+        reply(200, &[], id)
+    })
+    .await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "[log]\nformat = \"json\"\n").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let got = get(&c, &proxy.url("/a"), &[("x-request-id", "abc-123")]).await;
+    assert_eq!(
+        (got.body.as_str(), got.header("x-request-id")),
+        ("abc-123", "abc-123")
+    );
+    let got = get(&c, &proxy.url("/b"), &[("x-request-id", "bad id<script>")]).await;
+    assert_eq!(
+        got.body.len(),
+        32,
+        "a malformed id is replaced: {}",
+        got.body
+    );
+    assert_eq!(got.header("x-request-id"), got.body);
+    let generated = get(&c, &proxy.url("/c"), &[]).await;
+    assert_eq!(generated.body.len(), 32);
+    assert_ne!(generated.body, got.body);
+    let logged = eventually(Duration::from_secs(5), || async {
+        proxy.stdout().contains(r#""request_id":"abc-123""#)
+    })
+    .await;
+    assert!(logged, "the access log carries the id: {}", proxy.stdout());
+}
