@@ -7,6 +7,7 @@ use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::health::HealthService;
+use crate::pools::judge::{Judge, Verdicts};
 use crate::pools::switch::Release;
 use crate::proxy::EdgeProxy;
 use arc_swap::ArcSwap;
@@ -64,6 +65,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             "fleet", fleet,
         ));
     }
+    let verdicts = Arc::new(Verdicts::default());
     if let Some(admin) = admin {
         let app = AdminApp::new(
             runtime.clone(),
@@ -71,11 +73,25 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             purger.clone(),
             release.clone(),
             metrics.clone(),
+            verdicts.clone(),
         );
         let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);
         service.add_tcp(&admin.listen.to_string());
         tracing::info!(listen = %admin.listen, tokens = admin.tokens.len(), "admin API");
         server.add_service(service);
+    }
+    if runtime.load().release.judge.is_some() {
+        let judge = Judge {
+            runtime: runtime.clone(),
+            release: release.clone(),
+            metrics: metrics.clone(),
+            purger: purger.clone(),
+            verdicts: verdicts.clone(),
+        };
+        server.add_service(pingora::services::background::background_service(
+            "canary judge",
+            judge,
+        ));
     }
     let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics);
     server.add_service(pingora::services::background::background_service(

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod pools;
 pub mod proxy;
 pub mod rules;
+pub mod stats;
 pub mod telemetry;

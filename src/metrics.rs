@@ -65,6 +65,8 @@ pub struct Metrics {
     pub pool_inflight: IntGaugeVec,
     pub pool_active: IntGaugeVec,
     pub pool_canary_percent: IntGaugeVec,
+    /// Sliding-window statistics for the dashboard and the canary judge.
+    pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
 }
 
@@ -254,6 +256,7 @@ impl Metrics {
                 &["site", "pool"],
             ),
             registry: r,
+            stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
         }
     }
@@ -296,6 +299,10 @@ impl Metrics {
         self.response_bytes
             .with_label_values(&[e.site, e.route, e.pool])
             .observe(e.bytes as f64);
+        let error = e.status >= 500 || e.status == 0;
+        let hit = matches!(e.cache, "hit" | "stale");
+        self.stats
+            .record((e.site, e.route, e.pool), error, hit, e.total, e.upstream);
         if let Some(s) = &self.statsd {
             s.request(e);
         }

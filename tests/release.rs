@@ -409,3 +409,86 @@ async fn two_nodes_on_one_redis_flip_together() {
     .await;
     assert!(together, "node 2 flipped with node 1");
 }
+
+/// Many new visitors (own cookie jars), each one request to a pass route.
+async fn visitors(proxy: &Proxy, n: usize) {
+    for i in 0..n {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_store(true)
+            .resolve("www.shop.test", proxy.addr)
+            .build()
+            .unwrap();
+        get(&c, &proxy.url(&format!("/live/v{i}")), &[]).await;
+    }
+}
+
+const JUDGE: &str = "[release.judge]\nwindow = \"30s\"\ninterval = \"200ms\"\nmin_requests = 15\nmax_error_rate_increase = 0.05\n";
+
+#[tokio::test]
+async fn a_failing_canary_is_rolled_back_automatically_and_a_healthy_one_is_not() {
+    let blue = release_origin("blue", "b1").await;
+    let failing = Origin::start(|seen| async move {
+        match seen.uri.path() {
+            "/health" => reply(200, &[("x-release", "green"), ("x-asset-hash", "g1")], "ok"),
+            _ => reply(500, &[], "green is broken"),
+        }
+    })
+    .await;
+    let proxy = start(&[&blue], &[&failing], JUDGE).await;
+    let (status, _) = release(
+        &proxy,
+        "/pools/canary",
+        json!({"site": "shop", "pool": "green", "percent": 50}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    visitors(&proxy, 80).await;
+    let rolled_back = eventually(Duration::from_secs(5), || async {
+        let (_, pools) = proxy
+            .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+            .await;
+        pools["sites"][0]["state"]["canary"].is_null()
+    })
+    .await;
+    assert!(rolled_back, "the failing canary was rolled back");
+    let (_, pools) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+        .await;
+    let judgement = &pools["sites"][0]["canary_judgement"];
+    assert_eq!(judgement["reason"], "error-rate", "{judgement}");
+    assert_eq!(pools["sites"][0]["state"]["active"], "blue");
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains(r#"crossfade_canary_rollbacks_total{reason="error-rate",site="shop"} 1"#));
+    assert!(
+        proxy.stderr().contains("rolled back"),
+        "and the log says so"
+    );
+
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&blue], &[&green], JUDGE).await;
+    release(
+        &proxy,
+        "/pools/canary",
+        json!({"site": "shop", "pool": "green", "percent": 50}),
+    )
+    .await;
+    visitors(&proxy, 80).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, pools) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+        .await;
+    assert_eq!(
+        pools["sites"][0]["state"]["canary"]["pool"], "green",
+        "a healthy canary stays: {pools}"
+    );
+    assert_eq!(pools["sites"][0]["canary_judgement"]["rolled_back"], false);
+}

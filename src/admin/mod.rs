@@ -29,6 +29,7 @@ use crate::config::admin::Scope;
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
+use crate::pools::judge::Verdicts;
 use crate::pools::switch::{Change, Release};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -50,6 +51,7 @@ pub struct AdminApp {
     purger: Arc<Purger>,
     release: Arc<Release>,
     metrics: Arc<Metrics>,
+    verdicts: Arc<Verdicts>,
     started: Instant,
 }
 
@@ -60,6 +62,7 @@ impl AdminApp {
         purger: Arc<Purger>,
         release: Arc<Release>,
         metrics: Arc<Metrics>,
+        verdicts: Arc<Verdicts>,
     ) -> Self {
         AdminApp {
             runtime,
@@ -67,6 +70,7 @@ impl AdminApp {
             purger,
             release,
             metrics,
+            verdicts,
             started: Instant::now(),
         }
     }
@@ -304,6 +308,7 @@ impl AdminApp {
                 json!({
                     "site": &*s.name,
                     "state": states.get(&*s.name),
+                    "canary_judgement": self.verdicts.get(&s.name),
                     "pools": s.pools.iter().map(|p| p.describe()).collect::<Vec<_>>(),
                 })
             })

@@ -173,6 +173,18 @@ pub struct ReleaseFile {
     pub session_cookie: Option<String>,
     pub maintenance_page: Option<String>,
     pub retry_after: Option<String>,
+    pub judge: Option<JudgeFile>,
+}
+
+/// `[release.judge]`: automatic canary judgement (off when absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeFile {
+    pub window: Option<String>,
+    pub interval: Option<String>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// `rules/<site>.toml`.

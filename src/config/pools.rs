@@ -50,6 +50,22 @@ pub struct ReleaseSettings {
     /// The maintenance page's HTML.
     pub maintenance_page: String,
     pub retry_after: Duration,
+    pub judge: Option<JudgeSettings>,
+}
+
+/// When a canary is judged worse than the stable pool and rolled back.
+#[derive(Debug, Clone)]
+pub struct JudgeSettings {
+    /// The sliding window compared.
+    pub window: Duration,
+    /// How often the comparison runs.
+    pub interval: Duration,
+    /// Canary requests needed in the window before judging.
+    pub min_requests: u64,
+    /// Roll back when the canary's 5xx rate exceeds the stable pool's by more than this.
+    pub max_error_rate_increase: f64,
+    /// Roll back when the canary's p99 exceeds the stable pool's times this.
+    pub max_p99_ratio: f64,
 }
 
 const DEFAULT_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\">\
@@ -99,6 +115,41 @@ pub(super) fn release(config: &Path, f: ReleaseFile, push: Push) -> ReleaseSetti
             Duration::from_secs(120),
             push,
         ),
+        judge: f.judge.map(|j| judge(j, push)),
+    }
+}
+
+fn judge(j: super::file::JudgeFile, push: Push) -> JudgeSettings {
+    let err = j.max_error_rate_increase.unwrap_or(0.05);
+    if !(0.0..=1.0).contains(&err) {
+        push(
+            "release.judge.max_error_rate_increase".into(),
+            format!("{err} is not between 0 and 1"),
+        );
+    }
+    let ratio = j.max_p99_ratio.unwrap_or(2.0);
+    if ratio < 1.0 {
+        push(
+            "release.judge.max_p99_ratio".into(),
+            format!("{ratio} is below 1"),
+        );
+    }
+    JudgeSettings {
+        window: duration(
+            "release.judge.window",
+            &j.window,
+            Duration::from_secs(60),
+            push,
+        ),
+        interval: duration(
+            "release.judge.interval",
+            &j.interval,
+            Duration::from_secs(5),
+            push,
+        ),
+        min_requests: j.min_requests.unwrap_or(50),
+        max_error_rate_increase: err,
+        max_p99_ratio: ratio,
     }
 }
 

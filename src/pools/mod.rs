@@ -7,6 +7,7 @@
 //! after a connection failure or three 5xx answers in a row.
 
 pub mod health;
+pub mod judge;
 pub mod switch;
 
 use std::net::SocketAddr;

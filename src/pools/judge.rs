@@ -1,0 +1,129 @@
+//! Canary judgement: during a canary, compare the canary pool with the stable pool over a
+//! sliding window (5xx rate and p99 response time); when the canary is worse beyond the
+//! configured thresholds, with enough requests to judge, roll the site back, record why, and
+//! say so in metrics, logs and `/pools`. Off unless `[release.judge]` is configured.
+
+use super::switch::{Change, Release};
+use crate::config::Runtime;
+use crate::fleet::Purger;
+use crate::metrics::Metrics;
+use crate::stats::Filter;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The last judgement per site, for `/pools`.
+#[derive(Default)]
+pub struct Verdicts(Mutex<HashMap<String, serde_json::Value>>);
+
+impl Verdicts {
+    pub fn get(&self, site: &str) -> Option<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(site)
+            .cloned()
+    }
+
+    fn set(&self, site: &str, v: serde_json::Value) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(site.to_string(), v);
+    }
+}
+
+/// The background service that judges canaries.
+pub struct Judge {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub release: Arc<Release>,
+    pub metrics: Arc<Metrics>,
+    pub purger: Arc<Purger>,
+    pub verdicts: Arc<Verdicts>,
+}
+
+impl Judge {
+    async fn judge_once(&self) {
+        let rt = self.runtime.load_full();
+        let Some(cfg) = rt.release.judge.clone() else {
+            return;
+        };
+        for site in &rt.sites.list {
+            let Some(state) = self.release.get(&site.name) else {
+                continue;
+            };
+            let Some(canary) = &state.canary else {
+                continue;
+            };
+            let summary = |pool: &str| {
+                let f = Filter {
+                    site: Some(&site.name),
+                    route: None,
+                    pool: Some(pool),
+                };
+                self.metrics.stats.summary(f, cfg.window, None)
+            };
+            let (c, s) = (summary(&canary.pool), summary(&state.active));
+            let reason = if c.requests < cfg.min_requests {
+                None
+            } else if c.error_rate - s.error_rate > cfg.max_error_rate_increase {
+                Some("error-rate")
+            } else if s.requests >= cfg.min_requests
+                && s.p99_ms > 0.0
+                && c.p99_ms > s.p99_ms * cfg.max_p99_ratio
+            {
+                Some("p99")
+            } else {
+                None
+            };
+            let verdict = serde_json::json!({
+                "canary": { "pool": canary.pool, "summary": c },
+                "stable": { "pool": state.active, "summary": s },
+                "rolled_back": reason.is_some(),
+                "reason": reason,
+            });
+            self.verdicts.set(&site.name, verdict);
+            let Some(reason) = reason else { continue };
+            match self.release.apply(
+                &rt,
+                &Change::Rollback {
+                    site: site.name.to_string(),
+                },
+            ) {
+                Ok(new_state) => {
+                    tracing::error!(
+                        site = %site.name, canary = %canary.pool, reason,
+                        canary_error_rate = c.error_rate, stable_error_rate = s.error_rate,
+                        canary_p99_ms = c.p99_ms, stable_p99_ms = s.p99_ms,
+                        "canary judged worse than the stable pool: rolled back"
+                    );
+                    self.metrics
+                        .canary_rollbacks
+                        .with_label_values(&[&site.name, reason])
+                        .inc();
+                    self.purger.share_release(&site.name, &new_state).await;
+                }
+                Err(e) => tracing::error!(site = %site.name, error = %e, "canary rollback failed"),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Judge {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let interval = self
+            .runtime
+            .load()
+            .release
+            .judge
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |j| j.interval);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => self.judge_once().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

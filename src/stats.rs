@@ -1,0 +1,241 @@
+//! Live statistics over a sliding window, per site, route and pool: request rate, hit ratio,
+//! error rate, response-time percentiles and origin time. The dashboard and the canary judge
+//! read them; Prometheus keeps the long-term view.
+//!
+//! Each series keeps one bucket per second for [`KEEP_SECONDS`], each with a fixed log-scale
+//! latency histogram, so memory per series is bounded and percentiles are approximate (the
+//! upper edge of a bucket, within about 19%). Series are keyed by config names only.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How much history is kept (seconds).
+pub const KEEP_SECONDS: u64 = 900;
+/// Latency histogram: bucket i holds durations up to `0.1 ms * 1.2^i`.
+const LATENCY_BUCKETS: usize = 64;
+
+fn latency_bucket(d: Duration) -> usize {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms <= 0.1 {
+        return 0;
+    }
+    (((ms / 0.1).ln() / 1.2f64.ln()).ceil() as usize).min(LATENCY_BUCKETS - 1)
+}
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    0.1 * 1.2f64.powi(i as i32)
+}
+
+#[derive(Clone)]
+struct Second {
+    at: u64,
+    requests: u64,
+    hits: u64,
+    errors: u64,
+    upstream_count: u64,
+    upstream_ms: f64,
+    latency: [u32; LATENCY_BUCKETS],
+}
+
+impl Second {
+    fn new(at: u64) -> Self {
+        Second {
+            at,
+            requests: 0,
+            hits: 0,
+            errors: 0,
+            upstream_count: 0,
+            upstream_ms: 0.0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+/// A summary of a window.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub rate_per_second: f64,
+    pub hit_ratio: f64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub origin_ms: f64,
+}
+
+type Key = (Arc<str>, Arc<str>, Arc<str>);
+
+/// All series.
+#[derive(Default)]
+pub struct Stats {
+    series: Mutex<HashMap<Key, VecDeque<Second>>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Which series a summary covers; `None` matches any.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    pub site: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub pool: Option<&'a str>,
+}
+
+impl Stats {
+    /// Records one request. `error`: a 5xx (or no answer) to the client.
+    pub fn record(
+        &self,
+        key: (&str, &str, &str),
+        error: bool,
+        hit: bool,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let now = now_secs();
+        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let series = match all.iter_mut().find(|(k, _)| (&*k.0, &*k.1, &*k.2) == key) {
+            Some((_, s)) => s,
+            None => all
+                .entry((key.0.into(), key.1.into(), key.2.into()))
+                .or_default(),
+        };
+        if series.back().is_none_or(|s| s.at != now) {
+            series.push_back(Second::new(now));
+        }
+        while series.front().is_some_and(|s| s.at + KEEP_SECONDS < now) {
+            series.pop_front();
+        }
+        let s = series.back_mut().expect("pushed above");
+        s.requests += 1;
+        s.hits += hit as u64;
+        s.errors += error as u64;
+        if let Some(u) = upstream {
+            s.upstream_count += 1;
+            s.upstream_ms += u.as_secs_f64() * 1000.0;
+        }
+        s.latency[latency_bucket(total)] += 1;
+    }
+
+    /// Summarises the matching series over `[until - window, until)` (`until` in Unix seconds;
+    /// `None`: now).
+    pub fn summary(&self, filter: Filter, window: Duration, until: Option<u64>) -> Summary {
+        let end = until.unwrap_or_else(|| now_secs() + 1);
+        let start = end.saturating_sub(window.as_secs().max(1));
+        let all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = Second::new(0);
+        for ((site, route, pool), series) in all.iter() {
+            let matches = filter.site.is_none_or(|s| s == &**site)
+                && filter.route.is_none_or(|r| r == &**route)
+                && filter.pool.is_none_or(|p| p == &**pool);
+            if !matches {
+                continue;
+            }
+            for s in series.iter().filter(|s| s.at >= start && s.at < end) {
+                total.requests += s.requests;
+                total.hits += s.hits;
+                total.errors += s.errors;
+                total.upstream_count += s.upstream_count;
+                total.upstream_ms += s.upstream_ms;
+                for (t, x) in total.latency.iter_mut().zip(s.latency.iter()) {
+                    *t += x;
+                }
+            }
+        }
+        let n = total.requests;
+        let pct = |p: f64| {
+            let target = (n as f64 * p).ceil().max(1.0) as u64;
+            let mut seen = 0u64;
+            for (i, c) in total.latency.iter().enumerate() {
+                seen += *c as u64;
+                if seen >= target {
+                    return bucket_upper_ms(i);
+                }
+            }
+            0.0
+        };
+        let ratio = |a: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+        Summary {
+            requests: n,
+            rate_per_second: n as f64 / (end - start) as f64,
+            hit_ratio: ratio(total.hits),
+            error_rate: ratio(total.errors),
+            p50_ms: if n == 0 { 0.0 } else { pct(0.50) },
+            p95_ms: if n == 0 { 0.0 } else { pct(0.95) },
+            p99_ms: if n == 0 { 0.0 } else { pct(0.99) },
+            origin_ms: if total.upstream_count == 0 {
+                0.0
+            } else {
+                total.upstream_ms / total.upstream_count as f64
+            },
+        }
+    }
+
+    /// The (site, route, pool) series that exist.
+    pub fn keys(&self) -> Vec<(String, String, String)> {
+        let all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<_> = all
+            .keys()
+            .map(|(s, r, p)| (s.to_string(), r.to_string(), p.to_string()))
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        let stats = Stats::default();
+        for i in 0..100 {
+            let d = Duration::from_millis(if i < 98 { 10 } else { 500 });
+            stats.record(
+                ("shop", "home", "blue"),
+                i % 10 == 0,
+                i % 2 == 0,
+                d,
+                Some(Duration::from_millis(4)),
+            );
+        }
+        stats.record(
+            ("shop", "home", "green"),
+            true,
+            false,
+            Duration::from_millis(1),
+            None,
+        );
+        let blue = stats.summary(
+            Filter {
+                site: Some("shop"),
+                pool: Some("blue"),
+                route: None,
+            },
+            Duration::from_secs(60),
+            None,
+        );
+        assert_eq!(blue.requests, 100);
+        assert!((blue.error_rate - 0.1).abs() < 1e-9 && (blue.hit_ratio - 0.5).abs() < 1e-9);
+        assert!(blue.p50_ms >= 10.0 && blue.p50_ms < 12.5, "{blue:?}");
+        assert!(blue.p99_ms >= 500.0 && blue.p99_ms < 620.0, "{blue:?}");
+        assert!((blue.origin_ms - 4.0).abs() < 1e-9);
+        let all = stats.summary(Filter::default(), Duration::from_secs(60), None);
+        assert_eq!(all.requests, 101);
+        let before = stats.summary(
+            Filter::default(),
+            Duration::from_secs(60),
+            Some(now_secs() - 5),
+        );
+        assert_eq!(
+            before.requests, 0,
+            "a window that ends before the traffic is empty"
+        );
+    }
+}
