@@ -7,6 +7,9 @@
 //! | ------ | --------- | ----- | ------------- |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
 //! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
+//! | GET    | `/dashboard/login?token=…` | any | sets the dashboard cookie, redirects to `/dashboard` |
+//! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | any | the live dashboard |
+//! | GET    | `/dashboard/data?window=300&compare_at=UNIX` | any | → per site: pools, routes, history, before/after |
 //! | GET    | `/pools`  | any   | → per site: release state (active, canary, maintenance) and pools (servers, health, in-flight, release, asset hash) |
 //! | POST   | `/pools/flip` | release | `{"site":"store","pool":"green"}` → site state |
 //! | POST   | `/pools/canary` | release | `{"site":"store","pool":"green","percent":10}` (0 ends the canary) → site state |
@@ -22,6 +25,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod dashboard;
 
 use crate::cache::purge::Purge;
 use crate::cache::storage::EdgeStorage;
@@ -87,6 +91,10 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
         .unwrap_or_default()
 }
 
+fn req_query(session: &ServerSession) -> Option<String> {
+    session.req_header().uri.query().map(str::to_string)
+}
+
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Vec<u8>> {
     json_response(status, json!({ "error": message.to_string() }))
 }
@@ -123,6 +131,8 @@ impl AdminApp {
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let scope = match (method.clone(), path.as_str()) {
             (Method::GET, "/status" | "/pools" | "/metrics") => Scope::Read,
+            (Method::GET, "/dashboard/login") => return self.login(&rt, req.uri.query()),
+            (Method::GET, p) if p == "/dashboard" || p.starts_with("/dashboard/") => Scope::Read,
             (Method::POST, "/purge") => Scope::Purge,
             (
                 Method::POST,
@@ -145,10 +155,20 @@ impl AdminApp {
             .as_ref()
             .map(|a| a.tokens.as_slice())
             .unwrap_or_default();
+        // GET endpoints also accept the dashboard cookie (a browser cannot send a bearer token
+        // on navigation); changes need the header, which a cross-site page cannot add.
+        let cookie_auth = (method == Method::GET)
+            .then(|| {
+                crate::cache::key::cookies(&req.headers)
+                    .find(|(n, _)| *n == dashboard::COOKIE)
+                    .map(|(_, v)| format!("Bearer {v}"))
+            })
+            .flatten();
         let authorization = req
             .headers
             .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
+            .map(|v| v.as_bytes())
+            .or(cookie_auth.as_deref().map(str::as_bytes));
         let token = match authorize(tokens, authorization, scope) {
             Ok(t) => t.name.clone(),
             Err(Denied::Unauthenticated) => {
@@ -193,6 +213,7 @@ impl AdminApp {
                 self.change(&rt, &path, &body, &token).await
             }
             _ if path == "/pools" => self.pools(&rt),
+            _ if path.starts_with("/dashboard") => self.dashboard(&rt, &path, req_query(session)),
             _ if path == "/metrics" => self.metrics(&rt),
             _ => self.status(&rt),
         }
@@ -240,6 +261,80 @@ impl AdminApp {
             }
             Err(e) if e.is_conflict() => error(StatusCode::CONFLICT, e),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+
+    /// `/dashboard/login?token=…`: a valid token becomes the dashboard cookie.
+    fn login(&self, rt: &Runtime, query: Option<&str>) -> Response<Vec<u8>> {
+        let token = query
+            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token"))
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let tokens = rt
+            .admin
+            .as_ref()
+            .map(|a| a.tokens.as_slice())
+            .unwrap_or_default();
+        let header = format!("Bearer {token}");
+        if authorize(tokens, Some(header.as_bytes()), Scope::Read).is_err() {
+            return error(StatusCode::UNAUTHORIZED, "a valid token is required");
+        }
+        Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header("location", "/dashboard")
+            .header(
+                "set-cookie",
+                format!(
+                    "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+                    dashboard::COOKIE
+                ),
+            )
+            .header("content-length", 0)
+            .header("cache-control", "no-store")
+            .body(Vec::new())
+            .unwrap_or_default()
+    }
+
+    fn dashboard(&self, rt: &Runtime, path: &str, query: Option<String>) -> Response<Vec<u8>> {
+        let asset = |ctype: &str, body: &str| {
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", ctype)
+                .header("content-length", body.len())
+                .header("cache-control", "no-store")
+                .body(body.as_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        match path {
+            "/dashboard" | "/dashboard/" => {
+                asset("text/html; charset=utf-8", dashboard::INDEX_HTML)
+            }
+            "/dashboard/app.js" => asset("application/javascript", dashboard::APP_JS),
+            "/dashboard/uplot.js" => asset("application/javascript", dashboard::UPLOT_JS),
+            "/dashboard/uplot.css" => asset("text/css", dashboard::UPLOT_CSS),
+            "/dashboard/data" => {
+                let param = |name: &str| {
+                    query.as_deref().and_then(|q| {
+                        form_urlencoded::parse(q.as_bytes())
+                            .find(|(k, _)| k == name)
+                            .and_then(|(_, v)| v.parse::<u64>().ok())
+                    })
+                };
+                let window = std::time::Duration::from_secs(
+                    param("window")
+                        .unwrap_or(300)
+                        .clamp(1, crate::stats::KEEP_SECONDS),
+                );
+                let data = dashboard::data(
+                    rt,
+                    &self.release,
+                    &self.metrics.stats,
+                    window,
+                    param("compare_at"),
+                );
+                json_response(StatusCode::OK, data)
+            }
+            _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
         }
     }
 
