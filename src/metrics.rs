@@ -308,6 +308,39 @@ impl Metrics {
         }
     }
 
+    /// The names of every metric family (also those with no sample yet).
+    pub fn families(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 21] = [
+            &self.requests,
+            &self.bypass,
+            &self.store,
+            &self.response_seconds,
+            &self.upstream_seconds,
+            &self.ttfb_seconds,
+            &self.response_bytes,
+            &self.purges,
+            &self.release_changes,
+            &self.config_reloads,
+            &self.canary_rollbacks,
+            &self.cache_objects,
+            &self.cache_bytes,
+            &self.cache_evictions,
+            &self.surrogate_keys,
+            &self.surrogate_key_memberships,
+            &self.server_healthy,
+            &self.server_weight,
+            &self.pool_inflight,
+            &self.pool_active,
+            &self.pool_canary_percent,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

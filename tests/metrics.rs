@@ -233,3 +233,37 @@ async fn request_ids_are_propagated_or_generated() {
     .await;
     assert!(logged, "the access log carries the id: {}", proxy.stdout());
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "").await;
+    get(&proxy.client(&["www.shop.test"]), &proxy.url("/g"), &[]).await;
+    let exposed = metrics(&proxy).await;
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(parsed["panels"].as_array().unwrap().len() >= 10);
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("crossfade_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap()]
+        })
+        .collect();
+    let defined = crossfade::metrics::Metrics::new(None).families();
+    assert!(exposed.contains("# TYPE crossfade_requests_total counter"));
+    for name in names {
+        let family = name.trim_end_matches("_bucket");
+        assert!(
+            defined.iter().any(|d| d == family),
+            "{name} is not a crossfade metric"
+        );
+    }
+}
