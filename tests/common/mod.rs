@@ -184,39 +184,52 @@ impl Proxy {
     }
 
     /// Starts crossfade with `[[sites]]` tables written out, and rules files `<name>.rules.toml`.
+    /// Ports are reserved by binding 127.0.0.1:0 and released, so another test may grab the
+    /// same one first; then crossfade cannot bind, and the start is retried on new ports.
     pub async fn start_toml(sites: &str, rules: &[(&str, &str)], extra: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let admin_port = free_port();
-        let d = dir.path().display();
-        let mut config = format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
-             pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
-             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
-             [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\
-             [[admin.tokens]]\nname = \"viewer\"\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n\
-             [[admin.tokens]]\nname = \"release\"\ntoken = \"{RELEASE_TOKEN}\"\nscopes = [\"release\"]\n\
-             {extra}\n"
-        );
-        if !extra.contains("[proxy]") {
-            config.push_str(&format!(
-                "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n"
-            ));
-        } else {
-            config = config.replace(
-                "[proxy]",
-                &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true"),
+        let mut dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let (port, admin_port) = (free_port(), free_port());
+            let d = dir.path().display();
+            let mut config = format!(
+                "[server]\nthreads = 1\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
+                 pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+                 [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\
+                 [[admin.tokens]]\nname = \"viewer\"\ntoken = \"{READ_TOKEN}\"\nscopes = [\"read\"]\n\
+                 [[admin.tokens]]\nname = \"release\"\ntoken = \"{RELEASE_TOKEN}\"\nscopes = [\"release\"]\n\
+                 {extra}\n"
             );
+            if !extra.contains("[proxy]") {
+                config.push_str(&format!(
+                    "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n"
+                ));
+            } else {
+                config = config.replace(
+                    "[proxy]",
+                    &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true"),
+                );
+            }
+            config.push_str(sites);
+            for (name, text) in rules {
+                std::fs::write(dir.path().join(format!("{name}.rules.toml")), text).unwrap();
+            }
+            std::fs::write(dir.path().join("crossfade.toml"), config).unwrap();
+            match Self::launch(dir, port, admin_port).await {
+                Ok(proxy) => return proxy,
+                Err(d) => dir = d,
+            }
         }
-        config.push_str(sites);
-        for (name, text) in rules {
-            std::fs::write(dir.path().join(format!("{name}.rules.toml")), text).unwrap();
-        }
-        std::fs::write(dir.path().join("crossfade.toml"), config).unwrap();
-        Self::launch(dir, port, admin_port).await
+        panic!("crossfade could not get free ports in 5 attempts");
     }
 
-    async fn launch(dir: tempfile::TempDir, port: u16, admin_port: u16) -> Proxy {
+    /// Starts the binary on the config in `dir`; `Err` (giving the directory back) when it
+    /// could not bind its ports.
+    async fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        admin_port: u16,
+    ) -> Result<Proxy, tempfile::TempDir> {
         let log = |name: &str| {
             Stdio::from(
                 std::fs::File::options()
@@ -241,15 +254,24 @@ impl Proxy {
             dir,
             child,
         };
+        let config = proxy
+            .dir
+            .path()
+            .join("crossfade.toml")
+            .display()
+            .to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok()
-                && tokio::net::TcpStream::connect(admin).await.is_ok()
-            {
-                break;
+            if let Ok(Some(_)) = proxy.child.try_wait() {
+                let dir = std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap());
+                return Err(dir);
             }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("crossfade exited with {status}: {}", proxy.stderr());
+            // Both ports answer, and they are ours (not another test's crossfade).
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                let (status, body) = proxy.admin_call_quiet(Method::GET, "/status").await;
+                if status == 200 && body["config"] == config.as_str() {
+                    return Ok(proxy);
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -258,7 +280,22 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        proxy
+    }
+
+    /// `GET` on the admin API with the read token; (0, null) when it does not answer.
+    async fn admin_call_quiet(&self, method: Method, path: &str) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let req = client
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(READ_TOKEN);
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or_default())
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        }
     }
 
     /// Stops this crossfade (SIGKILL) and starts it again with the same config, files and ports.
@@ -266,7 +303,10 @@ impl Proxy {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let (port, admin_port) = (self.addr.port(), self.admin.port());
         drop(self);
-        Self::launch(dir, port, admin_port).await
+        match Self::launch(dir, port, admin_port).await {
+            Ok(p) => p,
+            Err(_) => panic!("crossfade could not bind its ports again after a restart"),
+        }
     }
 
     /// A single site `shop` for `www.shop.test` in front of `origin`.
@@ -465,11 +505,30 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start() -> Redis {
-        Self::start_on(free_port()).await
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start(free_port()).await {
+                return r;
+            }
+        }
+        panic!("redis-server could not get a free port in 5 attempts");
     }
 
+    /// Starts redis-server on `port`; panics if it cannot (use [`Redis::start`] for any port).
     pub async fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
+        Self::try_start_on(port)
+            .await
+            .expect("redis-server could not bind its port")
+    }
+
+    async fn try_start(port: u16) -> Option<Redis> {
+        Self::try_start_on(port).await
+    }
+
+    /// Starts redis-server and waits until the server on `port` is this process (another
+    /// test's Redis may have taken the port first).
+    async fn try_start_on(port: u16) -> Option<Redis> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -486,14 +545,30 @@ impl Redis {
             .expect(
                 "redis-server must be installed (apt-get install redis-server; .ci/run does it)",
             );
-        let ok = eventually(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        assert!(ok, "redis-server did not start on {port}");
-        Redis { port, child }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let mut buf = vec![0u8; 16384];
+                if s.write_all(b"INFO server\r\n").await.is_ok() {
+                    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .unwrap_or(0);
+                    let info = String::from_utf8_lossy(&buf[..n]);
+                    if info.contains(&format!("process_id:{}\r", child.id())) {
+                        return Some(Redis { port, child });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn url(&self) -> String {
