@@ -65,6 +65,8 @@ pub struct Metrics {
     pub pool_inflight: IntGaugeVec,
     pub pool_active: IntGaugeVec,
     pub pool_canary_percent: IntGaugeVec,
+    pub connections_open: IntGauge,
+    pub tls_handshakes: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -106,6 +108,30 @@ fn histogram(
     r.register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+/// Established TCP connections whose local port is one of `ports`, from /proc/net/tcp{,6}.
+/// Only crossfade listens on its ports, so these are its client connections.
+pub fn established_connections(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    let port = cols
+                        .get(1)
+                        .and_then(|local| local.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    // State 01 is ESTABLISHED.
+                    cols.get(3) == Some(&"01") && port.is_some_and(|p| ports.contains(&p))
+                })
+                .count()
+        })
+        .sum::<usize>()
 }
 
 /// `2xx`, `4xx`, … (`0xx` when nothing was sent).
@@ -255,6 +281,8 @@ impl Metrics {
                 "Share of visitors sent to a canary pool.",
                 &["site", "pool"],
             ),
+            connections_open: gauge(&r, "crossfade_connections_open", "Established client connections on the proxy listeners (from the kernel's socket table)."),
+            tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
@@ -311,7 +339,9 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 21] = [
+        let collectors: [&dyn Collector; 23] = [
+            &self.connections_open,
+            &self.tls_handshakes,
             &self.requests,
             &self.bypass,
             &self.store,

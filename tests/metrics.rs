@@ -267,3 +267,29 @@ async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
         );
     }
 }
+
+#[tokio::test]
+async fn open_connections_are_counted() {
+    let origin = Origin::start(|_| async { reply(200, &[], "x") }).await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    // Three clients, each keeping its keep-alive connection open.
+    let clients: Vec<_> = (0..3).map(|_| proxy.client(&["www.shop.test"])).collect();
+    for c in &clients {
+        get(c, &proxy.url("/c"), &[]).await;
+    }
+    let open = |m: &str| {
+        sample(m, "crossfade_connections_open", &[])
+            + m.lines()
+                .filter(|l| l.starts_with("crossfade_connections_open "))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum::<f64>()
+    };
+    let m = metrics(&proxy).await;
+    assert!(open(&m) >= 3.0, "{m}");
+    drop(clients);
+    let closed = eventually(Duration::from_secs(5), || async {
+        open(&metrics(&proxy).await) < 3.0
+    })
+    .await;
+    assert!(closed, "closed connections are no longer counted");
+}
