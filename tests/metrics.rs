@@ -14,6 +14,23 @@ async fn metrics(proxy: &Proxy) -> String {
     body.as_str().unwrap().to_string()
 }
 
+/// `/metrics` once `n` requests have been recorded (metrics are recorded in the logging hook,
+/// just after the client got its response).
+async fn metrics_after(proxy: &Proxy, n: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(proxy).await;
+        if sample(&m, "crossfade_requests_total", &[]) >= n {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} requests were not recorded: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The value of the sample whose line starts with `name{` and contains every `label`.
 fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -33,7 +50,7 @@ async fn counts_match_known_traffic() {
         get(&c, &proxy.url("/x"), &[]).await;
     }
     get(&c, &proxy.url("/x"), &[("cookie", "session=alice")]).await;
-    let m = metrics(&proxy).await;
+    let m = metrics_after(&proxy, 11.0).await;
     let base = [r#"site="shop""#, r#"route="all""#, r#"pool="blue""#];
     assert_eq!(
         sample(
@@ -240,7 +257,7 @@ async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
     let proxy = Proxy::single(&origin, OVERRIDE_ALL, "").await;
     get(&proxy.client(&["www.shop.test"]), &proxy.url("/g"), &[]).await;
-    let exposed = metrics(&proxy).await;
+    let exposed = metrics_after(&proxy, 1.0).await;
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/grafana-dashboard.json"

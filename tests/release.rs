@@ -458,17 +458,18 @@ async fn a_failing_canary_is_rolled_back_automatically_and_a_healthy_one_is_not(
     let judgement = &pools["sites"][0]["canary_judgement"];
     assert_eq!(judgement["reason"], "error-rate", "{judgement}");
     assert_eq!(pools["sites"][0]["state"]["active"], "blue");
-    let (_, m) = proxy
-        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
-        .await;
-    assert!(m
-        .as_str()
-        .unwrap()
-        .contains(r#"crossfade_canary_rollbacks_total{reason="error-rate",site="shop"} 1"#));
-    assert!(
-        proxy.stderr().contains("rolled back"),
-        "and the log says so"
-    );
+    // The metric and the log line follow the state change by a moment.
+    let recorded = eventually(Duration::from_secs(3), || async {
+        let (_, m) = proxy
+            .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+            .await;
+        m.as_str()
+            .unwrap_or_default()
+            .contains(r#"crossfade_canary_rollbacks_total{reason="error-rate",site="shop"} 1"#)
+            && proxy.stderr().contains("rolled back")
+    })
+    .await;
+    assert!(recorded, "the rollback is counted and logged");
 
     let (blue, green) = (
         release_origin("blue", "b1").await,
