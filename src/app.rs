@@ -3,12 +3,14 @@
 
 use crate::admin::AdminApp;
 use crate::cache::CacheCore;
+use crate::config::reload::{Reloader, SighupService};
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::health::HealthService;
 use crate::pools::judge::{Judge, Verdicts};
 use crate::pools::switch::Release;
+use crate::proxy::drain::DrainOnSignal;
 use crate::proxy::EdgeProxy;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
@@ -66,6 +68,15 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         ));
     }
     let verdicts = Arc::new(Verdicts::default());
+    let reloader = Arc::new(Reloader {
+        runtime: runtime.clone(),
+        release: release.clone(),
+        metrics: metrics.clone(),
+    });
+    server.add_service(pingora::services::background::background_service(
+        "reload on SIGHUP",
+        SighupService(reloader.clone()),
+    ));
     if let Some(admin) = admin {
         let app = AdminApp::new(
             runtime.clone(),
@@ -74,6 +85,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             release.clone(),
             metrics.clone(),
             verdicts.clone(),
+            reloader.clone(),
         );
         let mut service = pingora::services::listening::Service::new("crossfade admin".into(), app);
         service.add_tcp(&admin.listen.to_string());
@@ -94,6 +106,10 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         ));
     }
     let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics);
+    server.add_service(pingora::services::background::background_service(
+        "drain on quit",
+        DrainOnSignal(proxy.draining()),
+    ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
         HealthService { runtime },

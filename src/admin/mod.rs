@@ -6,6 +6,7 @@
 //! | method | path      | scope | body → answer |
 //! | ------ | --------- | ----- | ------------- |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
+//! | POST   | `/reload` | admin | → reload config and rules: `{"reloaded":true,"report":{…}}`, or 422 with every issue (the running config is kept) |
 //! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
 //! | GET    | `/dashboard/login?token=…` | any | sets the dashboard cookie, redirects to `/dashboard` |
 //! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | any | the live dashboard |
@@ -30,6 +31,7 @@ pub mod dashboard;
 use crate::cache::purge::Purge;
 use crate::cache::storage::EdgeStorage;
 use crate::config::admin::Scope;
+use crate::config::reload::Reloader;
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
@@ -56,6 +58,7 @@ pub struct AdminApp {
     release: Arc<Release>,
     metrics: Arc<Metrics>,
     verdicts: Arc<Verdicts>,
+    reloader: Arc<Reloader>,
     started: Instant,
 }
 
@@ -67,6 +70,7 @@ impl AdminApp {
         release: Arc<Release>,
         metrics: Arc<Metrics>,
         verdicts: Arc<Verdicts>,
+        reloader: Arc<Reloader>,
     ) -> Self {
         AdminApp {
             runtime,
@@ -75,6 +79,7 @@ impl AdminApp {
             release,
             metrics,
             verdicts,
+            reloader,
             started: Instant::now(),
         }
     }
@@ -134,14 +139,15 @@ impl AdminApp {
             (Method::GET, "/dashboard/login") => return self.login(&rt, req.uri.query()),
             (Method::GET, p) if p == "/dashboard" || p.starts_with("/dashboard/") => Scope::Read,
             (Method::POST, "/purge") => Scope::Purge,
+            (Method::POST, "/reload") => Scope::Admin,
             (
                 Method::POST,
                 "/pools/flip" | "/pools/canary" | "/pools/rollback" | "/maintenance",
             ) => Scope::Release,
             (
                 _,
-                "/status" | "/metrics" | "/purge" | "/pools" | "/pools/flip" | "/pools/canary"
-                | "/pools/rollback" | "/maintenance",
+                "/status" | "/metrics" | "/purge" | "/reload" | "/pools" | "/pools/flip"
+                | "/pools/canary" | "/pools/rollback" | "/maintenance",
             ) => {
                 return error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -212,6 +218,20 @@ impl AdminApp {
                 };
                 self.change(&rt, &path, &body, &token).await
             }
+            Scope::Admin => match self.reloader.reload() {
+                Ok(report) => json_response(
+                    StatusCode::OK,
+                    json!({ "reloaded": true, "report": report }),
+                ),
+                Err(issues) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({
+                        "reloaded": false,
+                        "error": "the new config has errors; the running config is kept",
+                        "issues": issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    }),
+                ),
+            },
             _ if path == "/pools" => self.pools(&rt),
             _ if path.starts_with("/dashboard") => self.dashboard(&rt, &path, req_query(session)),
             _ if path == "/metrics" => self.metrics(&rt),

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod file;
 pub mod pools;
+pub mod reload;
 pub mod units;
 pub mod validate;
 
@@ -127,6 +128,23 @@ pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
+}
+
+impl Runtime {
+    /// Carries what the running config learned (server health, announced releases and asset
+    /// hashes) over to a freshly loaded one, for the same sites, pools and servers.
+    pub fn inherit_state(&self, old: &Runtime) {
+        for site in &self.sites.list {
+            let Some(old_site) = old.sites.list.iter().find(|s| s.name == site.name) else {
+                continue;
+            };
+            for pool in &site.pools {
+                if let Some(old_pool) = old_site.pool(&pool.name) {
+                    pool.inherit(old_pool);
+                }
+            }
+        }
+    }
 }
 
 /// A set of host names served by one application, with its rules and pools.

@@ -89,33 +89,48 @@ async fn check_pool(pool: &Pool, hc: &HealthCheck) {
     }
 }
 
-/// The pingora background service running every pool's checks.
+/// The pingora background service running every pool's checks. It follows the running
+/// config, so pools added or changed by a reload are checked too.
 pub struct HealthService {
     pub runtime: Arc<ArcSwap<Runtime>>,
 }
 
+/// How often the service looks for checks that are due.
+const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for HealthService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let rt = self.runtime.load_full();
-        let mut tasks = tokio::task::JoinSet::new();
-        for site in &rt.sites.list {
-            for (i, pool) in site.pools.iter().enumerate() {
-                let Some(hc) = pool.health.clone() else {
-                    continue;
-                };
-                let (site, rt) = (site.clone(), rt.clone());
-                tasks.spawn(async move {
-                    let _keep = rt;
-                    loop {
-                        check_pool(&site.pools[i], &hc).await;
-                        tokio::time::sleep(hc.interval).await;
+        use std::collections::HashMap;
+        use std::time::Instant;
+        let mut due: HashMap<(String, String), Instant> = HashMap::new();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let rt = self.runtime.load_full();
+            let now = Instant::now();
+            for site in &rt.sites.list {
+                for (i, pool) in site.pools.iter().enumerate() {
+                    let Some(hc) = pool.health.clone() else {
+                        continue;
+                    };
+                    let key = (site.name.to_string(), pool.name.clone());
+                    if due.get(&key).is_some_and(|t| *t > now) {
+                        continue;
                     }
-                });
+                    due.insert(key, now + hc.interval);
+                    let site = site.clone();
+                    running.spawn(async move { check_pool(&site.pools[i], &hc).await });
+                }
+            }
+            while running.try_join_next().is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => {
+                    running.abort_all();
+                    return;
+                }
             }
         }
-        let _ = shutdown.changed().await;
-        tasks.abort_all();
     }
 }
 

@@ -84,6 +84,16 @@ impl Server {
         }
     }
 
+    /// Takes over the health state of the same server in a previous config.
+    pub fn inherit(&self, old: &Server) {
+        self.checked_up
+            .store(old.checked_up.load(Ordering::Acquire), Ordering::Release);
+        self.streak
+            .store(old.streak.load(Ordering::Acquire), Ordering::Release);
+        self.down_until_ms
+            .store(old.down_until_ms.load(Ordering::Acquire), Ordering::Release);
+    }
+
     /// A connection to the server failed: out of rotation for `down`.
     pub fn connect_failed(&self, down: Duration) {
         self.down_until_ms
@@ -163,6 +173,24 @@ impl Pool {
         (0..n)
             .map(|i| &self.servers[self.schedule[(start + i) % n]])
             .find(|s| s.is_healthy())
+    }
+
+    /// Takes over health and announced release/asset hash from the same pool in a previous
+    /// config (config values win over announced ones).
+    pub fn inherit(&self, old: &Pool) {
+        for s in &self.servers {
+            if let Some(o) = old.server(s.addr) {
+                s.inherit(o);
+            }
+        }
+        let mut release = self.release.write().unwrap_or_else(|e| e.into_inner());
+        if release.is_none() {
+            *release = old.release();
+        }
+        let mut hash = self.asset_hash.write().unwrap_or_else(|e| e.into_inner());
+        if hash.is_none() {
+            *hash = old.asset_hash();
+        }
     }
 
     pub fn healthy_servers(&self) -> usize {

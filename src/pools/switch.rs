@@ -164,6 +164,26 @@ impl Release {
         }
     }
 
+    /// After a reload: new sites get their configured state; a site whose active pool is gone
+    /// falls back to its configured one.
+    pub fn sync(&self, rt: &Runtime) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = (*self.states.load_full()).clone();
+        for site in &rt.sites.list {
+            let keep = all.get(&*site.name).is_some_and(|s| {
+                site.pool(&s.active).is_some()
+                    && s.canary
+                        .as_ref()
+                        .is_none_or(|c| site.pool(&c.pool).is_some())
+            });
+            if !keep {
+                tracing::warn!(site = %site.name, "release state reset to the configured active pool");
+                all.insert(site.name.to_string(), initial(site));
+            }
+        }
+        self.states.store(Arc::new(all));
+    }
+
     pub fn get(&self, site: &str) -> Option<SiteState> {
         self.states.load().get(site).cloned()
     }

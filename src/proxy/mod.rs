@@ -7,6 +7,7 @@
 //! admission → `Cache-Status` and browser TTL → one access-log event.
 
 pub mod ctx;
+pub mod drain;
 mod edge;
 pub mod headers;
 mod invalidate;
@@ -31,7 +32,7 @@ use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use release::Choice;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -43,6 +44,10 @@ pub struct EdgeProxy {
     purger: Arc<Purger>,
     release: Arc<Release>,
     metrics: Arc<Metrics>,
+    /// Set when the process was told to quit (binary upgrade, SIGTERM): answers then close
+    /// their connection, so clients move to fresh connections (the new process) before
+    /// pingora drops idle keep-alive connections.
+    draining: Arc<AtomicBool>,
 }
 
 impl EdgeProxy {
@@ -59,7 +64,13 @@ impl EdgeProxy {
             purger,
             release,
             metrics,
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The flag that makes every answer close its connection.
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
     }
 
     /// The server this request was sent to, for health bookkeeping.
@@ -92,6 +103,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         let rt = self.runtime.load_full();
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id"));

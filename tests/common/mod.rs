@@ -600,3 +600,47 @@ pub fn signal(pid: u32, sig: &str) {
         .unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
 }
+
+impl Proxy {
+    /// Graceful binary upgrade: a new process started with `--upgrade` takes the listening
+    /// sockets from this one, which is then told to quit (SIGQUIT) and drains.
+    pub async fn upgrade(&mut self) {
+        let log = |name: &str| {
+            Stdio::from(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(name))
+                    .unwrap(),
+            )
+        };
+        let new = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(self.dir.path().join("crossfade.toml"))
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .unwrap();
+        // The new process waits on the upgrade socket; give it a moment to listen there.
+        let sock = self.dir.path().join("upgrade.sock");
+        assert!(
+            eventually(Duration::from_secs(10), || async { sock.exists() }).await,
+            "new process not waiting for sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let old_pid = self.child.id();
+        let mut old = std::mem::replace(&mut self.child, new);
+        signal(old_pid, "QUIT");
+        let exited = eventually(Duration::from_secs(30), || {
+            let done = matches!(old.try_wait(), Ok(Some(_)));
+            async move { done }
+        })
+        .await;
+        assert!(exited, "the old process did not finish draining");
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        signal(self.child.id(), "HUP");
+    }
+}

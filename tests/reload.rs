@@ -1,0 +1,177 @@
+//! Hot reload and binary upgrade: a valid change takes effect without a restart and keeps the
+//! cache, a broken config is rejected with every error and the old one keeps serving, and
+//! neither a reload nor a binary upgrade fails a request under continuous load.
+
+mod common;
+use common::*;
+use http::Method;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+fn rules_file(proxy: &Proxy) -> std::path::PathBuf {
+    proxy.dir.path().join("shop.rules.toml")
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_change_and_keeps_the_cache() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "page") }).await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    get(&c, &proxy.url("/kept"), &[]).await;
+    get(&c, &proxy.url("/private/x"), &[]).await;
+    assert!(get(&c, &proxy.url("/private/x"), &[]).await.is_hit());
+
+    let new_rules = format!(
+        "{HONOR_ALL}\n[[routes]]\nname = \"private\"\nprefix = \"/private/\"\nmode = \"pass\"\n"
+    );
+    std::fs::write(rules_file(&proxy), new_rules).unwrap();
+    proxy.hup();
+    let applied = eventually(Duration::from_secs(5), || async {
+        get(&c, &proxy.url("/private/x"), &[])
+            .await
+            .cache()
+            .contains("detail=route-pass")
+    })
+    .await;
+    assert!(applied, "the new route is in force after SIGHUP");
+    assert!(
+        get(&c, &proxy.url("/kept"), &[]).await.is_hit(),
+        "cached objects survive a reload"
+    );
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains(r#"crossfade_config_reloads_total{result="ok"} 1"#));
+}
+
+#[tokio::test]
+async fn a_broken_config_is_rejected_with_every_error_and_the_old_one_serves() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "page") }).await;
+    let extra = format!(
+        "[[admin.tokens]]\nname = \"root\"\ntoken = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
+    );
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    let c = proxy.client(&["www.shop.test"]);
+    get(&c, &proxy.url("/a"), &[]).await;
+    std::fs::write(rules_file(&proxy), "[[routes]]\nname = \"x\"\nprefix = \"/\"\nmode = \"override\"\nedge_ttl = \"soon\"\n[[routes]]\nname = \"y\"\nglob = \"/[\"\n").unwrap();
+    let (status, answer) = proxy
+        .admin_call(Some(ADMIN_TOKEN), Method::POST, "/reload", "")
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let issues: Vec<String> = answer["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.contains("shop.rules.toml: routes[0].edge_ttl")),
+        "{issues:?}"
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.contains("shop.rules.toml: routes[1].glob")),
+        "{issues:?}"
+    );
+    assert!(
+        get(&c, &proxy.url("/a"), &[]).await.is_hit(),
+        "the running config and cache keep serving"
+    );
+    let (status, _) = proxy
+        .admin_call(Some(PURGE_TOKEN), Method::POST, "/reload", "")
+        .await;
+    assert_eq!(status, 403, "reload needs the admin scope");
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    assert!(m
+        .as_str()
+        .unwrap()
+        .contains(r#"crossfade_config_reloads_total{result="rejected"} 1"#));
+    assert!(proxy.stderr().contains("config reload rejected"));
+}
+
+/// Runs `workers` clients in a loop until `stop`; returns (ok, failed).
+fn load(
+    proxy: &Proxy,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    (0..workers)
+        .map(|w| {
+            let (c, url, stop) = (
+                proxy.client(&["www.shop.test"]),
+                proxy.url(&format!("/live/{w}")),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.text().await {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(format!("body: {e}")),
+                        },
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(format!("{e:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn finish(handles: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>) -> (u64, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    for h in handles {
+        let (o, f) = h.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn reloads_and_a_binary_upgrade_under_load_fail_no_request() {
+    let origin = Origin::start(|_| async { reply(200, &[], "live") }).await;
+    let rules = "[[routes]]\nname = \"live\"\nprefix = \"/live/\"\nmode = \"pass\"\n";
+    let mut proxy = Proxy::single(&origin, rules, "").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = load(&proxy, 4, stop.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.hup();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.upgrade().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = finish(handles).await;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "only {ok} requests");
+    let c = proxy.client(&["www.shop.test"]);
+    assert_eq!(
+        get(&c, &proxy.url("/live/after"), &[]).await.status,
+        200,
+        "the new process serves"
+    );
+}
