@@ -12,6 +12,7 @@ use crate::pools::judge::{Judge, Verdicts};
 use crate::pools::switch::Release;
 use crate::proxy::drain::DrainOnSignal;
 use crate::proxy::EdgeProxy;
+use crate::tls::{CertWatcher, HandshakeCounter, SniResolver};
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::ProxyServiceBuilder;
@@ -47,6 +48,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         "crossfade starting"
     );
     let admin = runtime.admin.clone();
+    let tls = runtime.tls.clone();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let release = Arc::new(Release::load(
         &runtime.load(),
@@ -105,14 +107,16 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             judge,
         ));
     }
-    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics);
+    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics.clone());
     server.add_service(pingora::services::background::background_service(
         "drain on quit",
         DrainOnSignal(proxy.draining()),
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
-        HealthService { runtime },
+        HealthService {
+            runtime: runtime.clone(),
+        },
     ));
     let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
         .name("crossfade proxy")
@@ -120,6 +124,27 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         .build();
     for addr in listen {
         service.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = tls {
+        for addr in &tls.listen {
+            // The resolver picks certificates by SNI from the running config, so the paths
+            // given here are never read.
+            let counter = Box::new(HandshakeCounter(metrics.clone()));
+            let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(counter)
+                .expect("TLS settings with callbacks");
+            settings.set_cert_resolver(Arc::new(SniResolver {
+                runtime: runtime.clone(),
+            }));
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        server.add_service(pingora::services::background::background_service(
+            "certificate watcher",
+            CertWatcher {
+                runtime: runtime.clone(),
+                reloader: reloader.clone(),
+            },
+        ));
     }
     server.add_service(service);
     server.run_forever()

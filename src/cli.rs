@@ -27,6 +27,25 @@ pub enum Command {
     Pools(PoolsArgs),
     /// Put a site or one of its routes into maintenance, or take it out.
     Maintenance(MaintenanceArgs),
+    /// Certificates: `certs dev --out DIR HOST…` makes a local CA and a certificate per host.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub what: CertsWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsWhat {
+    /// A local CA (reused when DIR has one) and one certificate per host, for demos and tests.
+    Dev {
+        #[arg(long, default_value = "certs/dev")]
+        out: PathBuf,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

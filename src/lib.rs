@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod rules;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;

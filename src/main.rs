@@ -50,6 +50,14 @@ fn main() -> Result<ExitCode> {
         Command::Purge(args) => exit(client::purge(args)?),
         Command::Pools(args) => exit(client::pools(args)?),
         Command::Maintenance(args) => exit(client::maintenance(args)?),
+        Command::Certs(args) => match args.what {
+            crossfade::cli::CertsWhat::Dev { out, hosts } => {
+                for path in crossfade::tls::make_dev_certs(&out, &hosts)? {
+                    println!("{}", path.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Demo(args) => {
             let runtime = config::load(&args.config)?;
             telemetry::init(&runtime.log);

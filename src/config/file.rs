@@ -30,6 +30,7 @@ pub struct ConfigFile {
     pub release: ReleaseFile,
     #[serde(default)]
     pub metrics: MetricsFile,
+    pub tls: Option<TlsFile>,
     #[serde(default)]
     pub sites: Vec<SiteFile>,
 }
@@ -134,6 +135,9 @@ pub struct SiteFile {
     pub active_pool: Option<String>,
     /// Path pattern of versioned static assets, with `{hash}` as one segment.
     pub assets: Option<String>,
+    /// Answer plain-HTTP requests with a redirect to HTTPS.
+    #[serde(default)]
+    pub https_redirect: bool,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolFile>,
 }
@@ -154,6 +158,25 @@ pub struct PoolFile {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub passive_down: Option<String>,
+}
+
+/// `[tls]`: HTTPS listeners and their certificates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub certs: Vec<CertFile>,
+}
+
+/// `[[tls.certs]]`: a PEM chain and key, for the hosts listed or those of a site.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: String,
+    pub key: String,
+    pub hosts: Option<Vec<String>>,
+    pub site: Option<String>,
 }
 
 /// `[metrics]`: statsd push (Prometheus is always on the admin listener).

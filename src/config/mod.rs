@@ -8,6 +8,7 @@ pub mod admin;
 pub mod file;
 pub mod pools;
 pub mod reload;
+pub mod tls;
 pub mod units;
 pub mod validate;
 
@@ -70,6 +71,8 @@ pub struct Runtime {
     pub fleet: admin::FleetSettings,
     pub release: pools::ReleaseSettings,
     pub metrics: MetricsSettings,
+    /// HTTPS listeners and certificates; `None` without a `[tls]` section.
+    pub tls: Option<tls::TlsSettings>,
     pub sites: Sites,
 }
 
@@ -157,6 +160,7 @@ pub struct Site {
     /// The configured active pool (the release state may have moved on since).
     pub active_pool: usize,
     pub assets: Option<pools::AssetPattern>,
+    pub https_redirect: bool,
 }
 
 impl Site {

@@ -137,6 +137,8 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let fleet_file: super::file::FleetFile = section(&mut table, "fleet", &mut issues);
     let release_file: super::file::ReleaseFile = section(&mut table, "release", &mut issues);
     let metrics_file: super::file::MetricsFile = section(&mut table, "metrics", &mut issues);
+    let tls_file: Option<super::file::TlsFile> =
+        table.remove("tls").and_then(|v| issues.de(v, "tls"));
     let mut site_files = Vec::new();
     match table.remove("sites") {
         Some(toml::Value::Array(items)) => {
@@ -170,7 +172,9 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let fleet = super::admin::fleet(fleet_file, &mut push);
     let release = super::pools::release(path, release_file, &mut push);
     let metrics = metrics_settings(metrics_file, &mut push);
-    let sites = sites(path, site_files, issues.out);
+    let sites = sites(path, site_files, &mut *issues.out);
+    let mut push = |key: String, message: String| issues.push(key, message);
+    let tls = super::tls::tls(path, tls_file, &sites, &mut push);
     Some(Runtime {
         source: path.to_path_buf(),
         server,
@@ -182,6 +186,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         fleet,
         release,
         metrics,
+        tls,
         sites,
     })
 }
@@ -447,6 +452,7 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
             pools,
             active_pool,
             assets,
+            https_redirect: f.https_redirect,
         });
         let mut issues = Issues {
             file: config.to_path_buf(),

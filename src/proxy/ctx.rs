@@ -39,6 +39,8 @@ pub struct RequestCtx {
     pub maintenance_cached: bool,
     /// The chosen pool had no healthy server.
     pub no_server: bool,
+    /// The request came over TLS.
+    pub tls: bool,
     /// The request id: the client's `X-Request-Id` when well-formed, else generated.
     pub request_id: String,
     /// When the response header went to the client.
@@ -69,6 +71,7 @@ impl RequestCtx {
             new_cohort: None,
             maintenance_cached: false,
             no_server: false,
+            tls: false,
             request_id: String::new(),
             ttfb: None,
             store: None,

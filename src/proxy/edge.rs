@@ -17,6 +17,7 @@ pub struct Answer<'a> {
     pub body: Bytes,
     pub cache_control: &'a str,
     pub retry_after: Option<Duration>,
+    pub location: Option<String>,
 }
 
 impl Answer<'_> {
@@ -29,6 +30,7 @@ impl Answer<'_> {
             body: Bytes::from_static(body.as_bytes()),
             cache_control: "no-store",
             retry_after: None,
+            location: None,
         }
     }
 
@@ -41,6 +43,7 @@ impl Answer<'_> {
             body: Bytes::from(page.to_string()),
             cache_control: "no-store",
             retry_after: Some(retry_after),
+            location: None,
         }
     }
 
@@ -50,10 +53,38 @@ impl Answer<'_> {
         resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, self.body.len())?;
         resp.insert_header(header::CACHE_CONTROL, self.cache_control)?;
+        if let Some(location) = &self.location {
+            resp.insert_header(header::LOCATION, location.as_str())?;
+        }
         if let Some(after) = self.retry_after {
             resp.insert_header(header::RETRY_AFTER, after.as_secs())?;
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(self.body), true).await
     }
+}
+
+/// A permanent redirect of a plain-HTTP request to the same URL over HTTPS (the first TLS
+/// listener's port, omitted when it is 443). `None` when no TLS listener is configured.
+pub fn https_redirect(
+    rt: &crate::config::Runtime,
+    req: &pingora::http::RequestHeader,
+    host: &str,
+) -> Option<Answer<'static>> {
+    let port = rt.tls.as_ref()?.listen.first()?.port();
+    let authority = if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Some(Answer {
+        location: Some(format!("https://{authority}{path}")),
+        cache_control: "public, max-age=3600",
+        ..Answer::text(
+            301,
+            "https-redirect",
+            "crossfade: this site is served over HTTPS\n",
+        )
+    })
 }

@@ -125,6 +125,18 @@ impl ProxyHttp for EdgeProxy {
             let host = host.unwrap_or_default();
             return invalidate::purge_method(&self.purger, &rt, session, &host).await;
         }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = tls;
+        if site.https_redirect && !tls {
+            if let Some(answer) =
+                edge::https_redirect(&rt, req, host.as_deref().unwrap_or_default())
+            {
+                ctx.edge_answer = Some("https-redirect");
+                answer.send(session).await?;
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         let path = req.uri.path();
         let rule = site.routes.find(&req.method, path).clone();
         let Some(state) = self.release.get(&site.name) else {
@@ -433,7 +445,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             upstream.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
         Ok(())

@@ -1,0 +1,122 @@
+//! TLS termination: SNI picks the certificate (clients verify against the test CA), HTTP/2 over
+//! TLS by ALPN, certificate rotation without a restart, and the HTTP→HTTPS redirect.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn dev_certs(dir: &Path, hosts: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["certs", "dev", "--out"])
+        .arg(dir)
+        .args(hosts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn https_client(ca_dir: &Path, tls: std::net::SocketAddr) -> reqwest::Client {
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join("ca.pem")).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve("a.test", tls)
+        .resolve("b.test", tls)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sni_http2_rotation_and_redirect() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["a.test", "b.test"]);
+    let origin = Origin::start(|seen| async move {
+        let proto = seen.header("x-forwarded-proto").unwrap_or("-").to_string();
+        reply(
+            200,
+            &[],
+            format!("proto={proto} host={}", seen.header("host").unwrap_or("-")),
+        )
+    })
+    .await;
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let extra = format!(
+        "[tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\n\
+         [[tls.certs]]\ncert = \"{d}/a.test.pem\"\nkey = \"{d}/a.test-key.pem\"\nhosts = [\"a.test\"]\n\
+         [[tls.certs]]\ncert = \"{d}/b.test.pem\"\nkey = \"{d}/b.test-key.pem\"\nsite = \"b\"\n"
+    );
+    let sites = format!(
+        "[[sites]]\nname = \"a\"\nhosts = [\"a.test\"]\nrules = \"a.rules.toml\"\n[sites.pools.blue]\nservers = [\"{0}\"]\n\
+         [[sites]]\nname = \"b\"\nhosts = [\"b.test\"]\nrules = \"b.rules.toml\"\nhttps_redirect = true\n[sites.pools.blue]\nservers = [\"{0}\"]\n",
+        origin.addr
+    );
+    let proxy = Proxy::start_toml(&sites, &[("a", HONOR_ALL), ("b", HONOR_ALL)], &extra).await;
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let c = https_client(certs.path(), tls);
+    for host in ["a.test", "b.test"] {
+        let resp = c
+            .get(format!("https://{host}:{tls_port}/x"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(resp.version(), http::Version::HTTP_2, "ALPN picks h2");
+        let body = resp.text().await.unwrap();
+        assert!(
+            body.starts_with(&format!("proto=https host={host}")),
+            "the certificate for {host} verified; origin told https: {body}"
+        );
+    }
+
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), http::Method::GET, "/metrics", "")
+        .await;
+    assert!(
+        m.as_str()
+            .unwrap()
+            .contains(r#"crossfade_tls_handshakes_total{result="ok"}"#),
+        "handshakes are counted"
+    );
+
+    // Plain HTTP to the redirecting site.
+    let plain = proxy.client(&["b.test", "a.test"]);
+    let got = get(&plain, &proxy.url_for("b.test", "/p?q=1"), &[]).await;
+    assert_eq!(
+        (got.status, got.header("location")),
+        (301, format!("https://b.test:{tls_port}/p?q=1").as_str())
+    );
+    assert_eq!(
+        get(&plain, &proxy.url_for("a.test", "/p"), &[])
+            .await
+            .status,
+        200,
+        "site a has no redirect"
+    );
+
+    // Rotation: a certificate from a new CA replaces a.test's files; a client that trusts only
+    // the new CA fails before and succeeds after, without a restart.
+    let new_ca = tempfile::tempdir().unwrap();
+    dev_certs(new_ca.path(), &["a.test"]);
+    let c2 = https_client(new_ca.path(), tls);
+    let url = format!("https://a.test:{tls_port}/rotated");
+    assert!(
+        c2.get(&url).send().await.is_err(),
+        "the old certificate is not trusted by the new CA"
+    );
+    for f in ["a.test.pem", "a.test-key.pem"] {
+        std::fs::copy(new_ca.path().join(f), certs.path().join(f)).unwrap();
+    }
+    let rotated = eventually(Duration::from_secs(10), || async {
+        c2.get(&url).send().await.is_ok()
+    })
+    .await;
+    assert!(rotated, "the new certificate is served: {}", proxy.stderr());
+}
