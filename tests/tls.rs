@@ -120,3 +120,26 @@ async fn sni_http2_rotation_and_redirect() {
     .await;
     assert!(rotated, "the new certificate is served: {}", proxy.stderr());
 }
+
+#[tokio::test]
+async fn a_pool_can_speak_http2_to_its_servers() {
+    let origin = Origin::start(|seen| async move {
+        reply(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("{:?}", seen.version),
+        )
+    })
+    .await;
+    let sites = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+         [sites.pools.blue]\nservers = [\"{}\"]\nhttp2 = true\n",
+        origin.addr
+    );
+    let proxy = Proxy::start_toml(&sites, &[("shop", HONOR_ALL)], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for path in ["/a", "/b", "/a"] {
+        let got = get(&c, &proxy.url(path), &[]).await;
+        assert_eq!((got.status, got.body.as_str()), (200, "HTTP/2.0"), "{path}");
+    }
+}

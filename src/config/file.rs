@@ -147,6 +147,8 @@ pub struct SiteFile {
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     pub servers: Vec<String>,
+    /// Speak HTTP/2 (cleartext, prior knowledge) to these servers.
+    pub http2: Option<bool>,
     pub weights: Option<Vec<u32>>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,

@@ -224,6 +224,7 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<Pool> {
         v.as_ref()
             .map(|_| duration(&format!("{key}.{k}"), v, Duration::from_secs(1), push))
     };
+    pool.http2 = p.http2.unwrap_or(false);
     pool.connect_timeout = timeout("connect_timeout", &p.connect_timeout, push);
     pool.read_timeout = timeout("read_timeout", &p.read_timeout, push);
     *pool.release.get_mut().unwrap_or_else(|e| e.into_inner()) = p.release.clone();

@@ -127,6 +127,8 @@ pub struct Pool {
     pub asset_hash: RwLock<Option<String>>,
     pub health: Option<HealthCheck>,
     pub passive_down: Duration,
+    /// Speak HTTP/2 (h2c) to the servers.
+    pub http2: bool,
     /// Per-pool overrides of `[origin]` timeouts.
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
@@ -161,6 +163,7 @@ impl Pool {
             asset_hash: RwLock::new(None),
             health: None,
             passive_down: Duration::from_secs(10),
+            http2: false,
             connect_timeout: None,
             read_timeout: None,
         }

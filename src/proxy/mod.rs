@@ -323,6 +323,9 @@ impl ProxyHttp for EdgeProxy {
         peer.options.read_timeout = Some(pool.read_timeout.unwrap_or(o.read_timeout));
         peer.options.write_timeout = Some(o.write_timeout);
         peer.options.idle_timeout = Some(o.idle_timeout);
+        if pool.http2 {
+            peer.options.set_http_version(2, 2);
+        }
         ctx.upstream_addr = Some(server.addr);
         ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(peer))

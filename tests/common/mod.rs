@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 /// What an origin handler sees of a request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -78,6 +79,7 @@ impl Origin {
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let s = Seen {
+                            version: req.version(),
                             method: req.method().clone(),
                             uri: req.uri().clone(),
                             headers: req.headers().clone(),
@@ -87,9 +89,12 @@ impl Origin {
                         let fut = handler(s);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), whichever the client speaks.
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });
