@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: crossfade vs nginx proxy_cache vs Varnish, in front of one origin.
+
+Runs each workload against each proxy, interleaved in rounds (A B C A B C …), and prints the
+median requests/s, p50/p99 latency and the ratio to the best peer. Also reports peak RSS,
+memory per cached 1 KiB object, crossfade's hit rate after mixed traffic, and a store-traffic
+model (Zipf pages, 20% logged in, static assets) with hit ratio and origin offload.
+
+Everything listens on 127.0.0.1 only; everything started is stopped at the end. A benchmark,
+not a test: CI does not run it. Needs root to install missing peers from Debian.
+
+    loadtest/bench.py [--rounds 3] [--duration 5] [--connections 64] [--no-build]
+"""
+import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PORTS = {"origin": 19000, "nginx": 19001, "varnish": 19002, "crossfade": 19003, "admin": 19004}
+SIZES = {"1k": 1024, "16k": 16384, "256k": 262144, "1m": 1048576}
+TOKEN = "bench-admin-token-0123456789"
+procs = []
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def ensure_tools():
+    missing = [p for b, p in [("nginx", "nginx-light"), ("varnishd", "varnish"), ("wrk", "wrk")] if not shutil.which(b)]
+    if missing:
+        print("installing", missing, flush=True)
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq " + " ".join(missing))
+    # The Debian packages start system services; stop them so they do not compete.
+    for svc in ["nginx", "varnish"]:
+        subprocess.run(f"service {svc} stop", shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_port(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, shell=True, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    procs.append(p)
+    return p
+
+
+def stop_all():
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def setup(work):
+    files = os.path.join(work, "files")
+    os.makedirs(files)
+    for name, size in SIZES.items():
+        with open(os.path.join(files, name), "wb") as f:
+            f.write(b"x" * size)
+    # Origin: nginx serving static files; cacheable under /c/, uncacheable under /p/.
+    origin = f"""
+worker_processes 1; pid {work}/origin.pid; error_log {work}/origin-error.log; daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {work}/origin-access.log; keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{PORTS['origin']};
+    location /c/ {{ alias {files}/; add_header Cache-Control "public, max-age=3600"; }}
+    location /p/ {{ alias {files}/; add_header Cache-Control "private"; }}
+    location /obj/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; try_files /1k =404; root {files}; }}
+    location /page/ {{ default_type text/html; add_header Cache-Control "public, max-age=3600"; try_files /16k =404; root {files}; }}
+    location /static/ {{ default_type text/css; add_header Cache-Control "public, max-age=31536000"; try_files /16k =404; root {files}; }}
+  }}
+}}"""
+    nginx = f"""
+worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx-error.log; daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 100000;
+  proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=z:256m max_size=2g inactive=1h use_temp_path=off;
+  upstream origin {{ server 127.0.0.1:{PORTS['origin']}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']};
+    location / {{
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache z; proxy_cache_lock off; proxy_cache_bypass $cookie_session; proxy_no_cache $cookie_session;
+    }}
+  }}
+}}"""
+    vcl = f"""vcl 4.1;
+backend origin {{ .host = "127.0.0.1"; .port = "{PORTS['origin']}"; }}
+sub vcl_recv {{ if (req.http.Cookie ~ "session=") {{ return (pass); }} unset req.http.Cookie; }}
+"""
+    rules = """
+[defaults]
+bypass_cookies = ["session"]
+"""
+    config = f"""
+[server]
+threads = 2
+pid_file = "{work}/crossfade.pid"
+upgrade_sock = "{work}/crossfade-upgrade.sock"
+[proxy]
+listen = ["127.0.0.1:{PORTS['crossfade']}"]
+[cache]
+capacity = "2GiB"
+max_object_size = "4MiB"
+[log]
+level = "warn"
+access_log = false
+[admin]
+listen = "127.0.0.1:{PORTS['admin']}"
+[[admin.tokens]]
+name = "bench"
+token = "{TOKEN}"
+scopes = ["admin"]
+[release]
+state_file = ""
+[[sites]]
+name = "bench"
+hosts = ["bench.test"]
+default = true
+rules = "rules.toml"
+[sites.pools.blue]
+servers = ["127.0.0.1:{PORTS['origin']}"]
+"""
+    for name, text in [("origin.conf", origin), ("nginx.conf", nginx), ("default.vcl", vcl), ("rules.toml", rules), ("crossfade.toml", config)]:
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    start(f"nginx -c {work}/origin.conf")
+    wait_port(PORTS["origin"])
+
+
+def start_proxies(work, binary):
+    pids = {}
+    pids["nginx"] = start(f"nginx -c {work}/nginx.conf").pid
+    pids["varnish"] = start(f"varnishd -F -a 127.0.0.1:{PORTS['varnish']} -f {work}/default.vcl -s malloc,2G -n {work}/varnish -p thread_pool_min=50 > {work}/varnish.log 2>&1").pid
+    pids["crossfade"] = start(f"{binary} run --config {work}/crossfade.toml").pid
+    for name in ["nginx", "varnish", "crossfade"]:
+        wait_port(PORTS[name])
+    return pids
+
+
+def rss_kib(pgid, field="VmRSS"):
+    """Sum of a /proc status field over every process in the group."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                m = re.search(rf"^{field}:\s+(\d+)", f.read(), re.M)
+                total += int(m.group(1)) if m else 0
+        except (OSError, ProcessLookupError):
+            pass
+    return total
+
+
+def wrk(port, path, args, script=None):
+    cmd = ["wrk", f"-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-H", "Host: bench.test"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(errors.group(1)) if errors else 0, "sock": sock.group(1) if sock else ""}
+
+
+def warm(port, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": "bench.test"})
+    for _ in range(3):
+        urllib.request.urlopen(req).read()
+
+
+def report(title, results):
+    print(f"\n{title}")
+    print(f"  {'workload':<10} {'proxy':<10} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'vs best peer':>13}")
+    for workload, by_proxy in results.items():
+        med = {p: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")} for p, runs in by_proxy.items()}
+        best_peer = max(med[p]["rps"] for p in med if p != "crossfade")
+        for p, m in med.items():
+            ratio = m["rps"] / best_peer if best_peer else 0
+            print(f"  {workload:<10} {p:<10} {m['rps']:>15.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} {ratio:>12.2f}x")
+        bad = [(p, r["errors"], r["sock"]) for p, runs in by_proxy.items() for r in runs if r["errors"] or r["sock"]]
+        if bad:
+            print(f"  {workload}: errors {bad}")
+
+
+def admin_purge_all():
+    req = urllib.request.Request(f"http://127.0.0.1:{PORTS['admin']}/purge", data=b'{"kind":"all"}',
+                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    ensure_tools()
+    if not args.no_build:
+        sh("cargo build --release --quiet --bin crossfade", cwd=ROOT)
+    binary = os.path.join(ROOT, "target/release/crossfade")
+    work = tempfile.mkdtemp(prefix="crossfade-bench-")
+    # varnishd drops privileges: its VCL must be readable by its own user.
+    os.chmod(work, 0o755)
+    try:
+        setup(work)
+        pids = start_proxies(work, binary)
+        workloads = {f"hit-{k}": f"/c/{k}" for k in SIZES} | {"pass-1k": "/p/1k"}
+        results = {w: {p: [] for p in ("crossfade", "nginx", "varnish")} for w in workloads}
+        for w, path in workloads.items():
+            for p in ("crossfade", "nginx", "varnish"):
+                warm(PORTS[p], path)
+        for r in range(args.rounds):
+            for w, path in workloads.items():
+                for p in ("crossfade", "nginx", "varnish"):
+                    results[w][p].append(wrk(PORTS[p], path, args))
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+        report(f"Hits and pass-through ({args.rounds} rounds, {args.duration}s each, {args.connections} connections, wrk -t2)", results)
+
+        print("\nPeak RSS (VmHWM) after the runs, KiB:")
+        for p in ("crossfade", "nginx", "varnish"):
+            print(f"  {p:<10} {rss_kib(pids[p], 'VmHWM'):>10}")
+
+        # Memory per cached 1 KiB object: RSS growth while filling 100,000 objects.
+        script = os.path.join(work, "fill.lua")
+        with open(script, "w") as f:
+            f.write('counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format("GET", "/obj/" .. counter .. "-" .. math.random(1, 1000000000))\nend\n')
+        print("\nMemory per cached 1 KiB object (RSS growth while storing ~100,000 objects):")
+        for p in ("crossfade", "nginx", "varnish"):
+            before = rss_kib(pids[p])
+            fill = subprocess.run(["wrk", "-t2", "-c32", "-d8s", "-s", script, "-H", "Host: bench.test", f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
+            n = int(re.search(r"(\d+) requests in", fill).group(1))
+            grown = rss_kib(pids[p]) - before
+            print(f"  {p:<10} {n:>8} objects  {grown * 1024 / max(n, 1):>8.0f} bytes/object")
+
+        # crossfade after mixed traffic (misses, passes, purges), vs fresh.
+        mixed = {"hit-1k": {"crossfade": []}}
+        for _ in range(2):
+            wrk(PORTS["crossfade"], "/p/1k", args)
+            admin_purge_all()
+            warm(PORTS["crossfade"], "/c/1k")
+            mixed["hit-1k"]["crossfade"].append(wrk(PORTS["crossfade"], "/c/1k", args))
+        fresh = statistics.median(r["rps"] for r in results["hit-1k"]["crossfade"])
+        after = statistics.median(r["rps"] for r in mixed["hit-1k"]["crossfade"])
+        print(f"\ncrossfade hit-1k: fresh {fresh:.0f} req/s, after mixed traffic {after:.0f} req/s ({after / fresh:.2f}x)")
+
+        # Store model: Zipf pages, 20% of requests logged in, a static asset per page.
+        script = os.path.join(work, "store.lua")
+        with open(script, "w") as f:
+            f.write("""
+math.randomseed(os.time())
+local n, s = 5000, 1.1
+local cdf, total = {}, 0
+for i = 1, n do total = total + 1 / (i ^ s); cdf[i] = total end
+local function zipf()
+  local r = math.random() * total
+  local lo, hi = 1, n
+  while lo < hi do local mid = math.floor((lo + hi) / 2); if cdf[mid] < r then lo = mid + 1 else hi = mid end end
+  return lo
+end
+request = function()
+  local r = math.random()
+  if r < 0.3 then return wrk.format("GET", "/static/app-" .. math.random(1, 20) .. ".css") end
+  local headers = {}
+  if math.random() < 0.2 then headers["Cookie"] = "session=user" .. math.random(1, 10000) end
+  return wrk.format("GET", "/page/" .. zipf(), headers)
+end
+""")
+        print("\nStore model (Zipf pages, 20% logged in, static assets):")
+        log = os.path.join(work, "origin-access.log")
+        for p in ("crossfade", "nginx", "varnish"):
+            before = sum(1 for _ in open(log))
+            run = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration * 2}s", "-s", script, "-H", "Host: bench.test", f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
+            n = int(re.search(r"(\d+) requests in", run).group(1))
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", run).group(1))
+            time.sleep(0.5)
+            origin = sum(1 for _ in open(log)) - before
+            print(f"  {p:<10} {rps:>10.0f} req/s  origin offload {(1 - origin / max(n, 1)) * 100:5.1f}%  ({origin} of {n} requests reached the origin)")
+    finally:
+        stop_all()
+        if os.environ.get("KEEP"):
+            print("work dir kept:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
