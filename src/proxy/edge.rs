@@ -47,6 +47,15 @@ impl Answer<'_> {
         }
     }
 
+    /// The configured maintenance page.
+    pub fn maintenance(rt: &crate::config::Runtime) -> Answer<'static> {
+        Self::unavailable(
+            "maintenance",
+            &rt.release.maintenance_page,
+            rt.release.retry_after,
+        )
+    }
+
     pub async fn send(self, session: &mut Session) -> Result<()> {
         let mut resp = ResponseHeader::build(self.status, Some(5))?;
         resp.insert_header("cache-status", format!("crossfade; detail={}", self.detail))?;

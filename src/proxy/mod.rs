@@ -34,7 +34,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use release::Choice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use std::time::Instant;
 
 /// The crossfade proxy service logic.
@@ -147,12 +146,7 @@ impl ProxyHttp for EdgeProxy {
                 || req.method != http::Method::GET && req.method != http::Method::HEAD
             {
                 ctx.edge_answer = Some("maintenance");
-                let page = Answer::unavailable(
-                    "maintenance",
-                    &rt.release.maintenance_page,
-                    rt.release.retry_after,
-                );
-                page.send(session).await?;
+                Answer::maintenance(&rt).send(session).await?;
                 return Ok(true);
             }
             ctx.maintenance_cached = true;
@@ -202,12 +196,7 @@ impl ProxyHttp for EdgeProxy {
             });
         } else if ctx.maintenance_cached {
             ctx.edge_answer = Some("maintenance");
-            let page = Answer::unavailable(
-                "maintenance",
-                &rt.release.maintenance_page,
-                rt.release.retry_after,
-            );
-            page.send(session).await?;
+            Answer::maintenance(&rt).send(session).await?;
             return Ok(true);
         }
         ctx.host = host.unwrap_or_default();
@@ -355,16 +344,9 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         ctx.edge_answer = Some("maintenance");
-        let rt = ctx.runtime.clone();
-        let page = rt
-            .as_ref()
-            .map_or("", |r| r.release.maintenance_page.as_str());
-        let retry = rt
-            .as_ref()
-            .map_or(Duration::from_secs(120), |r| r.release.retry_after);
-        Answer::unavailable("maintenance", page, retry)
-            .send(session)
-            .await?;
+        if let Some(rt) = ctx.runtime.clone() {
+            Answer::maintenance(&rt).send(session).await?;
+        }
         Ok(false)
     }
 
