@@ -73,6 +73,7 @@ pub fn run(runtime: Runtime) -> ! {
          \x20 curl -si -H 'Host: unknown.test' http://{addr}/    # 421: unknown hosts are never proxied\n\
          \x20 cargo run --release -- purge --config config/demo.toml key tracks   # purge by surrogate key\n\
          \x20 cargo run --release -- pools --config config/demo.toml canary store green 50   # half the visitors on green\n\
+         \x20   (pages are cached per release; curl without a cookie jar is a new visitor every time)\n\
          \x20 cargo run --release -- pools --config config/demo.toml flip store green        # everyone on green\n\
          \x20 cargo run --release -- pools --config config/demo.toml rollback store          # back\n\
          \x20 cargo run --release -- maintenance --config config/demo.toml on store --route checkout\n"
