@@ -596,10 +596,27 @@ fn fallback_rule(d: &RouteDefaultsFile, issues: &mut Issues) -> Rule {
         stale_if_error: issues.opt_duration("defaults.stale_if_error", &d.stale_if_error),
         bypass_cookies: NameSet::new(d.bypass_cookies.iter().flatten().cloned()),
         key_cookies: d.key_cookies.clone().unwrap_or_default(),
+        key_headers: header_names(&d.key_headers, "defaults.key_headers", issues),
+        strip_headers: header_names(&d.strip_headers, "defaults.strip_headers", issues),
         query: query_filter(&d.query_drop, &d.query_keep, "defaults.", issues),
         query_sort: d.query_sort.unwrap_or(true),
         unsafe_strip_set_cookie: false,
     }
+}
+
+/// Lowercased header names, each checked.
+fn header_names(v: &Option<Vec<String>>, key: &str, issues: &mut Issues) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in v.iter().flatten().enumerate() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => out.push(h.as_str().to_string()),
+            Err(_) => issues.push(
+                format!("{key}[{i}]"),
+                format!("{name:?} is not a header name"),
+            ),
+        }
+    }
+    out
 }
 
 fn path_match(rf: &RouteFile, at: &str, issues: &mut Issues) -> Option<PathMatch> {
@@ -749,6 +766,16 @@ fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -
             .clone()
             .or_else(|| d.key_cookies.clone())
             .unwrap_or_default(),
+        key_headers: header_names(
+            &rf.key_headers.clone().or_else(|| d.key_headers.clone()),
+            &format!("{at}.key_headers"),
+            issues,
+        ),
+        strip_headers: header_names(
+            &rf.strip_headers.clone().or_else(|| d.strip_headers.clone()),
+            &format!("{at}.strip_headers"),
+            issues,
+        ),
         query: query_filter(drop, keep, &format!("{at}."), issues),
         query_sort: rf.query_sort.or(d.query_sort).unwrap_or(true),
         unsafe_strip_set_cookie: rf.unsafe_strip_set_cookie,

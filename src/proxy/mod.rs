@@ -12,6 +12,7 @@ mod edge;
 pub mod headers;
 mod invalidate;
 mod release;
+pub mod sanitize;
 
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};
@@ -249,6 +250,16 @@ impl ProxyHttp for EdgeProxy {
             variance.add_owned_name_value(name, value);
         }
         if let Some(rule) = &ctx.rule {
+            for name in &rule.key_headers {
+                let value: Vec<u8> = req
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect::<Vec<_>>()
+                    .join(&b","[..]);
+                variance.add_owned_name_value(format!("header:{name}"), value);
+            }
             for name in &rule.key_cookies {
                 let value = key::cookies(&req.headers)
                     .find(|(n, _)| n == name)
@@ -424,6 +435,7 @@ impl ProxyHttp for EdgeProxy {
                 upstream.insert_header(header::COOKIE, kept.join("; "))?;
             }
         }
+        sanitize::sanitize(upstream, ctx.rule.as_deref());
         if upstream.headers.get(header::HOST).is_none() && !ctx.host.is_empty() {
             upstream.insert_header(header::HOST, ctx.host.as_str())?;
         }

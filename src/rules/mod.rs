@@ -141,6 +141,10 @@ pub struct Rule {
     pub bypass_cookies: NameSet,
     /// Cookies whose value is part of the cache key (currency, locale).
     pub key_cookies: Vec<String>,
+    /// Request headers whose value is part of the cache key (lowercase names).
+    pub key_headers: Vec<String>,
+    /// Request headers removed before the origin sees them (lowercase names).
+    pub strip_headers: Vec<String>,
     pub query: QueryFilter,
     pub query_sort: bool,
     /// Store responses that carry Set-Cookie, with the Set-Cookie removed from the stored copy.
@@ -218,6 +222,8 @@ mod tests {
             stale_if_error: None,
             bypass_cookies: NameSet::default(),
             key_cookies: vec![],
+            key_headers: vec![],
+            strip_headers: vec![],
             query: QueryFilter::Drop(NameSet::default()),
             query_sort: true,
             unsafe_strip_set_cookie: false,
