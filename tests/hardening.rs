@@ -82,3 +82,161 @@ strip_headers = ["x-debug"]
     let again = get(&c, &proxy.url("/page"), &[("x-device", "mobile")]).await;
     assert!(again.is_hit() && again.body.contains("x-device=mobile"));
 }
+
+#[tokio::test]
+async fn bad_admin_input_on_every_endpoint_gets_a_reason_and_changes_nothing() {
+    use http::Method;
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    get(&c, &proxy.url("/kept"), &[]).await;
+    let huge = format!(r#"{{"site":"shop","pool":"{}"}}"#, "x".repeat(70_000));
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        (RELEASE_TOKEN, "/pools/flip", "{".into(), 400),
+        (
+            RELEASE_TOKEN,
+            "/pools/flip",
+            r#"{"site":"shop","pool":"blue","extra":1}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/flip",
+            r#"{"site":"shop","pool":7}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/flip",
+            r#"["shop","blue"]"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/flip",
+            r#"{"site":"shop","pool":"blue","action":"rollback"}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/flip",
+            r#"{"site":"nope","pool":"blue"}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/canary",
+            r#"{"site":"shop","pool":"blue","percent":300}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/pools/canary",
+            r#"{"site":"shop","pool":"blue","percent":-1}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/maintenance",
+            r#"{"site":"shop","on":"yes"}"#.into(),
+            400,
+        ),
+        (
+            RELEASE_TOKEN,
+            "/maintenance",
+            r#"{"site":"shop","route":"nope","on":true}"#.into(),
+            400,
+        ),
+        (RELEASE_TOKEN, "/pools/rollback", r#"{}"#.into(), 400),
+        (RELEASE_TOKEN, "/pools/flip", huge, 413),
+        (
+            PURGE_TOKEN,
+            "/pools/flip",
+            r#"{"site":"shop","pool":"blue"}"#.into(),
+            403,
+        ),
+        (RELEASE_TOKEN, "/purge", r#"{"kind":"all"}"#.into(), 403),
+        (RELEASE_TOKEN, "/reload", String::new(), 403),
+    ];
+    for (token, path, body, expected) in cases {
+        let (status, answer) = proxy
+            .admin_call(Some(token), Method::POST, path, &body)
+            .await;
+        assert_eq!(status, expected, "{path} {:.80}: {answer}", body);
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: a reason: {answer}"
+        );
+    }
+    let (_, pools) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+        .await;
+    let state = &pools["sites"][0]["state"];
+    assert_eq!(
+        (state["active"].as_str(), state["canary"].is_null()),
+        (Some("blue"), true),
+        "{state}"
+    );
+    assert_eq!(state["maintenance"]["site"], false);
+    assert!(
+        get(&c, &proxy.url("/kept"), &[]).await.is_hit(),
+        "nothing was purged"
+    );
+    let logs = proxy.stderr() + &proxy.stdout();
+    for token in [PURGE_TOKEN, RELEASE_TOKEN, READ_TOKEN] {
+        assert!(!logs.contains(token), "tokens are never logged");
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_origin_body_is_never_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw origin: the first answer promises 1000 bytes and dies after 500; later ones are whole.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n";
+                let _ = sock.write_all(head.as_bytes()).await;
+                let body = if n == 0 {
+                    vec![b'a'; 500]
+                } else {
+                    vec![b'b'; 1000]
+                };
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    let sites = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n[sites.pools.blue]\nservers = [\"{addr}\"]\n"
+    );
+    let proxy = Proxy::start_toml(&sites, &[("shop", HONOR_ALL)], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let first = c.get(proxy.url("/t")).send().await;
+    let truncated = match first {
+        Ok(r) => r.bytes().await.map_or(true, |b| b.len() < 1000),
+        Err(_) => true,
+    };
+    assert!(truncated, "the client does not get a complete-looking body");
+    let second = get(&c, &proxy.url("/t"), &[]).await;
+    assert_eq!(second.body.len(), 1000);
+    assert!(
+        second.body.bytes().all(|b| b == b'b'),
+        "the partial body was not stored"
+    );
+    assert!(!second.is_hit());
+    assert!(
+        get(&c, &proxy.url("/t"), &[]).await.is_hit(),
+        "the complete body is stored"
+    );
+}
