@@ -331,6 +331,9 @@ impl RedisLink {
                 loop {
                     if let Err(e) = link.heartbeat().await {
                         tracing::debug!(error = %e, "fleet heartbeat failed");
+                        // Peers seen before Redis went away are not known to be there now;
+                        // the status must not claim a fleet it cannot see.
+                        lock(&link.state).peers.clear();
                     }
                     tokio::time::sleep(HEARTBEAT).await;
                 }
@@ -342,6 +345,12 @@ impl RedisLink {
             match self.subscribe().await {
                 Ok(mut pubsub) => {
                     backoff = BACKOFF_MIN;
+                    // Announce this node as soon as it can hear purges (not up to a heartbeat
+                    // later, so peers wait for its confirmation) and refresh the peer list
+                    // before the status says "subscribed".
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::debug!(error = %e, "fleet heartbeat failed");
+                    }
                     {
                         let mut s = lock(&self.state);
                         s.subscribed = true;
@@ -372,6 +381,7 @@ impl RedisLink {
                         self.on_message(&p, &channel, &payload).await;
                     }
                     self.set_error("subscription closed");
+                    lock(&self.state).peers.clear();
                 }
                 Err(e) => self.set_error(e),
             }

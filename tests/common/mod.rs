@@ -604,6 +604,30 @@ pub fn signal(pid: u32, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{sig} {pid}");
+    if sig == "STOP" {
+        // kill(2) returns before every thread has stopped; wait until the process is.
+        let stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| {
+                            s.rsplit(')')
+                                .next()
+                                .map(|r| r.trim_start().starts_with('T'))
+                        })
+                        .unwrap_or(true)
+                })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stopped() {
+            assert!(Instant::now() < deadline, "process {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Proxy {
