@@ -243,7 +243,10 @@ def main():
         # Memory per cached 1 KiB object: RSS growth while filling 100,000 objects.
         script = os.path.join(work, "fill.lua")
         with open(script, "w") as f:
-            f.write('counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format("GET", "/obj/" .. counter .. "-" .. math.random(1, 1000000000))\nend\n')
+            # Each wrk thread has its own Lua state with the same random seed, so the thread id
+            # (not math.random) is what keeps the two threads' URLs apart.
+            f.write('local n = 0\nfunction setup(thread)\n  n = n + 1\n  thread:set("tid", n)\nend\n'
+                    'counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format("GET", "/obj/" .. tid .. "-" .. counter)\nend\n')
         print("\nMemory per cached 1 KiB object (RSS growth while storing ~100,000 objects):")
         for p in ("crossfade", "nginx", "varnish"):
             before = rss_kib(pids[p])

@@ -16,7 +16,18 @@ pub const ACCESS_TARGET: &str = "crossfade::access";
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(settings: &LogSettings) {
-    let _ = tracing_log::LogTracer::init();
+    // pingora logs through `log`; without a max level every one of its debug! calls on the
+    // hot path would be handed to tracing just to be filtered out there.
+    let log_level = match std::env::var("RUST_LOG") {
+        Ok(_) => tracing_log::log::LevelFilter::Trace,
+        Err(_) => settings
+            .level
+            .parse()
+            .unwrap_or(tracing_log::log::LevelFilter::Trace),
+    };
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(log_level)
+        .init();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},pingora_cache::meta=error", settings.level))
     });

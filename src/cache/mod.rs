@@ -8,6 +8,7 @@
 
 pub mod index;
 pub mod key;
+mod meta;
 pub mod policy;
 pub mod purge;
 pub mod storage;

@@ -32,7 +32,7 @@ const OBJECT_OVERHEAD: usize = 256;
 
 /// One stored response: serialised meta (as pingora-cache defines it) and the whole body.
 struct Object {
-    meta: (Vec<u8>, Vec<u8>),
+    meta: super::meta::Stored,
     body: Bytes,
     /// This version's index entry, which also carries its purge marks.
     entry: Arc<Entry>,
@@ -48,12 +48,8 @@ const SYNC_REMOVAL_LIMIT: usize = 256;
 impl Object {
     fn weight(&self) -> u32 {
         let tags: usize = self.entry.tags.iter().map(|t| t.len() + 48).sum();
-        let bytes = self.meta.0.len()
-            + self.meta.1.len()
-            + self.body.len()
-            + self.entry.url.len()
-            + tags
-            + OBJECT_OVERHEAD;
+        let bytes =
+            self.meta.weight() + self.body.len() + self.entry.url.len() + tags + OBJECT_OVERHEAD;
         bytes.min(u32::MAX as usize) as u32
     }
 }
@@ -170,7 +166,7 @@ impl EdgeStorage {
     /// A copy of `obj` with new meta, as a new stored version.
     fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta, born: u64) -> Result<()> {
         let updated = Object {
-            meta: meta.serialize()?,
+            meta: super::meta::Stored::new(meta)?,
             body: obj.body.clone(),
             entry: Arc::new(obj.entry.renewed()),
             born,
@@ -319,7 +315,7 @@ impl Storage for EdgeStorage {
         let Some(obj) = self.objects.get(&id(key)) else {
             return Ok(None);
         };
-        let mut meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let mut meta = obj.meta.to_meta()?;
         match self.verdict(&obj) {
             Verdict::Live => {}
             Verdict::Gone => return Ok(None),
@@ -357,7 +353,7 @@ impl Storage for EdgeStorage {
         }
         Ok(Box::new(Fill {
             id: id(key),
-            meta: Some(meta.serialize()?),
+            meta: Some(super::meta::Stored::new(meta)?),
             body: BytesMut::new(),
             site: site.into(),
             url: url.into(),
@@ -477,7 +473,7 @@ impl HandleHit for Hit {
 /// Collects a body from the origin; stores it only when complete.
 struct Fill {
     id: u128,
-    meta: Option<(Vec<u8>, Vec<u8>)>,
+    meta: Option<super::meta::Stored>,
     body: BytesMut,
     site: Arc<str>,
     url: Arc<str>,
@@ -495,7 +491,10 @@ impl HandleMiss for Fill {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let seq = self.storage.next_seq();
         let obj = Object {
-            meta: self.meta.take().unwrap_or_default(),
+            meta: self
+                .meta
+                .take()
+                .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?,
             body: std::mem::take(&mut self.body).freeze(),
             entry: Arc::new(Entry::new(
                 self.id,

@@ -63,20 +63,43 @@ pub fn request_id(given: Option<&http::HeaderValue>) -> String {
     };
     match given.filter(valid).and_then(|v| v.to_str().ok()) {
         Some(id) => id.to_string(),
-        None => {
-            use std::hash::{BuildHasher, Hasher};
-            let state = std::collections::hash_map::RandomState::new();
-            let mut a = state.build_hasher();
-            a.write_u128(
+        None => new_request_id(),
+    }
+}
+
+/// 128 random-looking bits as 32 hex digits: a per-thread wyrand stream seeded from the OS's
+/// hash keys. Request ids must be unique, not secret; this avoids a fresh `RandomState`, two
+/// SipHash runs and `format!` on every request.
+fn new_request_id() -> String {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos()),
             );
-            let mut b = state.build_hasher();
-            b.write_u64(a.finish());
-            format!("{:016x}{:016x}", a.finish(), b.finish())
+            h.finish()
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+            s.set(x);
+            let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+            (t as u64) ^ ((t >> 64) as u64)
+        })
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for word in [next(), next()] {
+        for i in (0..16).rev() {
+            out.push(HEX[((word >> (i * 4)) & 0xf) as usize] as char);
         }
     }
+    out
 }
 
 /// Whether the response the client gets is (or becomes) a stored object.
@@ -185,13 +208,23 @@ pub fn finish_response(
     ctx: &RequestCtx,
     resp: &mut ResponseHeader,
 ) -> Result<()> {
-    for name in INTERNAL_HEADERS {
-        resp.remove_header(name);
-    }
-    if let Some(rt) = &ctx.runtime {
-        for name in &rt.cache.tag_headers {
-            resp.remove_header(name.as_str());
-        }
+    // One pass over the response's own headers (most have none of these) rather than a
+    // name parse and lookup per listed header.
+    let tags = ctx
+        .runtime
+        .as_ref()
+        .map(|rt| rt.cache.tag_headers.as_slice());
+    let internal: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| {
+            INTERNAL_HEADERS.contains(&k.as_str())
+                || tags.unwrap_or_default().iter().any(|t| t == k.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in internal {
+        resp.remove_header(&name);
     }
     if ctx.edge_answer.is_none() {
         resp.insert_header("cache-status", cache_status(cache, ctx))?;

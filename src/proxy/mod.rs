@@ -221,7 +221,9 @@ impl ProxyHttp for EdgeProxy {
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         let site = ctx.site.as_ref().map_or("", |s| &s.name);
-        Ok(CacheKey::new(ctx.primary.clone(), site))
+        let mut k = CacheKey::new(ctx.primary.clone(), site);
+        k.set_primary_bin_override(key::hash(&ctx.primary));
+        Ok(k)
     }
 
     fn cache_vary_filter(
