@@ -6,6 +6,7 @@
 //! are created once at startup and leaked on purpose. Their sizes come from the config at start;
 //! a reload keeps them (and so keeps every cached object).
 
+pub mod armor;
 pub mod index;
 pub mod key;
 mod meta;

@@ -82,6 +82,9 @@ pub enum NotStored {
     NoFreshness,
     /// The status is not stored under this rule (e.g. 5xx on an override route, 206, 304).
     Status,
+    /// The path names a static type (`.css`, `.png`, …) that the response is not: a possible
+    /// cache deception attempt (see `cache::armor`).
+    TypeMismatch,
 }
 
 impl NotStored {
@@ -93,6 +96,7 @@ impl NotStored {
             NotStored::NoCache => "no-cache",
             NotStored::VaryStar => "vary-star",
             NotStored::NoFreshness => "no-freshness",
+            NotStored::TypeMismatch => "type-mismatch",
             NotStored::Status => "status",
         }
     }
@@ -100,8 +104,11 @@ impl NotStored {
 
 /// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
 /// any headers that must not be stored already removed.
-pub fn admit(rule: &Rule, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
+pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
     let now = SystemTime::now();
+    if super::armor::mismatch(path, resp) {
+        return Err(NotStored::TypeMismatch);
+    }
     let cc = CacheControl::from_resp_headers(resp);
     let has_set_cookie = resp.headers.contains_key(header::SET_COOKIE);
     if has_set_cookie && !rule.unsafe_strip_set_cookie {

@@ -11,6 +11,7 @@ pub mod drain;
 mod edge;
 pub mod headers;
 mod invalidate;
+pub mod path;
 mod release;
 pub mod sanitize;
 
@@ -94,6 +95,30 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Rewrites the request target to its normalised path (see [`path`]), so routing, the cache
+/// key and the origin all see one form; the reason when the path is refused.
+fn normalize_target(session: &mut Session) -> Result<Option<path::Refused>> {
+    let uri = &session.req_header().uri;
+    let normalized = match path::normalize(uri.path()) {
+        Err(refused) => return Ok(Some(refused)),
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(None),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let parsed = target.parse().map_err(|e| {
+        Error::because(
+            ErrorType::InternalError,
+            "normalised path does not parse",
+            e,
+        )
+    })?;
+    session.req_header_mut().set_uri(parsed);
+    Ok(None)
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -135,6 +160,16 @@ impl ProxyHttp for EdgeProxy {
                 answer.send(session).await?;
                 return Ok(true);
             }
+        }
+        if let Some(refused) = normalize_target(session)? {
+            ctx.edge_answer = Some("bad-path");
+            let body = format!("crossfade: ambiguous request path ({})\n", refused.as_str());
+            let answer = Answer {
+                body: body.into(),
+                ..Answer::text(400, "bad-path", "")
+            };
+            answer.send(session).await?;
+            return Ok(true);
         }
         let req = session.req_header();
         let path = req.uri.path();
@@ -275,7 +310,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
@@ -288,10 +323,13 @@ impl ProxyHttp for EdgeProxy {
             .not_modified
             .take()
             .map(|fresh| policy::merge_not_modified(resp, &fresh));
-        Ok(match policy::admit(rule, merged.as_ref().unwrap_or(resp)) {
-            Ok(meta) => RespCacheable::Cacheable(meta),
-            Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
-        })
+        let path = session.req_header().uri.path();
+        Ok(
+            match policy::admit(rule, path, merged.as_ref().unwrap_or(resp)) {
+                Ok(meta) => RespCacheable::Cacheable(meta),
+                Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
+            },
+        )
     }
 
     async fn upstream_peer(
