@@ -92,6 +92,10 @@ pub struct ProxyFile {
     pub h2c: Option<bool>,
     pub unknown_host_status: Option<u16>,
     pub purge_from: Option<Vec<String>>,
+    pub max_uri: Option<String>,
+    pub max_header_bytes: Option<String>,
+    pub max_headers: Option<usize>,
+    pub body_timeout: Option<String>,
 }
 
 /// `[cache]`: the shared in-memory cache.
@@ -231,6 +235,7 @@ pub struct RouteDefaultsFile {
     pub key_cookies: Option<Vec<String>>,
     pub key_headers: Option<Vec<String>>,
     pub strip_headers: Option<Vec<String>>,
+    pub max_body: Option<String>,
     pub query_drop: Option<Vec<String>>,
     pub query_keep: Option<Vec<String>>,
     pub query_sort: Option<bool>,
@@ -260,6 +265,7 @@ pub struct RouteFile {
     pub key_cookies: Option<Vec<String>>,
     pub key_headers: Option<Vec<String>>,
     pub strip_headers: Option<Vec<String>>,
+    pub max_body: Option<String>,
     pub query_drop: Option<Vec<String>>,
     pub query_keep: Option<Vec<String>>,
     pub query_sort: Option<bool>,

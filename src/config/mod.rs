@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod file;
 pub mod pools;
+pub mod proxy;
 pub mod reload;
 pub mod tls;
 pub mod units;
@@ -93,6 +94,7 @@ pub struct ProxySettings {
     pub unknown_host_status: u16,
     /// Client networks allowed to send `PURGE`; empty: the method is not special.
     pub purge_from: Vec<admin::Cidr>,
+    pub limits: proxy::Limits,
 }
 
 #[derive(Debug, Clone)]

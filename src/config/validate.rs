@@ -14,14 +14,18 @@ use crate::rules::{Mode, NameSet, PathMatch, QueryFilter, Rule, StatusMatch};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 
+/// Request body limit of a route that sets none (nginx `client_max_body_size` is 1m; shops
+/// take uploads such as avatars and mixes on named routes with their own `max_body`).
+const DEFAULT_MAX_BODY: u64 = 16 << 20;
+
 /// Collects issues for one file.
-struct Issues<'a> {
+pub(super) struct Issues<'a> {
     file: PathBuf,
     out: &'a mut Vec<Issue>,
 }
 
 impl Issues<'_> {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.out.push(Issue {
             file: self.file.clone(),
             key: key.into(),
@@ -29,11 +33,16 @@ impl Issues<'_> {
         });
     }
 
-    fn duration(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         self.opt_duration(key, v).unwrap_or(default)
     }
 
-    fn opt_duration(&mut self, key: &str, v: &Option<String>) -> Option<Duration> {
+    pub(super) fn opt_duration(&mut self, key: &str, v: &Option<String>) -> Option<Duration> {
         let s = v.as_ref()?;
         let d = parse_duration(s);
         if d.is_none() {
@@ -45,7 +54,7 @@ impl Issues<'_> {
         d
     }
 
-    fn size(&mut self, key: &str, v: &Option<String>, default: u64) -> u64 {
+    pub(super) fn size(&mut self, key: &str, v: &Option<String>, default: u64) -> u64 {
         let Some(s) = v else { return default };
         parse_size(s).unwrap_or_else(|| {
             self.push(
@@ -163,7 +172,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     }
 
     let server = server_settings(server, &mut issues);
-    let proxy = proxy_settings(proxy, &mut issues);
+    let proxy = super::proxy::settings(proxy, &mut issues);
     let cache = cache_settings(cache, &mut issues);
     let origin = origin_settings(origin, &mut issues);
     let log = log_settings(log, &mut issues);
@@ -245,46 +254,6 @@ fn server_settings(f: ServerFile, issues: &mut Issues) -> ServerSettings {
         upgrade_sock: f
             .upgrade_sock
             .unwrap_or_else(|| "/tmp/crossfade_upgrade.sock".into()),
-    }
-}
-
-fn proxy_settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
-    let raw = f.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
-    if raw.is_empty() {
-        issues.push("proxy.listen", "needs at least one address");
-    }
-    let mut listen = Vec::new();
-    for (i, a) in raw.iter().enumerate() {
-        match a.parse::<SocketAddr>() {
-            Ok(addr) => listen.push(addr),
-            Err(_) => issues.push(
-                format!("proxy.listen[{i}]"),
-                format!("{a:?} is not an address like \"0.0.0.0:8080\""),
-            ),
-        }
-    }
-    let unknown_host_status = f.unknown_host_status.unwrap_or(421);
-    if !matches!(unknown_host_status, 404 | 421) {
-        issues.push(
-            "proxy.unknown_host_status",
-            format!("{unknown_host_status} is not 404 or 421"),
-        );
-    }
-    let mut purge_from = Vec::new();
-    for (i, net) in f.purge_from.iter().flatten().enumerate() {
-        match super::admin::Cidr::parse(net) {
-            Some(c) => purge_from.push(c),
-            None => issues.push(
-                format!("proxy.purge_from[{i}]"),
-                format!("{net:?} is not a network like \"10.0.0.0/8\""),
-            ),
-        }
-    }
-    ProxySettings {
-        listen,
-        h2c: f.h2c.unwrap_or(false),
-        unknown_host_status,
-        purge_from,
     }
 }
 
@@ -601,6 +570,7 @@ fn fallback_rule(d: &RouteDefaultsFile, issues: &mut Issues) -> Rule {
         query: query_filter(&d.query_drop, &d.query_keep, "defaults.", issues),
         query_sort: d.query_sort.unwrap_or(true),
         unsafe_strip_set_cookie: false,
+        max_body: issues.size("defaults.max_body", &d.max_body, DEFAULT_MAX_BODY),
     }
 }
 
@@ -779,6 +749,11 @@ fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -
         query: query_filter(drop, keep, &format!("{at}."), issues),
         query_sort: rf.query_sort.or(d.query_sort).unwrap_or(true),
         unsafe_strip_set_cookie: rf.unsafe_strip_set_cookie,
+        max_body: issues.size(
+            &format!("{at}.max_body"),
+            &rf.max_body.clone().or_else(|| d.max_body.clone()),
+            DEFAULT_MAX_BODY,
+        ),
     };
     matcher.map(|m| Rule {
         matcher: Some(m),

@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub tls: bool,
     /// The request id: the client's `X-Request-Id` when well-formed, else generated.
     pub request_id: String,
+    /// Request body bytes read so far (the route's `max_body` applies to chunked bodies too).
+    pub body_bytes: u64,
     /// When the response header went to the client.
     pub ttfb: Option<Duration>,
     /// The storage decision: `Some(None)` stored, `Some(Some(reason))` not stored.
@@ -73,6 +75,7 @@ impl RequestCtx {
             no_server: false,
             tls: false,
             request_id: String::new(),
+            body_bytes: 0,
             ttfb: None,
             store: None,
         }

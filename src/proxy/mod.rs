@@ -11,6 +11,7 @@ pub mod drain;
 mod edge;
 pub mod headers;
 mod invalidate;
+mod limits;
 pub mod path;
 mod release;
 pub mod sanitize;
@@ -95,6 +96,17 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Answers a refused request and closes its connection (what follows it on the connection
+/// cannot be trusted to be framed the way the client meant).
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
+    ctx.edge_answer = Some(r.detail);
+    session.set_keepalive(None);
+    Answer::text(r.status, r.detail, r.message)
+        .send(session)
+        .await?;
+    Ok(true)
+}
+
 /// Rewrites the request target to its normalised path (see [`path`]), so routing, the cache
 /// key and the origin all see one form; the reason when the path is refused.
 fn normalize_target(session: &mut Session) -> Result<Option<path::Refused>> {
@@ -145,6 +157,11 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
             return Ok(true);
         };
+        if let Some(refused) = limits::check_head(session, &rt.proxy.limits) {
+            return refuse(session, ctx, refused).await;
+        }
+        session.set_read_timeout(Some(rt.proxy.limits.body_timeout));
+        let req = session.req_header();
         if req.method.as_str() == "PURGE" {
             ctx.edge_answer = Some("purge");
             let host = host.unwrap_or_default();
@@ -174,6 +191,10 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         let path = req.uri.path();
         let rule = site.routes.find(&req.method, path).clone();
+        if let Some(refused) = limits::declared_body_over(session, rule.max_body) {
+            return refuse(session, ctx, refused).await;
+        }
+        let req = session.req_header();
         let Some(state) = self.release.get(&site.name) else {
             return Error::e_explain(ErrorType::InternalError, "no release state for site");
         };
@@ -240,6 +261,23 @@ impl ProxyHttp for EdgeProxy {
         ctx.rule = Some(rule);
         ctx.runtime = Some(rt);
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        match &ctx.rule {
+            Some(rule) if ctx.body_bytes > rule.max_body => Error::e_explain(
+                ErrorType::HTTPStatus(limits::TOO_LARGE.status),
+                "request body over the route's max_body",
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
@@ -426,6 +464,8 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A body that stopped arriving (proxy.body_timeout).
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

@@ -149,6 +149,8 @@ pub struct Rule {
     pub query_sort: bool,
     /// Store responses that carry Set-Cookie, with the Set-Cookie removed from the stored copy.
     pub unsafe_strip_set_cookie: bool,
+    /// Largest request body accepted on this route; larger: 413.
+    pub max_body: u64,
 }
 
 /// Statuses cacheable by default (RFC 9110 §15.1 "heuristically cacheable"), which an
@@ -227,6 +229,7 @@ mod tests {
             query: QueryFilter::Drop(NameSet::default()),
             query_sort: true,
             unsafe_strip_set_cookie: false,
+            max_body: 1 << 20,
         })
     }
 

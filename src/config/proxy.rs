@@ -1,0 +1,105 @@
+//! `[proxy]`: listeners, unknown hosts, who may send PURGE, and the request limits.
+
+use super::file::ProxyFile;
+use super::validate::Issues;
+use super::ProxySettings;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Limits on what a client may send (issue 8). Defaults follow nginx's: an 8 KiB request line
+/// (`large_client_header_buffers 4 8k`), 32 KiB of headers; at most 100 header lines (Apache's
+/// `LimitRequestFields`); a request body may pause at most 60 s at a time
+/// (`client_body_timeout`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request target (path and query) bytes; longer: 414.
+    pub max_uri: usize,
+    /// Bytes of all header lines together; more: 431.
+    pub max_header_bytes: usize,
+    /// Header lines; more: 431.
+    pub max_headers: usize,
+    /// Time for a request body to make progress (each read); slower: 408 and close.
+    pub body_timeout: Duration,
+}
+
+pub(super) fn settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
+    let limits = limits(&f, issues);
+    let raw = f.listen.unwrap_or_else(|| vec!["0.0.0.0:8080".into()]);
+    if raw.is_empty() {
+        issues.push("proxy.listen", "needs at least one address");
+    }
+    let mut listen = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => issues.push(
+                format!("proxy.listen[{i}]"),
+                format!("{a:?} is not an address like \"0.0.0.0:8080\""),
+            ),
+        }
+    }
+    let unknown_host_status = f.unknown_host_status.unwrap_or(421);
+    if !matches!(unknown_host_status, 404 | 421) {
+        issues.push(
+            "proxy.unknown_host_status",
+            format!("{unknown_host_status} is not 404 or 421"),
+        );
+    }
+    let mut purge_from = Vec::new();
+    for (i, net) in f.purge_from.iter().flatten().enumerate() {
+        match super::admin::Cidr::parse(net) {
+            Some(c) => purge_from.push(c),
+            None => issues.push(
+                format!("proxy.purge_from[{i}]"),
+                format!("{net:?} is not a network like \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    ProxySettings {
+        listen,
+        h2c: f.h2c.unwrap_or(false),
+        unknown_host_status,
+        purge_from,
+        limits,
+    }
+}
+
+fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
+    let size = |issues: &mut Issues, key: &str, v: &Option<String>, default: u64, floor: u64| {
+        let n = issues.size(&format!("proxy.{key}"), v, default);
+        if n < floor {
+            issues.push(
+                format!("proxy.{key}"),
+                format!("must be at least {floor} bytes"),
+            );
+        }
+        n as usize
+    };
+    let max_uri = size(issues, "max_uri", &f.max_uri, 8 << 10, 256);
+    let max_header_bytes = size(
+        issues,
+        "max_header_bytes",
+        &f.max_header_bytes,
+        32 << 10,
+        1024,
+    );
+    let max_headers = f.max_headers.unwrap_or(100);
+    if !(10..=256).contains(&max_headers) {
+        // pingora parses at most 256 header lines.
+        issues.push("proxy.max_headers", "must be between 10 and 256");
+    }
+    let body_timeout = issues.duration(
+        "proxy.body_timeout",
+        &f.body_timeout,
+        Duration::from_secs(60),
+    );
+    if body_timeout.is_zero() {
+        issues.push("proxy.body_timeout", "must be more than 0s");
+    }
+    Limits {
+        max_uri,
+        max_header_bytes,
+        max_headers,
+        body_timeout,
+    }
+}
