@@ -268,6 +268,13 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(_)) = proxy.child.try_wait() {
+                let stderr = proxy.stderr();
+                // Only a port someone else took is worth a retry; anything else is the test's
+                // config or a bug, and the message says which.
+                assert!(
+                    stderr.contains("in use") || stderr.contains("bind"),
+                    "crossfade exited: {stderr}"
+                );
                 let dir = std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap());
                 return Err(dir);
             }
