@@ -23,7 +23,9 @@ async fn raw_origin(answer: fn(usize) -> &'static [u8]) -> std::net::SocketAddr 
                 let _ = sock.read(&mut buf).await;
                 let _ = sock.write_all(answer(n)).await;
                 if n == 1 {
-                    // Reset instead of a clean close.
+                    // Reset instead of a clean close: a zero linger makes the drop send RST
+                    // (blocking on drop is what the deprecation warns of, and what we want).
+                    #[allow(deprecated)]
                     let _ = sock.set_linger(Some(std::time::Duration::ZERO));
                 }
             });
