@@ -15,7 +15,6 @@ use crate::proxy::EdgeProxy;
 use crate::tls::{CertWatcher, HandshakeCounter, SniResolver};
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use std::sync::Arc;
@@ -118,10 +117,12 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             runtime: runtime.clone(),
         },
     ));
-    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
-        .name("crossfade proxy")
-        .server_options(options)
-        .build();
+    let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+    app.server_options = Some(options);
+    let mut service = pingora::services::listening::Service::new(
+        "crossfade proxy".into(),
+        crate::proxy::connlimit::ConnectionLimit::new(app, runtime.clone(), metrics.clone()),
+    );
     for addr in listen {
         service.add_tcp(&addr.to_string());
     }

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub pool_canary_percent: IntGaugeVec,
     pub connections_open: IntGauge,
     pub tls_handshakes: IntCounterVec,
+    pub connections_refused: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -283,6 +284,7 @@ impl Metrics {
             ),
             connections_open: gauge(&r, "crossfade_connections_open", "Established client connections on the proxy listeners (from the kernel's socket table)."),
             tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
+            connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
@@ -339,9 +341,10 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 23] = [
+        let collectors: [&dyn Collector; 24] = [
             &self.connections_open,
             &self.tls_handshakes,
+            &self.connections_refused,
             &self.requests,
             &self.bypass,
             &self.store,

@@ -264,3 +264,43 @@ async fn a_stalled_body_times_out_without_holding_up_others() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_its_share_of_connections() {
+    let origin = Origin::start(|_| async { reply(200, &[], "ok") }).await;
+    let extra = "[proxy]\nmax_connections_per_client = 3\n";
+    let proxy = Proxy::single(&origin, HONOR_ALL, extra).await;
+    // A slowloris: three connections that send half a request head and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: www.sh")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fourth from the same address is closed before anything is read.
+    let (status, closed, text) =
+        exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: www.shop.test\r\n\r\n").await;
+    assert_eq!((status, closed), (0, true), "{text}");
+    let (_, metrics) = proxy
+        .admin_call(Some(READ_TOKEN), http::Method::GET, "/metrics", "")
+        .await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("crossfade_connections_refused_total{limit=\"per_client\"} 1"),
+        "{metrics}"
+    );
+    // Once the stalled ones go, the client is served again.
+    drop(stalled);
+    let c = proxy.client(&["www.shop.test"]);
+    let served = eventually(Duration::from_secs(5), || async {
+        c.get(proxy.url("/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served);
+}

@@ -96,6 +96,8 @@ pub struct ProxyFile {
     pub max_header_bytes: Option<String>,
     pub max_headers: Option<usize>,
     pub body_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// `[cache]`: the shared in-memory cache.

@@ -9,7 +9,9 @@ use std::time::Duration;
 /// Limits on what a client may send (issue 8). Defaults follow nginx's: an 8 KiB request line
 /// (`large_client_header_buffers 4 8k`), 32 KiB of headers; at most 100 header lines (Apache's
 /// `LimitRequestFields`); a request body may pause at most 60 s at a time
-/// (`client_body_timeout`).
+/// (`client_body_timeout`); 20,000 connections, 512 from one address (browsers open six per
+/// host; the margin is for many visitors behind one carrier NAT). Behind a load balancer that
+/// does not pass client addresses at the TCP level, raise the per-client limit.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Request target (path and query) bytes; longer: 414.
@@ -20,6 +22,10 @@ pub struct Limits {
     pub max_headers: usize,
     /// Time for a request body to make progress (each read); slower: 408 and close.
     pub body_timeout: Duration,
+    /// Client connections open at once on the proxy listeners; more are closed at accept.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
 }
 
 pub(super) fn settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
@@ -96,10 +102,20 @@ fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
     if body_timeout.is_zero() {
         issues.push("proxy.body_timeout", "must be more than 0s");
     }
+    let max_connections = f.max_connections.unwrap_or(20_000);
+    let max_connections_per_client = f.max_connections_per_client.unwrap_or(512);
+    if max_connections == 0 {
+        issues.push("proxy.max_connections", "must be at least 1");
+    }
+    if max_connections_per_client == 0 {
+        issues.push("proxy.max_connections_per_client", "must be at least 1");
+    }
     Limits {
         max_uri,
         max_header_bytes,
         max_headers,
         body_timeout,
+        max_connections,
+        max_connections_per_client,
     }
 }

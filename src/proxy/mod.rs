@@ -6,6 +6,7 @@
 //! bypass decision → key → cache lookup (pingora-cache) → on miss/pass the site's active pool →
 //! admission → `Cache-Status` and browser TTL → one access-log event.
 
+pub mod connlimit;
 pub mod ctx;
 pub mod drain;
 mod edge;

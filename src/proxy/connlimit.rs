@@ -1,0 +1,119 @@
+//! Connection limits on the proxy listeners: at most `proxy.max_connections` client
+//! connections at once, and at most `proxy.max_connections_per_client` from one IP address
+//! (nginx's `limit_conn`). A client that trickles its request headers holds a connection for as
+//! long as it keeps sending (pingora times out each read, not the whole header), so the
+//! per-client bound is what keeps one slow attacker from holding every connection.
+//!
+//! It wraps pingora's HTTP proxy app: a connection over a limit is closed at once, before
+//! anything is read from it; otherwise the whole connection (every keep-alive request on it)
+//! runs inside one call, so it is counted exactly once. Limits are read from the running config
+//! at each accept, so a reload changes them.
+
+use crate::config::Runtime;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// `A` (pingora's proxy app) behind the connection limits.
+pub struct ConnectionLimit<A> {
+    inner: Arc<A>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    open: Arc<Mutex<Open>>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admitted {
+    open: Arc<Mutex<Open>>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(ip) = self.client {
+            if let Some(n) = open.per_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.per_client.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl<A> ConnectionLimit<A> {
+    pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Self {
+        ConnectionLimit {
+            inner: Arc::new(inner),
+            runtime,
+            metrics,
+            open: Arc::default(),
+        }
+    }
+
+    fn admit(&self, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
+        let limits = &self.runtime.load().proxy.limits;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= limits.max_connections {
+            return Err("total");
+        }
+        if let Some(ip) = client {
+            let n = open.per_client.entry(ip).or_default();
+            if *n >= limits.max_connections_per_client {
+                return Err("per_client");
+            }
+            *n += 1;
+        }
+        open.total += 1;
+        Ok(Admitted {
+            open: self.open.clone(),
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let client = session
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _admitted = match self.admit(client) {
+            Ok(a) => a,
+            Err(limit) => {
+                self.metrics
+                    .connections_refused
+                    .with_label_values(&[limit])
+                    .inc();
+                return None;
+            }
+        };
+        let mut next = self.inner.process_new(session, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
