@@ -216,6 +216,7 @@ pub struct JudgeFile {
     pub min_requests: Option<u64>,
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_ratio: Option<f64>,
+    pub max_p99_increase: Option<String>,
 }
 
 /// `rules/<site>.toml`.

@@ -64,8 +64,11 @@ pub struct JudgeSettings {
     pub min_requests: u64,
     /// Roll back when the canary's 5xx rate exceeds the stable pool's by more than this.
     pub max_error_rate_increase: f64,
-    /// Roll back when the canary's p99 exceeds the stable pool's times this.
+    /// Roll back when the canary's p99 exceeds the stable pool's times this …
     pub max_p99_ratio: f64,
+    /// … and by more than this (at millisecond latencies one slow request moves p99 past any
+    /// ratio; that is noise, not a bad release).
+    pub max_p99_increase: Duration,
 }
 
 const DEFAULT_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\">\
@@ -150,6 +153,12 @@ fn judge(j: super::file::JudgeFile, push: Push) -> JudgeSettings {
         min_requests: j.min_requests.unwrap_or(50),
         max_error_rate_increase: err,
         max_p99_ratio: ratio,
+        max_p99_increase: duration(
+            "release.judge.max_p99_increase",
+            &j.max_p99_increase,
+            Duration::from_millis(50),
+            push,
+        ),
     }
 }
 

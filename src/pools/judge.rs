@@ -64,18 +64,7 @@ impl Judge {
                 self.metrics.stats.summary(f, cfg.window, None)
             };
             let (c, s) = (summary(&canary.pool), summary(&state.active));
-            let reason = if c.requests < cfg.min_requests {
-                None
-            } else if c.error_rate - s.error_rate > cfg.max_error_rate_increase {
-                Some("error-rate")
-            } else if s.requests >= cfg.min_requests
-                && s.p99_ms > 0.0
-                && c.p99_ms > s.p99_ms * cfg.max_p99_ratio
-            {
-                Some("p99")
-            } else {
-                None
-            };
+            let reason = judge(&c, &s, &cfg);
             let verdict = serde_json::json!({
                 "canary": { "pool": canary.pool, "summary": c },
                 "stable": { "pool": state.active, "summary": s },
@@ -125,5 +114,67 @@ impl pingora::services::background::BackgroundService for Judge {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Why the canary (`c`) should be rolled back against the stable pool (`s`), if it should.
+fn judge(
+    c: &crate::stats::Summary,
+    s: &crate::stats::Summary,
+    cfg: &crate::config::pools::JudgeSettings,
+) -> Option<&'static str> {
+    if c.requests < cfg.min_requests {
+        None
+    } else if c.error_rate - s.error_rate > cfg.max_error_rate_increase {
+        Some("error-rate")
+    } else if s.requests >= cfg.min_requests
+        && s.p99_ms > 0.0
+        && c.p99_ms > s.p99_ms * cfg.max_p99_ratio
+        && c.p99_ms - s.p99_ms > cfg.max_p99_increase.as_secs_f64() * 1000.0
+    {
+        Some("p99")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Summary;
+    use std::time::Duration;
+
+    fn summary(requests: u64, error_rate: f64, p99_ms: f64) -> Summary {
+        Summary {
+            requests,
+            error_rate,
+            p99_ms,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn rollback_needs_a_real_regression() {
+        let cfg = crate::config::pools::JudgeSettings {
+            window: Duration::from_secs(60),
+            interval: Duration::from_secs(5),
+            min_requests: 15,
+            max_error_rate_increase: 0.05,
+            max_p99_ratio: 2.0,
+            max_p99_increase: Duration::from_millis(50),
+        };
+        let stable = summary(40, 0.0, 2.7);
+        // Seen in CI: one slow request among 41 made a healthy canary's p99 6.6 ms.
+        assert_eq!(judge(&summary(41, 0.0, 6.6), &stable, &cfg), None);
+        assert_eq!(judge(&summary(41, 0.0, 80.0), &stable, &cfg), Some("p99"));
+        assert_eq!(
+            judge(&summary(41, 0.5, 2.0), &stable, &cfg),
+            Some("error-rate")
+        );
+        assert_eq!(
+            judge(&summary(10, 0.5, 80.0), &stable, &cfg),
+            None,
+            "too few requests"
+        );
     }
 }
