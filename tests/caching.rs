@@ -250,7 +250,14 @@ async fn vary_keeps_variants_apart_and_vary_star_is_never_served() {
     let url = proxy.url("/v");
     for enc in ["gzip", "br", "gzip", "br"] {
         let got = get(&c, &url, &[("accept-encoding", enc)]).await;
-        assert_eq!(got.body, format!("enc={enc}"));
+        assert_eq!(
+            got.body,
+            format!("enc={enc}"),
+            "{} {} (origin hits {})",
+            got.status,
+            got.cache(),
+            origin.hits()
+        );
     }
     assert_eq!(origin.hits(), 2, "one fetch per variant");
     let again = get(&c, &url, &[("accept-encoding", "br")]).await;
