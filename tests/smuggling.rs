@@ -24,6 +24,17 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (u16, bool, String) {
     (status, closed, text)
 }
 
+/// The paths the origin was asked for, in order.
+fn seen_paths(origin: &Origin) -> Vec<String> {
+    origin
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect()
+}
+
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: www.shop.test\r\n\r\n";
 
 #[tokio::test]
@@ -93,13 +104,7 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed() {
     }
     // Broken chunks are found while the body streams, after the head went to the origin
     // (whose connection is then dropped); the framing conflicts are refused before that.
-    let seen: Vec<String> = origin
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.path().to_string())
-        .collect();
+    let seen = seen_paths(&origin);
     assert!(
         !seen.iter().any(|p| p == "/smuggled"),
         "nothing after an ambiguous message reaches the origin: {seen:?}"
@@ -160,13 +165,7 @@ max_body = "64KiB"
         assert_eq!(status, want, "{name}: {text}");
         assert!(closed, "{name}");
     }
-    let seen: Vec<String> = origin
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.path().to_string())
-        .collect();
+    let seen = seen_paths(&origin);
     // The chunked body goes out while it is counted; everything else stops at the edge.
     assert!(
         seen.iter().all(|p| p == "/form") && seen.len() <= 1,

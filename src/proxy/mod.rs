@@ -97,6 +97,16 @@ fn request_host(req: &RequestHeader) -> Option<String> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Every value of the request header `name`, comma-joined (a variance input).
+fn joined_values(req: &RequestHeader, name: &str) -> Vec<u8> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b","[..])
+}
+
 /// Answers a refused request and closes its connection (what follows it on the connection
 /// cannot be trusted to be framed the way the client meant).
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
@@ -316,25 +326,12 @@ impl ProxyHttp for EdgeProxy {
             .map(|name| name.trim().to_ascii_lowercase())
             .filter(|name| !name.is_empty());
         for name in vary {
-            let value: Vec<u8> = req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect::<Vec<_>>()
-                .join(&b","[..]);
+            let value = joined_values(req, &name);
             variance.add_owned_name_value(name, value);
         }
         if let Some(rule) = &ctx.rule {
             for name in &rule.key_headers {
-                let value: Vec<u8> = req
-                    .headers
-                    .get_all(name.as_str())
-                    .iter()
-                    .map(|v| v.as_bytes())
-                    .collect::<Vec<_>>()
-                    .join(&b","[..]);
-                variance.add_owned_name_value(format!("header:{name}"), value);
+                variance.add_owned_name_value(format!("header:{name}"), joined_values(req, name));
             }
             for name in &rule.key_cookies {
                 let value = key::cookies(&req.headers)
