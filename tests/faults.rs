@@ -34,12 +34,6 @@ async fn raw_origin(answer: fn(usize) -> &'static [u8]) -> std::net::SocketAddr 
     addr
 }
 
-fn site(addr: std::net::SocketAddr) -> String {
-    format!(
-        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n[sites.pools.blue]\nservers = [\"{addr}\"]\n"
-    )
-}
-
 #[tokio::test]
 async fn malformed_or_cut_origin_answers_become_clean_502s_and_are_not_stored() {
     // 0: not HTTP at all; 1: a head cut off by a reset; 2: an invalid status line;
@@ -51,7 +45,7 @@ async fn malformed_or_cut_origin_answers_become_clean_502s_and_are_not_stored() 
         _ => b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 4\r\nconnection: close\r\n\r\ngood",
     })
     .await;
-    let proxy = Proxy::start_toml(&site(addr), &[("shop", HONOR_ALL)], "").await;
+    let proxy = Proxy::single_addr(addr, HONOR_ALL, "").await;
     let c = proxy.client(&["www.shop.test"]);
     for attempt in 0..3 {
         let got = get(&c, &proxy.url("/p"), &[]).await;

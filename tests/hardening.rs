@@ -217,10 +217,7 @@ async fn a_truncated_origin_body_is_never_stored() {
             });
         }
     });
-    let sites = format!(
-        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n[sites.pools.blue]\nservers = [\"{addr}\"]\n"
-    );
-    let proxy = Proxy::start_toml(&sites, &[("shop", HONOR_ALL)], "").await;
+    let proxy = Proxy::single_addr(addr, HONOR_ALL, "").await;
     let c = proxy.client(&["www.shop.test"]);
     let first = c.get(proxy.url("/t")).send().await;
     let truncated = match first {

@@ -233,15 +233,7 @@ async fn a_stalled_body_times_out_without_holding_up_others() {
             });
         }
     });
-    let sites = format!(
-        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n[sites.pools.blue]\nservers = [\"{addr}\"]\n"
-    );
-    let proxy = Proxy::start_toml(
-        &sites,
-        &[("shop", HONOR_ALL)],
-        "[proxy]\nbody_timeout = \"1s\"\n",
-    )
-    .await;
+    let proxy = Proxy::single_addr(addr, HONOR_ALL, "[proxy]\nbody_timeout = \"1s\"\n").await;
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     slow.write_all(
         b"POST /form HTTP/1.1\r\nHost: www.shop.test\r\nContent-Length: 100\r\n\r\nhalf",

@@ -323,11 +323,16 @@ impl Proxy {
 
     /// A single site `shop` for `www.shop.test` in front of `origin`.
     pub async fn single(origin: &Origin, rules: &str, extra: &str) -> Proxy {
+        Self::single_addr(origin.addr, rules, extra).await
+    }
+
+    /// [`Proxy::single`] in front of any origin address (a raw TCP origin, say).
+    pub async fn single_addr(origin: SocketAddr, rules: &str, extra: &str) -> Proxy {
         Self::start(
             &[SiteSpec {
                 name: "shop",
                 hosts: &["www.shop.test"],
-                origin: origin.addr,
+                origin,
                 rules,
             }],
             extra,
