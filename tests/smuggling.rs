@@ -295,3 +295,92 @@ async fn one_client_cannot_hold_more_than_its_share_of_connections() {
     .await;
     assert!(served);
 }
+
+/// Sends `head` a byte every 200 ms on `sock` until the proxy answers or closes; the answer and
+/// how long it took from the first byte.
+async fn trickle(sock: &mut tokio::net::TcpStream, head: &[u8]) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    for b in head.iter().cycle() {
+        if sock.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(200), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => return (String::from_utf8_lossy(&buf[..n]).into(), started.elapsed()),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut off");
+    }
+    (String::new(), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off_at_the_header_timeout() {
+    let origin = Origin::start(|_| async { reply(200, &[], "ok") }).await;
+    let extra = "[proxy]\nheader_timeout = \"2s\"\nkeepalive_timeout = \"4s\"\n";
+    let proxy = Proxy::single(&origin, HONOR_ALL, extra).await;
+    // Each byte comes well within pingora's per-read timeout; the head as a whole does not.
+    let head = b"GET /slow HTTP/1.1\r\nHost: www.shop.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa";
+    let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let slow = tokio::spawn(async move { trickle(&mut first, head).await });
+    // Meanwhile other visitors are served.
+    let c = proxy.client(&["www.shop.test"]);
+    for _ in 0..5 {
+        assert_eq!(get(&c, &proxy.url("/page"), &[]).await.status, 200);
+    }
+    let (answer, took) = slow.await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A complete head shorter than the h2c preface is answered (pingora's peek alone would
+    // wait for the rest of a preface that never comes).
+    // HTTP/1.0 without keep-alive: closed once answered.
+    let asked = std::time::Instant::now();
+    let (status, closed, text) = exchange(proxy.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(status == 421 && closed, "{text}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // On a kept-alive connection the clock starts again with the next request's first byte:
+    // idle time before it does not count, trickling it does.
+    let mut kept = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for sock in [&mut kept, &mut idle] {
+        sock.write_all(b"GET /page HTTP/1.1\r\nHost: www.shop.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = sock.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    let idle_since = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (answer, took) = trickle(&mut kept, head).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(seen_paths(&origin).iter().all(|p| p != "/slow"));
+    // A connection left idle is closed, silently, after the keep-alive timeout.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok() && buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let idle_for = idle_since.elapsed();
+    assert!(idle_for >= Duration::from_millis(3500), "{idle_for:?}");
+}

@@ -95,7 +95,9 @@ pub struct ProxyFile {
     pub max_uri: Option<String>,
     pub max_header_bytes: Option<String>,
     pub max_headers: Option<usize>,
+    pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_connections_per_client: Option<usize>,
 }

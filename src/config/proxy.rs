@@ -8,8 +8,11 @@ use std::time::Duration;
 
 /// Limits on what a client may send (issue 8). Defaults follow nginx's: an 8 KiB request line
 /// (`large_client_header_buffers 4 8k`), 32 KiB of headers; at most 100 header lines (Apache's
-/// `LimitRequestFields`); a request body may pause at most 60 s at a time
-/// (`client_body_timeout`); 20,000 connections, 512 from one address (browsers open six per
+/// `LimitRequestFields`); a request head must arrive within 10 s (nginx's `client_header_timeout`
+/// is 60 s; 10 s is what Apache's `mod_reqtimeout` allows a head with a slow start, and no real
+/// browser needs more); a request body may pause at most 60 s at a time (`client_body_timeout`); an idle
+/// kept-alive connection is closed after 75 s (nginx's `keepalive_timeout`; pingora's own is
+/// unlimited); 20,000 connections, 512 from one address (browsers open six per
 /// host; the margin is for many visitors behind one carrier NAT). Behind a load balancer that
 /// does not pass client addresses at the TCP level, raise the per-client limit.
 #[derive(Debug, Clone)]
@@ -20,8 +23,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Header lines; more: 431.
     pub max_headers: usize,
+    /// Time for a whole request head to arrive; slower: 408 and close.
+    pub header_timeout: Duration,
     /// Time for a request body to make progress (each read); slower: 408 and close.
     pub body_timeout: Duration,
+    /// Time a kept-alive client connection may sit idle between requests; then it is closed.
+    pub keepalive_timeout: Duration,
     /// Client connections open at once on the proxy listeners; more are closed at accept.
     pub max_connections: usize,
     /// Connections open at once from one client address.
@@ -94,6 +101,14 @@ fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
         // pingora parses at most 256 header lines.
         issues.push("proxy.max_headers", "must be between 10 and 256");
     }
+    let header_timeout = issues.duration(
+        "proxy.header_timeout",
+        &f.header_timeout,
+        Duration::from_secs(10),
+    );
+    if header_timeout.is_zero() {
+        issues.push("proxy.header_timeout", "must be more than 0s");
+    }
     let body_timeout = issues.duration(
         "proxy.body_timeout",
         &f.body_timeout,
@@ -101,6 +116,15 @@ fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
     );
     if body_timeout.is_zero() {
         issues.push("proxy.body_timeout", "must be more than 0s");
+    }
+    let keepalive_timeout = issues.duration(
+        "proxy.keepalive_timeout",
+        &f.keepalive_timeout,
+        Duration::from_secs(75),
+    );
+    if keepalive_timeout < Duration::from_secs(1) {
+        // pingora keeps connections alive in whole seconds.
+        issues.push("proxy.keepalive_timeout", "must be at least 1s");
     }
     let max_connections = f.max_connections.unwrap_or(20_000);
     let max_connections_per_client = f.max_connections_per_client.unwrap_or(512);
@@ -114,7 +138,9 @@ fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
         max_uri,
         max_header_bytes,
         max_headers,
+        header_timeout,
         body_timeout,
+        keepalive_timeout,
         max_connections,
         max_connections_per_client,
     }

@@ -1,14 +1,14 @@
 //! Connection limits on the proxy listeners: at most `proxy.max_connections` client
 //! connections at once, and at most `proxy.max_connections_per_client` from one IP address
-//! (nginx's `limit_conn`). A client that trickles its request headers holds a connection for as
-//! long as it keeps sending (pingora times out each read, not the whole header), so the
-//! per-client bound is what keeps one slow attacker from holding every connection.
+//! (nginx's `limit_conn`), and each request head within `proxy.header_timeout` (`headclock`).
+//! Together they keep one slow client from holding every connection.
 //!
 //! It wraps pingora's HTTP proxy app: a connection over a limit is closed at once, before
 //! anything is read from it; otherwise the whole connection (every keep-alive request on it)
 //! runs inside one call, so it is counted exactly once. Limits are read from the running config
 //! at each accept, so a reload changes them.
 
+use super::headclock;
 use crate::config::Runtime;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -106,6 +106,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
                 return None;
             }
         };
+        // pingora runs every keep-alive request of an HTTP/1 connection inside this one call;
+        // the proxy re-arms the head clock as each request ends (`headclock::rearm`).
+        let session = headclock::wrap(session, self.runtime.load().proxy.limits.header_timeout);
         let mut next = self.inner.process_new(session, shutdown).await;
         while let Some(stream) = next {
             next = self.inner.process_new(stream, shutdown).await;

@@ -10,6 +10,7 @@ pub mod connlimit;
 pub mod ctx;
 pub mod drain;
 mod edge;
+pub mod headclock;
 pub mod headers;
 mod invalidate;
 mod limits;
@@ -107,6 +108,18 @@ fn joined_values(req: &RequestHeader, name: &str) -> Vec<u8> {
         .join(&b","[..])
 }
 
+/// HTTP/1.1 keeps a connection open unless told otherwise, HTTP/1.0 only when asked
+/// (pingora keeps both; `Connection: close` it handles itself).
+fn wants_keepalive(req: &RequestHeader) -> bool {
+    req.version != http::Version::HTTP_10
+        || req.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+            })
+        })
+}
+
 /// Answers a refused request and closes its connection (what follows it on the connection
 /// cannot be trusted to be framed the way the client meant).
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
@@ -151,10 +164,13 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if self.draining.load(Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
         let rt = self.runtime.load_full();
+        if self.draining.load(Ordering::Relaxed) || !wants_keepalive(session.req_header()) {
+            session.set_keepalive(None);
+        } else {
+            // pingora's own is 60 s; carried to the next request on the connection.
+            session.set_keepalive(Some(rt.proxy.limits.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get("x-request-id"));
         let host = request_host(req);
@@ -587,6 +603,12 @@ impl ProxyHttp for EdgeProxy {
         if let Some((_, server)) = self.server(ctx) {
             server.inflight.fetch_sub(1, Ordering::Relaxed);
         }
+        let rt = ctx
+            .runtime
+            .clone()
+            .unwrap_or_else(|| self.runtime.load_full());
+        let limits = &rt.proxy.limits;
+        headclock::rearm(session, limits.header_timeout, limits.keepalive_timeout);
         crate::telemetry::access_log(session, e, ctx);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics.request(&RequestEvent {
