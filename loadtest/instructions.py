@@ -8,6 +8,7 @@ only the measured requests (one keep-alive connection, one request at a time), a
 instructions per request for: a 1 KiB hit, a 16 KiB hit and a 1 KiB pass-through.
 
     python3 loadtest/instructions.py [--requests 2000] [--binary target/release/crossfade]
+                                     [--keep DIR]   # keep the profiles: callgrind_annotate DIR/…
 
 It counts user-space instructions in crossfade only (not the kernel, not the client). Needs
 valgrind (installed from Debian when missing) and nginx (the origin).
@@ -57,6 +58,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
+    ap.add_argument("--keep", help="copy the callgrind profiles here (for callgrind_annotate)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         bench.sh("apt-get install -y valgrind")
@@ -90,6 +92,9 @@ def main():
                     m = re.search(r"^totals:\s+(\d+)", f.read(), re.M)
                     total = int(m.group(1)) if m else 0
             print(f"  {name:<8} {total // args.requests:>8} instructions/request", flush=True)
+            if args.keep and dumps:
+                os.makedirs(args.keep, exist_ok=True)
+                shutil.copy(dumps[-1], os.path.join(args.keep, f"callgrind.{name}"))
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)

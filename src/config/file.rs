@@ -78,6 +78,7 @@ pub struct FleetFile {
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
     pub grace_period: Option<String>,
     pub graceful_shutdown_timeout: Option<String>,
     pub pid_file: Option<String>,

@@ -47,6 +47,9 @@ fn fixed_at_start(old: &Runtime, new: &Runtime) -> Vec<&'static str> {
     if old.server.threads != new.server.threads {
         changed.push("server.threads");
     }
+    if old.server.work_stealing != new.server.work_stealing {
+        changed.push("server.work_stealing");
+    }
     if old.fleet.redis != new.fleet.redis || old.fleet.node != new.fleet.node {
         changed.push("fleet");
     }

@@ -113,8 +113,7 @@ impl State {
         let edge_len = self.tail_len + first;
         edge[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
         edge[self.tail_len..edge_len].copy_from_slice(&bytes[..first]);
-        let end = memchr::memmem::find(&edge[..edge_len], b"\r\n\r\n").is_some()
-            || memchr::memmem::find(bytes, b"\r\n\r\n").is_some();
+        let end = ends_head(&edge[..edge_len]) || ends_head(bytes);
         if end {
             self.armed = false;
             return;
@@ -128,6 +127,11 @@ impl State {
         self.tail_len = last.len();
         self.tail[..last.len()].copy_from_slice(last);
     }
+}
+
+/// Whether `bytes` hold `\r\n\r\n` (a head has a few dozen `\n`; memchr finds them fast).
+fn ends_head(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|i| i >= 3 && &bytes[i - 3..=i] == b"\r\n\r\n")
 }
 
 /// The wrapped stream.
