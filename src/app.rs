@@ -27,9 +27,9 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         graceful_shutdown_timeout_seconds: Some(runtime.server.graceful_shutdown_timeout.as_secs()),
         pid_file: runtime.server.pid_file.clone(),
         upgrade_sock: runtime.server.upgrade_sock.clone(),
-        // Off by default: with work stealing, tokio wakes an idle worker for every request
-        // (a futex and an inter-processor interrupt each); pinned connections served 1 KiB hits
-        // about 20% faster on 2 cores (loadtest/bench.py).
+        // On by default (pingora's). Off, each thread serves its own connections: fewer
+        // cross-thread wake-ups on hits, but pingora then parks pooled upstream connections on a
+        // random thread, so passes hop threads; on 2 cores the full bench showed no difference.
         work_stealing: runtime.server.work_stealing,
         ..ServerConf::default()
     };

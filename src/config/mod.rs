@@ -81,7 +81,7 @@ pub struct Runtime {
 pub struct ServerSettings {
     pub threads: usize,
     /// Whether a connection may move between worker threads (tokio's work stealing); off, each
-    /// thread runs its own connections like an nginx worker (measured faster here).
+    /// thread runs its own connections like an nginx worker.
     pub work_stealing: bool,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
