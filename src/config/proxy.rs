@@ -101,28 +101,13 @@ fn limits(f: &ProxyFile, issues: &mut Issues) -> Limits {
         // pingora parses at most 256 header lines.
         issues.push("proxy.max_headers", "must be between 10 and 256");
     }
-    let header_timeout = issues.duration(
-        "proxy.header_timeout",
-        &f.header_timeout,
-        Duration::from_secs(10),
-    );
-    if header_timeout.is_zero() {
-        issues.push("proxy.header_timeout", "must be more than 0s");
-    }
-    let body_timeout = issues.duration(
-        "proxy.body_timeout",
-        &f.body_timeout,
-        Duration::from_secs(60),
-    );
-    if body_timeout.is_zero() {
-        issues.push("proxy.body_timeout", "must be more than 0s");
-    }
-    let keepalive_timeout = issues.duration(
-        "proxy.keepalive_timeout",
-        &f.keepalive_timeout,
-        Duration::from_secs(75),
-    );
-    if keepalive_timeout < Duration::from_secs(1) {
+    let secs = Duration::from_secs;
+    let header_timeout =
+        issues.positive_duration("proxy.header_timeout", &f.header_timeout, secs(10));
+    let body_timeout = issues.positive_duration("proxy.body_timeout", &f.body_timeout, secs(60));
+    let keepalive_timeout =
+        issues.duration("proxy.keepalive_timeout", &f.keepalive_timeout, secs(75));
+    if keepalive_timeout < secs(1) {
         // pingora keeps connections alive in whole seconds.
         issues.push("proxy.keepalive_timeout", "must be at least 1s");
     }

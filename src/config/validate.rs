@@ -42,6 +42,20 @@ impl Issues<'_> {
         self.opt_duration(key, v).unwrap_or(default)
     }
 
+    /// A duration that must not be zero (a zero timeout would fail every request).
+    pub(super) fn positive_duration(
+        &mut self,
+        key: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, v, default);
+        if d.is_zero() {
+            self.push(key, "must be more than 0s");
+        }
+        d
+    }
+
     pub(super) fn opt_duration(&mut self, key: &str, v: &Option<String>) -> Option<Duration> {
         let s = v.as_ref()?;
         let d = parse_duration(s);
@@ -270,14 +284,11 @@ fn cache_settings(f: CacheFile, issues: &mut Issues) -> CacheSettings {
             format!("{max_object_size} bytes is larger than cache.capacity ({capacity} bytes)"),
         );
     }
-    let lock_timeout = issues.duration(
+    let lock_timeout = issues.positive_duration(
         "cache.lock_timeout",
         &f.lock_timeout,
         Duration::from_secs(10),
     );
-    if lock_timeout.is_zero() {
-        issues.push("cache.lock_timeout", "must be more than 0s");
-    }
     let tag_headers: Vec<String> = f
         .tag_headers
         .unwrap_or_else(|| vec!["surrogate-key".into(), "cache-tag".into()])
@@ -302,11 +313,7 @@ fn cache_settings(f: CacheFile, issues: &mut Issues) -> CacheSettings {
 
 fn origin_settings(f: OriginFile, issues: &mut Issues) -> OriginSettings {
     let mut positive = |key: &str, v: &Option<String>, default: u64| {
-        let d = issues.duration(key, v, Duration::from_secs(default));
-        if d.is_zero() {
-            issues.push(key, "must be more than 0s");
-        }
-        d
+        issues.positive_duration(key, v, Duration::from_secs(default))
     };
     OriginSettings {
         connect_timeout: positive("origin.connect_timeout", &f.connect_timeout, 2),
