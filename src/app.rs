@@ -110,7 +110,21 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             judge,
         ));
     }
-    let proxy = EdgeProxy::new(runtime.clone(), cache, purger, release, metrics.clone());
+    let storage = cache.storage;
+    let proxy = EdgeProxy::new(
+        runtime.clone(),
+        cache,
+        purger,
+        release.clone(),
+        metrics.clone(),
+    );
+    let fast = crate::proxy::fast::FastPath {
+        runtime: runtime.clone(),
+        storage,
+        release,
+        metrics: metrics.clone(),
+        draining: proxy.draining(),
+    };
     server.add_service(pingora::services::background::background_service(
         "drain on quit",
         DrainOnSignal(proxy.draining()),
@@ -125,7 +139,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     app.server_options = Some(options);
     let mut service = pingora::services::listening::Service::new(
         "crossfade proxy".into(),
-        crate::proxy::connlimit::ConnectionLimit::new(app, runtime.clone(), metrics.clone()),
+        crate::proxy::connlimit::ConnectionLimit::new(app, fast, runtime.clone(), metrics.clone()),
     );
     for addr in listen {
         service.add_tcp(&addr.to_string());

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub tls_handshakes: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    /// Hits answered by the fast path (`proxy::fast`), a subset of the `hit` requests.
+    pub fast_hits: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -285,6 +287,7 @@ impl Metrics {
             connections_open: gauge(&r, "crossfade_connections_open", "Established client connections on the proxy listeners (from the kernel's socket table)."),
             tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
             connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
+            fast_hits: counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
@@ -341,8 +344,9 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 25] = [
             &self.connections_open,
+            &self.fast_hits,
             &self.tls_handshakes,
             &self.connections_refused,
             &self.requests,

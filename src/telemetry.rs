@@ -72,27 +72,64 @@ pub fn init(settings: &LogSettings) {
     .ok();
 }
 
-/// Emits the access-log event for one finished request.
+/// One finished request, as the access log writes it.
+pub struct AccessEvent<'a> {
+    pub site: &'a str,
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub status: u16,
+    pub cache: &'a str,
+    pub pool: &'a str,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub upstream_ms: f64,
+    pub total_ms: f64,
+    pub bytes: usize,
+    pub error: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Emits the access-log event for one request that went through pingora's proxy.
 pub fn access_log(session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
     let req = session.req_header();
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    access(&AccessEvent {
+        site: ctx.site.as_ref().map_or("-", |s| &*s.name),
+        route: ctx.rule.as_ref().map_or("-", |r| &*r.name),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        query: req.uri.query().unwrap_or(""),
+        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        cache: cache_label(&session.cache, ctx),
+        pool: ctx.pool.as_deref().unwrap_or("-"),
+        upstream: ctx.upstream_addr,
+        upstream_ms: ctx.upstream_time.map_or(0.0, ms),
+        total_ms: ms(ctx.start.elapsed()),
+        bytes: session.body_bytes_sent(),
+        error: error.map(|e| e.etype().as_str()).unwrap_or(""),
+        request_id: ctx.request_id.as_str(),
+    });
+}
+
+/// Emits one access-log event.
+pub fn access(e: &AccessEvent) {
     tracing::info!(
         target: ACCESS_TARGET,
-        site = ctx.site.as_ref().map_or("-", |s| &*s.name),
-        route = ctx.rule.as_ref().map_or("-", |r| &*r.name),
-        method = req.method.as_str(),
-        path = req.uri.path(),
-        query = req.uri.query().unwrap_or(""),
-        status,
-        cache = cache_label(&session.cache, ctx),
-        pool = ctx.pool.as_deref().unwrap_or("-"),
-        upstream = ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-        upstream_ms = ctx.upstream_time.map_or(0.0, ms),
-        total_ms = ms(ctx.start.elapsed()),
-        bytes = session.body_bytes_sent(),
-        error = error.map(|e| e.etype().as_str()).unwrap_or(""),
-        request_id = ctx.request_id.as_str(),
+        site = e.site,
+        route = e.route,
+        method = e.method,
+        path = e.path,
+        query = e.query,
+        status = e.status,
+        cache = e.cache,
+        pool = e.pool,
+        upstream = e.upstream.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        upstream_ms = e.upstream_ms,
+        total_ms = e.total_ms,
+        bytes = e.bytes,
+        error = e.error,
+        request_id = e.request_id,
         "request"
     );
 }

@@ -175,6 +175,21 @@ impl EdgeStorage {
         Ok(())
     }
 
+    /// The object stored under `hash` (a primary key without variance) when it can be served
+    /// as a plain hit: live, fresh at `now` and not a `Vary` variant. `None` leaves the request
+    /// to pingora's cache path (miss, stale, purged, variants). Used by `proxy::fast`.
+    pub fn fresh_hit(&self, hash: u128, now: SystemTime) -> Option<(CacheMeta, Bytes)> {
+        let obj = self.objects.get(&hash)?;
+        if !matches!(self.verdict(&obj), Verdict::Live) {
+            return None;
+        }
+        let meta = obj.meta.to_meta().ok()?;
+        if !meta.is_fresh(now) || meta.variance().is_some() {
+            return None;
+        }
+        Some((meta, obj.body.clone()))
+    }
+
     fn verdict(&self, obj: &Object) -> Verdict {
         if obj.entry.is_dead() {
             return Verdict::Gone;

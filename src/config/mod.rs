@@ -93,6 +93,8 @@ pub struct ServerSettings {
 pub struct ProxySettings {
     pub listen: Vec<SocketAddr>,
     pub h2c: bool,
+    /// Serve plain HTTP/1 hits before pingora's proxy path (`proxy::fast`).
+    pub hit_fast_path: bool,
     /// 421 (Misdirected Request) or 404 for hosts no site claims.
     pub unknown_host_status: u16,
     /// Client networks allowed to send `PURGE`; empty: the method is not special.

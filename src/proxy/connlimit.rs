@@ -8,12 +8,13 @@
 //! runs inside one call, so it is counted exactly once. Limits are read from the running config
 //! at each accept, so a reload changes them.
 
-use super::headclock;
+use super::fast::{self, FastPath};
+use super::headclock::TimedHead;
 use crate::config::Runtime;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Mutex};
 /// `A` (pingora's proxy app) behind the connection limits.
 pub struct ConnectionLimit<A> {
     inner: Arc<A>,
+    fast: Arc<FastPath>,
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
     open: Arc<Mutex<Open>>,
@@ -56,9 +58,15 @@ impl Drop for Admitted {
 }
 
 impl<A> ConnectionLimit<A> {
-    pub fn new(inner: A, runtime: Arc<ArcSwap<Runtime>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        inner: A,
+        fast: FastPath,
+        runtime: Arc<ArcSwap<Runtime>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ConnectionLimit {
             inner: Arc::new(inner),
+            fast: Arc::new(fast),
             runtime,
             metrics,
             open: Arc::default(),
@@ -87,7 +95,7 @@ impl<A> ConnectionLimit<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
@@ -106,13 +114,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
                 return None;
             }
         };
-        // pingora runs every keep-alive request of an HTTP/1 connection inside this one call;
-        // the proxy re-arms the head clock as each request ends (`headclock::rearm`).
-        let session = headclock::wrap(session, self.runtime.load().proxy.limits.header_timeout);
-        let mut next = self.inner.process_new(session, shutdown).await;
-        while let Some(stream) = next {
-            next = self.inner.process_new(stream, shutdown).await;
-        }
+        let stream = TimedHead::new(session, self.runtime.load().proxy.limits.header_timeout);
+        fast::serve_connection(&self.fast, &self.inner, stream, shutdown).await;
         None
     }
 

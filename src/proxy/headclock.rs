@@ -51,43 +51,62 @@ struct State {
     seen: usize,
 }
 
-/// Wraps a new client connection; its first request's head must arrive within `limit` of now.
-pub fn wrap(stream: Stream, limit: Duration) -> Stream {
-    let clock = HeadClock(Mutex::new(State {
-        limit,
-        armed: true,
-        deadline: Instant::now() + limit,
-        restart_at_first_byte: false,
-        tail: [0; 3],
-        tail_len: 0,
-        seen: 0,
-    }));
-    Box::new(TimedHead {
-        inner: stream,
-        clock,
-        sleep: None,
-        rewound: BytesMut::new(),
-    })
+impl TimedHead {
+    /// Wraps a new client connection; its first request's head must arrive within `limit` of
+    /// now.
+    pub fn new(stream: Stream, limit: Duration) -> Box<TimedHead> {
+        let clock = HeadClock(Mutex::new(State {
+            limit,
+            armed: true,
+            deadline: Instant::now() + limit,
+            restart_at_first_byte: false,
+            tail: [0; 3],
+            tail_len: 0,
+            seen: 0,
+        }));
+        Box::new(TimedHead {
+            inner: stream,
+            clock,
+            sleep: None,
+            rewound: BytesMut::new(),
+        })
+    }
+
+    /// Arms the clock for the next request on a kept-alive HTTP/1 connection: it may stay
+    /// idle for `idle`, then the next head must arrive within `limit` of its first byte.
+    pub fn rearm(&self, limit: Duration, idle: Duration) {
+        let mut s = self.clock.state();
+        s.limit = limit;
+        s.armed = true;
+        s.deadline = Instant::now() + idle;
+        s.restart_at_first_byte = true;
+        s.tail_len = 0;
+        s.seen = 0;
+    }
+
+    /// Gives back bytes read from the connection, so the next reads return them first (the
+    /// hit fast path hands a request it does not serve to pingora this way).
+    pub fn unread(&mut self, mut bytes: BytesMut) {
+        bytes.extend_from_slice(&self.rewound);
+        self.rewound = bytes;
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.get_ssl_digest().is_some()
+    }
 }
 
-/// Arms the clock for the next request on a kept-alive HTTP/1 connection, as `session`'s
-/// request ends: the connection may stay idle for `idle`, then the next head must arrive within
-/// `limit` of its first byte. (h2 sessions have no such clock and are left alone.)
+/// Re-arms the clock as `session`'s request ends (see [`TimedHead::rearm`]). h2 sessions
+/// have no such clock and are left alone.
 pub fn rearm(session: &Session, limit: Duration, idle: Duration) {
     let Some(stream) = session.as_downstream().stream() else {
         return;
     };
     let io: &dyn pingora::protocols::IO = &**stream;
-    let Some(timed) = io.as_any().downcast_ref::<TimedHead>() else {
-        return;
-    };
-    let mut s = timed.clock.state();
-    s.limit = limit;
-    s.armed = true;
-    s.deadline = Instant::now() + idle;
-    s.restart_at_first_byte = true;
-    s.tail_len = 0;
-    s.seen = 0;
+    if let Some(timed) = io.as_any().downcast_ref::<TimedHead>() {
+        timed.rearm(limit, idle);
+    }
 }
 
 impl HeadClock {
@@ -134,8 +153,8 @@ fn ends_head(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i >= 3 && &bytes[i - 3..=i] == b"\r\n\r\n")
 }
 
-/// The wrapped stream.
-struct TimedHead {
+/// A client connection whose request heads are timed.
+pub struct TimedHead {
     inner: Stream,
     clock: HeadClock,
     sleep: Option<Pin<Box<Sleep>>>,

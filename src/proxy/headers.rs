@@ -9,7 +9,7 @@ use pingora::Result;
 use std::time::SystemTime;
 
 /// The name crossfade uses in `Cache-Status`.
-const CACHE_NAME: &str = "crossfade";
+pub const CACHE_NAME: &str = "crossfade";
 
 /// Headers the origin sends to the edge only (surrogate keys, edge-only cache control).
 pub const INTERNAL_HEADERS: [&str; 3] = ["surrogate-key", "cache-tag", "surrogate-control"];
@@ -132,15 +132,7 @@ pub fn cache_status(cache: &HttpCache, ctx: &RequestCtx) -> String {
         .upstream_status
         .map(|s| format!("; fwd-status={s}"))
         .unwrap_or_default();
-    let ttl = || {
-        cache.maybe_cache_meta().map(|m| {
-            let until = m.fresh_until();
-            match until.duration_since(SystemTime::now()) {
-                Ok(d) => format!("; ttl={}", d.as_secs()),
-                Err(e) => format!("; ttl=-{}", e.duration().as_secs()),
-            }
-        })
-    };
+    let ttl = || cache.maybe_cache_meta().map(|m| ttl_param(m.fresh_until()));
     match phase {
         CachePhase::Hit => {
             v.push_str("; hit");
@@ -208,42 +200,57 @@ pub fn finish_response(
     ctx: &RequestCtx,
     resp: &mut ResponseHeader,
 ) -> Result<()> {
-    // One pass over the response's own headers (most have none of these) rather than a
-    // name parse and lookup per listed header.
     let tags = ctx
         .runtime
         .as_ref()
         .map(|rt| rt.cache.tag_headers.as_slice());
+    remove_internal(resp, tags.unwrap_or_default());
+    if ctx.edge_answer.is_none() {
+        resp.insert_header("cache-status", cache_status(cache, ctx))?;
+    }
+    let Some(rule) = &ctx.rule else { return Ok(()) };
+    if is_cached_object(cache.phase()) && ctx.bypass.is_none() {
+        browser_ttl(rule, resp)?;
+    }
+    Ok(())
+}
+
+/// Removes the origin-to-edge headers (`INTERNAL_HEADERS` and the configured tag headers).
+pub fn remove_internal(resp: &mut ResponseHeader, tags: &[String]) {
+    // One pass over the response's own headers (most have none of these) rather than a
+    // name parse and lookup per listed header.
     let internal: Vec<http::HeaderName> = resp
         .headers
         .keys()
-        .filter(|k| {
-            INTERNAL_HEADERS.contains(&k.as_str())
-                || tags.unwrap_or_default().iter().any(|t| t == k.as_str())
-        })
+        .filter(|k| INTERNAL_HEADERS.contains(&k.as_str()) || tags.iter().any(|t| t == k.as_str()))
         .cloned()
         .collect();
     for name in internal {
         resp.remove_header(&name);
     }
-    if ctx.edge_answer.is_none() {
-        resp.insert_header("cache-status", cache_status(cache, ctx))?;
-    }
-    let Some(rule) = &ctx.rule else { return Ok(()) };
-    if let (Some(ttl), true, None) = (
-        rule.browser_ttl,
-        is_cached_object(cache.phase()),
-        ctx.bypass,
-    ) {
-        let value = if ttl.is_zero() {
-            "no-cache".to_string()
-        } else if rule.browser_immutable {
-            format!("public, max-age={}, immutable", ttl.as_secs())
-        } else {
-            format!("public, max-age={}", ttl.as_secs())
-        };
-        resp.insert_header(header::CACHE_CONTROL, value)?;
-        resp.remove_header(&header::EXPIRES);
-    }
+}
+
+/// The route's `browser_ttl` rewrite of `Cache-Control` for a response that is a cached object.
+pub fn browser_ttl(rule: &crate::rules::Rule, resp: &mut ResponseHeader) -> Result<()> {
+    let Some(ttl) = rule.browser_ttl else {
+        return Ok(());
+    };
+    let value = if ttl.is_zero() {
+        "no-cache".to_string()
+    } else if rule.browser_immutable {
+        format!("public, max-age={}, immutable", ttl.as_secs())
+    } else {
+        format!("public, max-age={}", ttl.as_secs())
+    };
+    resp.insert_header(header::CACHE_CONTROL, value)?;
+    resp.remove_header(&header::EXPIRES);
     Ok(())
+}
+
+/// `; ttl=N` for an object fresh until `until` (negative once stale).
+pub fn ttl_param(until: SystemTime) -> String {
+    match until.duration_since(SystemTime::now()) {
+        Ok(d) => format!("; ttl={}", d.as_secs()),
+        Err(e) => format!("; ttl=-{}", e.duration().as_secs()),
+    }
 }

@@ -10,6 +10,7 @@ pub mod connlimit;
 pub mod ctx;
 pub mod drain;
 mod edge;
+pub mod fast;
 pub mod headclock;
 pub mod headers;
 mod invalidate;

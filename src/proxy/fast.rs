@@ -1,0 +1,396 @@
+//! The hit fast path: an HTTP/1 request that is a plain hit on a fresh stored object is
+//! answered here, before pingora's proxy sees it; everything else goes to pingora untouched.
+//!
+//! pingora-proxy spends most of a hit's CPU on its own machinery (a ~14 KB request future moved
+//! per request, header maps built and copied, the cache state machine), about three times what
+//! nginx spends on a whole hit. This path reads the request head from the connection, and
+//! when every decision the proxy's hooks would take is one it can take the same way — a GET
+//! or HEAD over HTTP/1.1 with no body, no conditional or range header, no credentials, a known
+//! site whose route caches, no bypass cookie, no maintenance, no new cohort, a normalised path
+//! that needs no rewriting, a fresh object stored without variance — it writes the stored
+//! response with the headers the proxy would have written (Age, Cache-Status, X-Request-Id, the
+//! browser TTL rewrite, internal headers removed, Date, Connection), then logs and counts the
+//! request like the proxy does. Otherwise the bytes it read are handed back to the connection
+//! and pingora reads the request as if nothing had happened. `proxy.hit_fast_path = false`
+//! turns it off.
+
+use super::headclock::TimedHead;
+use super::headers;
+use super::release::{self, Choice};
+use crate::cache::storage::EdgeStorage;
+use crate::cache::{key, policy};
+use crate::config::Runtime;
+use crate::metrics::{Metrics, RequestEvent};
+use crate::pools::switch::Release;
+use arc_swap::ArcSwap;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{header, Method};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Peek, Ssl, ALPN};
+use pingora::server::ShutdownWatch;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the proxy's hooks share with the fast path.
+pub struct FastPath {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub storage: &'static EdgeStorage,
+    pub release: Arc<Release>,
+    pub metrics: Arc<Metrics>,
+    pub draining: Arc<AtomicBool>,
+}
+
+/// What became of the next request on a connection.
+pub enum Outcome {
+    /// Answered here; the connection can carry the next request.
+    Served,
+    /// Not a plain hit: the bytes read were given back for pingora to read.
+    Pass,
+    /// The client went away (or its head timed out and was answered 408).
+    Closed,
+}
+
+/// A hit ready to write, and what the logs need of it.
+struct Answer {
+    body: Option<Bytes>,
+    status: u16,
+    site: Arc<str>,
+    route: Arc<str>,
+    pool: String,
+    request_id: String,
+    method: Method,
+    path: String,
+    query: String,
+}
+
+/// Headers that make a request something other than a plain hit.
+const NOT_PLAIN: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "authorization",
+    "upgrade",
+    "expect",
+    "connection",
+];
+
+impl FastPath {
+    /// Reads the next request head on `stream` (after any bytes left in `buf`) and answers it
+    /// when it is a plain hit.
+    pub async fn serve(
+        &self,
+        stream: &mut TimedHead,
+        buf: &mut BytesMut,
+        shutdown: bool,
+    ) -> Outcome {
+        let start = Instant::now();
+        let rt = self.runtime.load_full();
+        let limits = &rt.proxy.limits;
+        // A head longer than this is refused by pingora (414/431), so it is not ours.
+        let longest = limits.max_uri + limits.max_header_bytes + 64;
+        let head_len = loop {
+            if let Some(i) = memchr::memmem::find(buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > longest {
+                return self.pass(stream, buf);
+            }
+            buf.reserve(4096);
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) if buf.is_empty() => return Outcome::Closed,
+                // A head cut short or timed out: pingora could only answer it with an error,
+                // and the clock has already written its 408.
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(_) => {}
+            }
+        };
+        let answer = if shutdown || self.draining.load(Ordering::Relaxed) {
+            None
+        } else {
+            self.decide(&rt, &buf[..head_len], stream.is_tls())
+        };
+        let Some((mut head, answer)) = answer else {
+            if has_body(&buf[..head_len]) {
+                return self.pass(stream, buf);
+            }
+            // pingora reads one request at a time and does not keep what follows it (it has
+            // pipelining off), so it gets this head only; pipelined requests after it stay
+            // here for the next turn of the loop.
+            stream.unread(buf.split_to(head_len));
+            return Outcome::Pass;
+        };
+        let _ = buf.split_to(head_len);
+        let sent = answer.body.as_ref().map_or(0, |b| b.len());
+        let written = match &answer.body {
+            // One write for small bodies, as pingora does: one segment, one wake-up.
+            Some(body) if body.len() <= 16 << 10 => {
+                head.extend_from_slice(body);
+                stream.write_all(&head).await
+            }
+            Some(body) => match stream.write_all(&head).await {
+                Ok(()) => stream.write_all(body).await,
+                Err(e) => Err(e),
+            },
+            None => stream.write_all(&head).await,
+        };
+        if written.is_err() || stream.flush().await.is_err() {
+            return Outcome::Closed;
+        }
+        self.log(&answer, start, sent);
+        stream.rearm(limits.header_timeout, limits.keepalive_timeout);
+        Outcome::Served
+    }
+
+    /// Gives everything read back to the connection, for pingora.
+    fn pass(&self, stream: &mut TimedHead, buf: &mut BytesMut) -> Outcome {
+        stream.unread(buf.split());
+        Outcome::Pass
+    }
+
+    /// The answer the proxy would give to `head`, when it is a plain hit.
+    fn decide(&self, rt: &Runtime, head: &[u8], tls: bool) -> Option<(BytesMut, Answer)> {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut slots);
+        if !parsed.parse(head).ok()?.is_complete() || parsed.version != Some(1) {
+            return None;
+        }
+        let method = match parsed.method? {
+            "GET" => Method::GET,
+            "HEAD" => Method::HEAD,
+            _ => return None,
+        };
+        let target = parsed.path?;
+        let limits = &rt.proxy.limits;
+        if target.len() > limits.max_uri
+            || parsed.headers.len() > limits.max_headers
+            || head.len() > limits.max_header_bytes
+            || !target.starts_with('/')
+        {
+            return None;
+        }
+        let mut req = RequestHeader::build(
+            method.clone(),
+            target.as_bytes(),
+            Some(parsed.headers.len()),
+        )
+        .ok()?;
+        let mut hosts = 0;
+        for h in parsed.headers.iter() {
+            if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                return None;
+            }
+            hosts += usize::from(h.name.eq_ignore_ascii_case("host"));
+            req.append_header(h.name.to_string(), h.value).ok()?;
+        }
+        if hosts != 1 {
+            return None;
+        }
+        let host = super::request_host(&req)?;
+        let site = rt.sites.find(&host)?;
+        if site.https_redirect && !tls {
+            return None;
+        }
+        let path = req.uri.path();
+        if !matches!(super::path::normalize(path), Ok(Cow::Borrowed(_))) {
+            return None;
+        }
+        let rule = site.routes.find(&method, path);
+        if !rule.key_headers.is_empty() || !rule.key_cookies.is_empty() {
+            return None;
+        }
+        let state = self.release.get(&site.name)?;
+        if state.maintenance.covers(&rule.name) {
+            return None;
+        }
+        let r = &rt.release;
+        let choice = release::choose(
+            site,
+            &state,
+            path,
+            &req.headers,
+            &r.cohort_cookie,
+            &r.session_cookie,
+        );
+        let (pool, pool_in_key) = match choice {
+            Choice::Asset { pool } => (pool, String::new()),
+            Choice::Pool {
+                pool,
+                new_cohort: None,
+            } => (pool.clone(), pool),
+            _ => return None,
+        };
+        if policy::request_bypass(rule, &req).is_some() {
+            return None;
+        }
+        let query = key::normalize_query(req.uri.query(), &rule.query, rule.query_sort);
+        let primary = key::primary(&site.name, &host, path, &query, &pool_in_key);
+        let now = SystemTime::now();
+        let (meta, body) = self
+            .storage
+            .fresh_hit(u128::from_be_bytes(key::hash(&primary)), now)?;
+        let mut resp = meta.response_header_copy();
+        // Without a length pingora would chunk the body; leave that to it.
+        resp.headers.get(header::CONTENT_LENGTH)?;
+        // What pingora's hit path (Age, then Accept-Ranges from its range filter), the response
+        // hooks and pingora's writer add, in that order.
+        resp.insert_header(header::AGE, meta.age().as_secs()).ok()?;
+        let length = resp.headers.get(header::CONTENT_LENGTH)?;
+        if resp.status == http::StatusCode::OK
+            && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
+        {
+            resp.insert_header(header::ACCEPT_RANGES, "bytes").ok()?;
+        }
+        let request_id = headers::request_id(req.headers.get("x-request-id"));
+        resp.insert_header("x-request-id", request_id.as_str())
+            .ok()?;
+        headers::remove_internal(&mut resp, &rt.cache.tag_headers);
+        let status = format!(
+            "{}; hit{}",
+            headers::CACHE_NAME,
+            headers::ttl_param(meta.fresh_until())
+        );
+        resp.insert_header("cache-status", status).ok()?;
+        headers::browser_ttl(rule, &mut resp).ok()?;
+        resp.insert_header(
+            header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )
+        .ok()?;
+        resp.insert_header(header::CONNECTION, "keep-alive").ok()?;
+        let mut out = BytesMut::with_capacity(512 + body.len());
+        out.put_slice(b"HTTP/1.1 ");
+        out.put_slice(resp.status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
+        out.put_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut out);
+        out.put_slice(b"\r\n");
+        let answer = Answer {
+            body: (method == Method::GET).then_some(body),
+            status: resp.status.as_u16(),
+            site: site.name.clone(),
+            route: rule.name.clone(),
+            pool,
+            request_id,
+            method,
+            path: path.to_string(),
+            query: req.uri.query().unwrap_or("").to_string(),
+        };
+        Some((out, answer))
+    }
+
+    fn log(&self, a: &Answer, start: Instant, bytes: usize) {
+        let total = start.elapsed();
+        crate::telemetry::access(&crate::telemetry::AccessEvent {
+            site: &a.site,
+            route: &a.route,
+            method: a.method.as_str(),
+            path: &a.path,
+            query: &a.query,
+            status: a.status,
+            cache: "hit",
+            pool: &a.pool,
+            upstream: None,
+            upstream_ms: 0.0,
+            total_ms: total.as_secs_f64() * 1000.0,
+            bytes,
+            error: "",
+            request_id: &a.request_id,
+        });
+        self.metrics.fast_hits.with_label_values(&[&a.site]).inc();
+        self.metrics.request(&RequestEvent {
+            site: &a.site,
+            route: &a.route,
+            pool: &a.pool,
+            cache: "hit",
+            status: a.status,
+            total,
+            upstream: None,
+            ttfb: Some(total),
+            bytes,
+            bypass: None,
+            store: None,
+        });
+    }
+}
+
+/// Whether a request head announces a body (then what follows it belongs to it).
+fn has_body(head: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').any(|line| {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default().trim_ascii();
+        name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+    })
+}
+
+/// Serves one client connection: HTTP/2 and anything with the fast path off go to pingora's
+/// app as a whole; HTTP/1 requests are tried on the fast path one by one and the others handed
+/// to pingora one request at a time (what pingora's own connection loop does, with the same
+/// keep-alive settings carried between requests).
+pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
+    fast: &FastPath,
+    app: &Arc<A>,
+    mut stream: Box<TimedHead>,
+    shutdown: &ShutdownWatch,
+) {
+    use pingora::apps::ServerApp;
+    let h2c = app.server_options().is_some_and(|o| o.h2c);
+    let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+    let mut enabled = fast.runtime.load().proxy.hit_fast_path && !h2;
+    if enabled && h2c && !stream.is_tls() {
+        let mut preface = [0u8; 24];
+        match stream.try_peek(&mut preface).await {
+            Ok(_) => enabled = &preface != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Err(_) => return,
+        }
+    }
+    if !enabled {
+        let mut next = app.process_new(stream, shutdown).await;
+        while let Some(s) = next {
+            next = app.process_new(s, shutdown).await;
+        }
+        return;
+    }
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        if fast.runtime.load().proxy.hit_fast_path {
+            let quitting = *shutdown.borrow();
+            match fast.serve(&mut stream, &mut buf, quitting).await {
+                Outcome::Served => continue,
+                Outcome::Closed => return,
+                Outcome::Pass => {}
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        match settings.take() {
+            Some(s) => s.apply_to_session(&mut session),
+            None => {
+                // What pingora's loop sets on a connection's first session.
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive_reuses_remaining(
+                    app.server_options().and_then(|o| o.keepalive_request_limit),
+                );
+            }
+        }
+        let Some(reused) = app.process_new_http(session, shutdown).await else {
+            return;
+        };
+        let (next, persistent) = reused.consume();
+        settings = persistent;
+        match next.into_any().downcast::<TimedHead>() {
+            Ok(s) => stream = s,
+            Err(_) => return,
+        }
+    }
+}
