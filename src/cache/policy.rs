@@ -43,20 +43,25 @@ impl Bypass {
 
 /// Decides whether `req` may be answered from (and fill) the cache under `rule`.
 pub fn request_bypass(rule: &Rule, req: &RequestHeader) -> Option<Bypass> {
+    bypass(rule, &req.method, &req.headers)
+}
+
+/// [`request_bypass`] on a request's parts.
+pub fn bypass(rule: &Rule, method: &Method, headers: &http::HeaderMap) -> Option<Bypass> {
     if rule.mode == Mode::Pass {
         return Some(Bypass::RoutePass);
     }
-    if req.method != Method::GET && req.method != Method::HEAD {
+    if method != Method::GET && method != Method::HEAD {
         return Some(Bypass::Method);
     }
-    if req.headers.contains_key(header::AUTHORIZATION) {
+    if headers.contains_key(header::AUTHORIZATION) {
         return Some(Bypass::Authorization);
     }
-    if req.headers.contains_key(header::UPGRADE) {
+    if headers.contains_key(header::UPGRADE) {
         return Some(Bypass::Upgrade);
     }
     if !rule.bypass_cookies.is_empty()
-        && super::key::cookies(&req.headers).any(|(name, _)| rule.bypass_cookies.contains(name))
+        && super::key::cookies(headers).any(|(name, _)| rule.bypass_cookies.contains(name))
     {
         return Some(Bypass::LoggedIn);
     }

@@ -24,9 +24,8 @@ use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{header, Method};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
-use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Peek, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
@@ -67,6 +66,17 @@ struct Answer {
     path: String,
     query: String,
 }
+
+/// Stored response headers this path writes itself (as pingora's path would replace them).
+const REPLACED: [&str; 7] = [
+    "age",
+    "accept-ranges",
+    "x-request-id",
+    "cache-status",
+    "date",
+    "connection",
+    "transfer-encoding",
+];
 
 /// Headers that make a request something other than a plain hit.
 const NOT_PLAIN: [&str; 12] = [
@@ -178,29 +188,30 @@ impl FastPath {
         {
             return None;
         }
-        let mut req = RequestHeader::build(
-            method.clone(),
-            target.as_bytes(),
-            Some(parsed.headers.len()),
-        )
-        .ok()?;
-        let mut hosts = 0;
+        // A plain header map (pingora's request header also keeps case and parses the URI).
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let mut host = None;
         for h in parsed.headers.iter() {
             if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
                 return None;
             }
-            hosts += usize::from(h.name.eq_ignore_ascii_case("host"));
-            req.append_header(h.name.to_string(), h.value).ok()?;
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(h.value).ok()?;
+            if name == header::HOST && host.replace(value.clone()).is_some() {
+                return None;
+            }
+            headers.append(name, value);
         }
-        if hosts != 1 {
-            return None;
-        }
-        let host = super::request_host(&req)?;
+        let host = crate::config::normalize_host(host?.to_str().ok()?);
         let site = rt.sites.find(&host)?;
         if site.https_redirect && !tls {
             return None;
         }
-        let path = req.uri.path();
+        // What pingora would refuse to parse is its to answer.
+        target.parse::<http::uri::PathAndQuery>().ok()?;
+        let (path, query) = target
+            .split_once('?')
+            .map_or((target, None), |(p, q)| (p, Some(q)));
         if !matches!(super::path::normalize(path), Ok(Cow::Borrowed(_))) {
             return None;
         }
@@ -217,7 +228,7 @@ impl FastPath {
             site,
             &state,
             path,
-            &req.headers,
+            &headers,
             &r.cohort_cookie,
             &r.session_cookie,
         );
@@ -229,62 +240,88 @@ impl FastPath {
             } => (pool.clone(), pool),
             _ => return None,
         };
-        if policy::request_bypass(rule, &req).is_some() {
+        if policy::bypass(rule, &method, &headers).is_some() {
             return None;
         }
-        let query = key::normalize_query(req.uri.query(), &rule.query, rule.query_sort);
-        let primary = key::primary(&site.name, &host, path, &query, &pool_in_key);
+        let keyed_query = key::normalize_query(query, &rule.query, rule.query_sort);
+        let primary = key::primary(&site.name, &host, path, &keyed_query, &pool_in_key);
         let now = SystemTime::now();
         let (meta, body) = self
             .storage
             .fresh_hit(u128::from_be_bytes(key::hash(&primary)), now)?;
-        let mut resp = meta.response_header_copy();
+        let stored = meta.response_header();
         // Without a length pingora would chunk the body; leave that to it.
-        resp.headers.get(header::CONTENT_LENGTH)?;
-        // What pingora's hit path (Age, then Accept-Ranges from its range filter), the response
-        // hooks and pingora's writer add, in that order.
-        resp.insert_header(header::AGE, meta.age().as_secs()).ok()?;
-        let length = resp.headers.get(header::CONTENT_LENGTH)?;
-        if resp.status == http::StatusCode::OK
-            && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
-        {
-            resp.insert_header(header::ACCEPT_RANGES, "bytes").ok()?;
-        }
-        let request_id = headers::request_id(req.headers.get("x-request-id"));
-        resp.insert_header("x-request-id", request_id.as_str())
-            .ok()?;
-        headers::remove_internal(&mut resp, &rt.cache.tag_headers);
-        let status = format!(
-            "{}; hit{}",
-            headers::CACHE_NAME,
-            headers::ttl_param(meta.fresh_until())
-        );
-        resp.insert_header("cache-status", status).ok()?;
-        headers::browser_ttl(rule, &mut resp).ok()?;
-        resp.insert_header(
-            header::DATE,
-            pingora::protocols::http::date::get_cached_date(),
-        )
-        .ok()?;
-        resp.insert_header(header::CONNECTION, "keep-alive").ok()?;
+        let length = stored.headers.get(header::CONTENT_LENGTH)?;
+        let request_id = headers::request_id(headers.get("x-request-id"));
+        let browser = headers::browser_cache_control(rule);
+        let tags = &rt.cache.tag_headers;
+        // The stored headers, but those this answer sets itself and the internal ones, in their
+        // stored order and case; then what pingora's hit path (Age, Accept-Ranges from its range
+        // filter), the response hooks and pingora's writer would add.
+        let skip = |name: &[u8]| {
+            let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+            REPLACED.iter().any(|n| lower(n))
+                || headers::INTERNAL_HEADERS.iter().any(|n| lower(n))
+                || tags.iter().any(|n| lower(n))
+                || browser.is_some() && (lower("cache-control") || lower("expires"))
+        };
+        let status = stored.status;
         let mut out = BytesMut::with_capacity(512 + body.len());
         out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(resp.status.as_str().as_bytes());
+        out.put_slice(status.as_str().as_bytes());
         out.put_u8(b' ');
-        out.put_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
+        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
-        resp.header_to_h1_wire(&mut out);
+        let mut line = |name: &[u8], value: &[u8]| {
+            out.put_slice(name);
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        };
+        if stored.has_case() {
+            for (name, value) in stored.case_header_iter() {
+                if !skip(name.as_slice()) {
+                    line(name.as_slice(), value.as_bytes());
+                }
+            }
+        } else {
+            for (name, value) in stored.headers.iter() {
+                if !skip(name.as_str().as_bytes()) {
+                    line(name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
+        }
+        line(b"Age", meta.age().as_secs().to_string().as_bytes());
+        if status == http::StatusCode::OK
+            && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
+        {
+            line(b"Accept-Ranges", b"bytes");
+        }
+        line(b"x-request-id", request_id.as_bytes());
+        let ttl = headers::ttl_param(meta.fresh_until());
+        line(
+            b"cache-status",
+            format!("{}; hit{ttl}", headers::CACHE_NAME).as_bytes(),
+        );
+        if let Some(cc) = &browser {
+            line(b"Cache-Control", cc.as_bytes());
+        }
+        line(
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        line(b"Connection", b"keep-alive");
         out.put_slice(b"\r\n");
         let answer = Answer {
             body: (method == Method::GET).then_some(body),
-            status: resp.status.as_u16(),
+            status: status.as_u16(),
             site: site.name.clone(),
             route: rule.name.clone(),
             pool,
             request_id,
             method,
             path: path.to_string(),
-            query: req.uri.query().unwrap_or("").to_string(),
+            query: query.unwrap_or("").to_string(),
         };
         Some((out, answer))
     }
@@ -327,7 +364,11 @@ impl FastPath {
 /// Whether a request head announces a body (then what follows it belongs to it).
 fn has_body(head: &[u8]) -> bool {
     head.split(|&b| b == b'\n').any(|line| {
-        let name = line.split(|&b| b == b':').next().unwrap_or_default().trim_ascii();
+        let name = line
+            .split(|&b| b == b':')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
         name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
     })

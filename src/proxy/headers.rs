@@ -232,19 +232,23 @@ pub fn remove_internal(resp: &mut ResponseHeader, tags: &[String]) {
 
 /// The route's `browser_ttl` rewrite of `Cache-Control` for a response that is a cached object.
 pub fn browser_ttl(rule: &crate::rules::Rule, resp: &mut ResponseHeader) -> Result<()> {
-    let Some(ttl) = rule.browser_ttl else {
-        return Ok(());
-    };
-    let value = if ttl.is_zero() {
+    if let Some(value) = browser_cache_control(rule) {
+        resp.insert_header(header::CACHE_CONTROL, value)?;
+        resp.remove_header(&header::EXPIRES);
+    }
+    Ok(())
+}
+
+/// The `Cache-Control` a route's `browser_ttl` gives cached objects (and `Expires` goes).
+pub fn browser_cache_control(rule: &crate::rules::Rule) -> Option<String> {
+    let ttl = rule.browser_ttl?;
+    Some(if ttl.is_zero() {
         "no-cache".to_string()
     } else if rule.browser_immutable {
         format!("public, max-age={}, immutable", ttl.as_secs())
     } else {
         format!("public, max-age={}", ttl.as_secs())
-    };
-    resp.insert_header(header::CACHE_CONTROL, value)?;
-    resp.remove_header(&header::EXPIRES);
-    Ok(())
+    })
 }
 
 /// `; ttl=N` for an object fresh until `until` (negative once stale).
