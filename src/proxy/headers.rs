@@ -217,15 +217,7 @@ pub fn finish_response(
 
 /// Removes the origin-to-edge headers (`INTERNAL_HEADERS` and the configured tag headers).
 pub fn remove_internal(resp: &mut ResponseHeader, tags: &[String]) {
-    // One pass over the response's own headers (most have none of these) rather than a
-    // name parse and lookup per listed header.
-    let internal: Vec<http::HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|k| INTERNAL_HEADERS.contains(&k.as_str()) || tags.iter().any(|t| t == k.as_str()))
-        .cloned()
-        .collect();
-    for name in internal {
+    for name in super::sanitize::names_in(&resp.headers, &INTERNAL_HEADERS, tags) {
         resp.remove_header(&name);
     }
 }

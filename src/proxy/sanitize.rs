@@ -40,13 +40,21 @@ pub const UNTRUSTED: [&str; 22] = [
 /// origin.
 pub fn sanitize(req: &mut RequestHeader, rule: Option<&Rule>) {
     let strip = rule.map(|r| r.strip_headers.as_slice()).unwrap_or_default();
-    let doomed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| UNTRUSTED.contains(&k.as_str()) || strip.iter().any(|s| s == k.as_str()))
-        .cloned()
-        .collect();
-    for name in doomed {
+    for name in names_in(&req.headers, &UNTRUSTED, strip) {
         req.remove_header(&name);
     }
+}
+
+/// The names in `headers` that are in `fixed` or `configured` (lowercase), found in one pass
+/// over the headers present (most messages have none of them).
+pub fn names_in(
+    headers: &http::HeaderMap,
+    fixed: &[&str],
+    configured: &[String],
+) -> Vec<http::HeaderName> {
+    headers
+        .keys()
+        .filter(|k| fixed.contains(&k.as_str()) || configured.iter().any(|s| s == k.as_str()))
+        .cloned()
+        .collect()
 }
