@@ -103,7 +103,6 @@ impl FastPath {
         buf: &mut BytesMut,
         shutdown: bool,
     ) -> Outcome {
-        let start = Instant::now();
         let rt = self.runtime.load_full();
         let limits = &rt.proxy.limits;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
@@ -117,13 +116,15 @@ impl FastPath {
             }
             buf.reserve(4096);
             match stream.read_buf(buf).await {
-                Ok(0) | Err(_) if buf.is_empty() => return Outcome::Closed,
-                // A head cut short or timed out: pingora could only answer it with an error,
-                // and the clock has already written its 408.
+                // The client left, or its head was cut short or timed out: pingora could only
+                // answer that with an error, and the clock has already written its 408.
                 Ok(0) | Err(_) => return Outcome::Closed,
                 Ok(_) => {}
             }
         };
+        // Timed from a complete head, as pingora's path is (idle keep-alive time is not the
+        // request's).
+        let start = Instant::now();
         let answer = if shutdown || self.draining.load(Ordering::Relaxed) {
             None
         } else {
