@@ -213,6 +213,10 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--parts", default="hits,memory,mixed,store",
+                    help="comma-separated subset of: hits, memory, mixed, store")
+    ap.add_argument("--workloads", default="hit-1k,hit-16k,hit-256k,hit-1m,pass-1k",
+                    help="comma-separated subset of the hit/pass workloads (part 'hits')")
     args = ap.parse_args()
     ensure_tools()
     if not args.no_build:
@@ -224,7 +228,11 @@ def main():
     try:
         setup(work)
         pids = start_proxies(work, binary)
+        parts = set(args.parts.split(","))
         workloads = {f"hit-{k}": f"/c/{k}" for k in SIZES} | {"pass-1k": "/p/1k"}
+        workloads = {w: path for w, path in workloads.items() if w in args.workloads.split(",")}
+        if "hits" not in parts:
+            workloads = {}
         results = {w: {p: [] for p in ("crossfade", "nginx", "varnish")} for w in workloads}
         for w, path in workloads.items():
             for p in ("crossfade", "nginx", "varnish"):
@@ -234,42 +242,83 @@ def main():
                 for p in ("crossfade", "nginx", "varnish"):
                     results[w][p].append(wrk(PORTS[p], path, args))
             print(f"round {r + 1}/{args.rounds} done", flush=True)
-        report(f"Hits and pass-through ({args.rounds} rounds, {args.duration}s each, {args.connections} connections, wrk -t2)", results)
+        if workloads:
+            report(f"Hits and pass-through ({args.rounds} rounds, {args.duration}s each, {args.connections} connections, wrk -t2)", results)
 
         print("\nPeak RSS (VmHWM) after the runs, KiB:")
         for p in ("crossfade", "nginx", "varnish"):
             print(f"  {p:<10} {rss_kib(pids[p], 'VmHWM'):>10}")
 
-        # Memory per cached 1 KiB object: RSS growth while filling 100,000 objects.
-        script = os.path.join(work, "fill.lua")
+        if "memory" in parts:
+            memory_per_object(work, pids)
+        if "mixed" in parts:
+            after_mixed(args, results)
+        if "store" in parts:
+            store_model(work, args)
+    finally:
+        stop_all()
+        if os.environ.get("KEEP"):
+            print("work dir kept:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def memory_per_object(work, pids, objects=100_000):
+    """RSS growth per object while storing exactly `objects` cached 1 KiB objects, after a
+    first fill of 20,000 so that each process's allocator and tables are past their start-up."""
+    def fill(p, prefix, count):
+        script = os.path.join(work, f"fill-{prefix}.lua")
         with open(script, "w") as f:
             # Each wrk thread has its own Lua state with the same random seed, so the thread id
-            # (not math.random) is what keeps the two threads' URLs apart.
-            f.write('local n = 0\nfunction setup(thread)\n  n = n + 1\n  thread:set("tid", n)\nend\n'
-                    'counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format("GET", "/obj/" .. tid .. "-" .. counter)\nend\n')
-        print("\nMemory per cached 1 KiB object (RSS growth while storing ~100,000 objects):")
-        for p in ("crossfade", "nginx", "varnish"):
-            before = rss_kib(pids[p])
-            fill = subprocess.run(["wrk", "-t2", "-c32", "-d8s", "-s", script, "-H", "Host: bench.test", f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
-            n = int(re.search(r"(\d+) requests in", fill).group(1))
-            grown = rss_kib(pids[p]) - before
-            print(f"  {p:<10} {n:>8} objects  {grown * 1024 / max(n, 1):>8.0f} bytes/object")
+            # (not math.random) keeps the two threads' URLs apart; each stops after its half.
+            f.write(f"""
+local n = 0
+function setup(thread) n = n + 1; thread:set("tid", n) end
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/obj/{prefix}-" .. tid .. "-" .. counter)
+end
+response = function() if counter >= {count // 2} then wrk.thread:stop() end end
+""")
+        out = subprocess.run(["wrk", "-t2", "-c2", "-d120s", "-s", script, "-H", "Host: bench.test",
+                              f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
+        return int(re.search(r"(\d+) requests in", out).group(1))
+    print(f"\nMemory per cached 1 KiB object (RSS growth while storing {objects:,} objects):")
+    for p in ("crossfade", "nginx", "varnish"):
+        fill(p, "warm", 20_000)
+        time.sleep(1)
+        before = rss_kib(pids[p])
+        n = fill(p, "fill", objects)
+        time.sleep(1)
+        grown = rss_kib(pids[p]) - before
+        print(f"  {p:<10} {n:>8} requests  {grown * 1024 / objects:>8.0f} bytes/object")
 
-        # crossfade after mixed traffic (misses, passes, purges), vs fresh.
-        mixed = {"hit-1k": {"crossfade": []}}
+
+def after_mixed(args, results):
+    """crossfade's 1 KiB hit rate after mixed traffic (misses, passes, purges), vs fresh."""
+    fresh_runs = results.get("hit-1k", {}).get("crossfade") or []
+    if not fresh_runs:
+        warm(PORTS["crossfade"], "/c/1k")
         for _ in range(2):
-            wrk(PORTS["crossfade"], "/p/1k", args)
-            admin_purge_all()
-            warm(PORTS["crossfade"], "/c/1k")
-            mixed["hit-1k"]["crossfade"].append(wrk(PORTS["crossfade"], "/c/1k", args))
-        fresh = statistics.median(r["rps"] for r in results["hit-1k"]["crossfade"])
-        after = statistics.median(r["rps"] for r in mixed["hit-1k"]["crossfade"])
-        print(f"\ncrossfade hit-1k: fresh {fresh:.0f} req/s, after mixed traffic {after:.0f} req/s ({after / fresh:.2f}x)")
+            fresh_runs.append(wrk(PORTS["crossfade"], "/c/1k", args))
+    mixed = {"hit-1k": {"crossfade": []}}
+    for _ in range(2):
+        wrk(PORTS["crossfade"], "/p/1k", args)
+        admin_purge_all()
+        warm(PORTS["crossfade"], "/c/1k")
+        mixed["hit-1k"]["crossfade"].append(wrk(PORTS["crossfade"], "/c/1k", args))
+    fresh = statistics.median(r["rps"] for r in fresh_runs)
+    after = statistics.median(r["rps"] for r in mixed["hit-1k"]["crossfade"])
+    print(f"\ncrossfade hit-1k: fresh {fresh:.0f} req/s, after mixed traffic {after:.0f} req/s ({after / fresh:.2f}x)")
 
-        # Store model: Zipf pages, 20% of requests logged in, a static asset per page.
-        script = os.path.join(work, "store.lua")
-        with open(script, "w") as f:
-            f.write("""
+
+
+def store_model(work, args):
+    """Zipf pages, 20% of requests logged in, a static asset per page: hit ratio, offload."""
+    script = os.path.join(work, "store.lua")
+    with open(script, "w") as f:
+        f.write("""
 math.randomseed(os.time())
 local n, s = 5000, 1.1
 local cdf, total = {}, 0
@@ -288,22 +337,16 @@ request = function()
   return wrk.format("GET", "/page/" .. zipf(), headers)
 end
 """)
-        print("\nStore model (Zipf pages, 20% logged in, static assets):")
-        log = os.path.join(work, "origin-access.log")
-        for p in ("crossfade", "nginx", "varnish"):
-            before = sum(1 for _ in open(log))
-            run = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration * 2}s", "-s", script, "-H", "Host: bench.test", f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
-            n = int(re.search(r"(\d+) requests in", run).group(1))
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", run).group(1))
-            time.sleep(0.5)
-            origin = sum(1 for _ in open(log)) - before
-            print(f"  {p:<10} {rps:>10.0f} req/s  origin offload {(1 - origin / max(n, 1)) * 100:5.1f}%  ({origin} of {n} requests reached the origin)")
-    finally:
-        stop_all()
-        if os.environ.get("KEEP"):
-            print("work dir kept:", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    print("\nStore model (Zipf pages, 20% logged in, static assets):")
+    log = os.path.join(work, "origin-access.log")
+    for p in ("crossfade", "nginx", "varnish"):
+        before = sum(1 for _ in open(log))
+        run = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.duration * 2}s", "-s", script, "-H", "Host: bench.test", f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
+        n = int(re.search(r"(\d+) requests in", run).group(1))
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", run).group(1))
+        time.sleep(0.5)
+        origin = sum(1 for _ in open(log)) - before
+        print(f"  {p:<10} {rps:>10.0f} req/s  origin offload {(1 - origin / max(n, 1)) * 100:5.1f}%  ({origin} of {n} requests reached the origin)")
 
 
 if __name__ == "__main__":

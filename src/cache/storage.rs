@@ -11,7 +11,7 @@
 use super::index::{split_tags, Entry, Index};
 use super::key;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -369,7 +369,7 @@ impl Storage for EdgeStorage {
         Ok(Box::new(Fill {
             id: id(key),
             meta: Some(super::meta::Stored::new(meta)?),
-            body: BytesMut::new(),
+            chunks: Vec::new(),
             site: site.into(),
             url: url.into(),
             tags: tags.into(),
@@ -489,7 +489,9 @@ impl HandleHit for Hit {
 struct Fill {
     id: u128,
     meta: Option<super::meta::Stored>,
-    body: BytesMut,
+    /// The body as it arrived; copied into one exactly-sized buffer when complete, so a
+    /// stored body holds neither the origin's read buffers nor a doubling buffer's slack.
+    chunks: Vec<Bytes>,
     site: Arc<str>,
     url: Arc<str>,
     tags: Box<[Arc<str>]>,
@@ -499,7 +501,9 @@ struct Fill {
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
+        if !data.is_empty() {
+            self.chunks.push(data);
+        }
         Ok(())
     }
 
@@ -510,7 +514,7 @@ impl HandleMiss for Fill {
                 .meta
                 .take()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?,
-            body: std::mem::take(&mut self.body).freeze(),
+            body: concat(&self.chunks),
             entry: Arc::new(Entry::new(
                 self.id,
                 self.site.clone(),
@@ -523,6 +527,16 @@ impl HandleMiss for Fill {
         self.storage.store(self.id, obj);
         Ok(MissFinishType::Created(size))
     }
+}
+
+/// `chunks` in one allocation of exactly their length.
+fn concat(chunks: &[Bytes]) -> Bytes {
+    let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        body.extend_from_slice(chunk);
+    }
+    // A `Vec` whose length is its capacity becomes `Bytes` without another allocation.
+    Bytes::from(body)
 }
 
 #[cfg(test)]

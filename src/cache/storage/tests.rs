@@ -130,3 +130,30 @@ async fn soft_purge_marks_stale_and_purge_all_is_immediate() {
         "objects stored after a purge-all live"
     );
 }
+
+#[tokio::test]
+async fn a_body_in_chunks_is_stored_whole_in_its_own_buffer() {
+    let storage = leak(64 * 1024);
+    let span = Span::inactive().handle();
+    let k = key("/chunks");
+    // Chunks that are slices of one bigger read buffer, as the origin's body arrives.
+    let read_buffer = Bytes::from(vec![b'x'; 8192]);
+    let mut fill = storage
+        .get_miss_handler(&k, &meta(""), &span)
+        .await
+        .unwrap();
+    for chunk in [
+        read_buffer.slice(0..3),
+        Bytes::new(),
+        read_buffer.slice(100..1100),
+    ] {
+        fill.write_body(chunk, false).await.unwrap();
+    }
+    fill.finish().await.unwrap();
+    let (_, mut hit) = storage.lookup(&k, &span).await.unwrap().unwrap();
+    let body = hit.read_body().await.unwrap().unwrap();
+    assert_eq!(body, vec![b'x'; 1003]);
+    // Not a view into the origin's buffer (which would keep all 8 KiB alive).
+    let inside = read_buffer.as_ptr_range();
+    assert!(!inside.contains(&body.as_ptr()));
+}
