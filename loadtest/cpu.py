@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""CPU time per request, split between the proxy and the load generator, for each proxy.
+
+On a 2-core box the proxy and wrk share the CPU, so a proxy can lose on requests/s while using
+less CPU itself: the way it writes (one large burst, or paced by a small socket buffer) changes
+what the *client* pays to receive. This prints, per proxy, the median requests/s, the proxy's
+CPU µs per request (user + system, all threads, from /proc; both shown) and wrk's (from its
+rusage).
+
+    loadtest/cpu.py /c/1m                       # crossfade, nginx, Varnish; 3 rounds × 4 s
+    loadtest/cpu.py /c/1m --rounds 5 --variant CROSSFADE_EXPERIMENT=1
+                                                # also crossfade started with that environment
+
+Uses bench.py's origin and peer configurations; stops everything it started. A benchmark, not
+a test.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pgid):
+    """(user, system) CPU seconds of every thread of every process in the group."""
+    user = system = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                user += int(fields[11])
+                system += int(fields[12])
+        except (OSError, ProcessLookupError):
+            pass
+    return user / TICKS, system / TICKS
+
+
+def measure(port, pgid, path, duration):
+    before = cpu_seconds(pgid)
+    wrk = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{duration}s", "-H", "Host: bench.test",
+                            f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, text=True)
+    _, _, usage = os.wait4(wrk.pid, 0)
+    n = int(re.search(r"(\d+) requests in", wrk.stdout.read()).group(1))
+    after = cpu_seconds(pgid)
+    user, system = ((a - b) / n * 1e6 for a, b in zip(after, before))
+    return {"rps": n / duration, "proxy": user + system, "user": user, "system": system,
+            "client": (usage.ru_utime + usage.ru_stime) / n * 1e6}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("path", help="e.g. /c/1m (cached 1 MiB), /p/1k (pass-through)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=VALUE: also run crossfade with this in its environment")
+    ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
+    args = ap.parse_args()
+    bench.ensure_tools()
+    work = tempfile.mkdtemp(prefix="crossfade-cpu-")
+    os.chmod(work, 0o755)
+    results = {}
+    try:
+        bench.setup(work)
+        # The variants run beside the main crossfade: their own ports, pid file and socket.
+        with open(f"{work}/crossfade.toml") as f:
+            config = f.read()
+        for a, b in [(str(bench.PORTS["crossfade"]), str(bench.PORTS["crossfade"] + 10)),
+                     (str(bench.PORTS["admin"]), str(bench.PORTS["admin"] + 10)),
+                     ("crossfade.pid", "variant.pid"), ("crossfade-upgrade.sock", "variant-upgrade.sock")]:
+            config = config.replace(a, b)
+        with open(f"{work}/crossfade-variant.toml", "w") as f:
+            f.write(config)
+        pids = bench.start_proxies(work, args.binary)
+        for p in ("crossfade", "nginx", "varnish"):
+            bench.warm(bench.PORTS[p], args.path)
+        for _ in range(args.rounds):
+            for p in ("crossfade", "nginx", "varnish"):
+                results.setdefault(p, []).append(measure(bench.PORTS[p], pids[p], args.path, args.duration))
+            for v in args.variant:
+                name, value = v.split("=", 1)
+                proc = subprocess.Popen([args.binary, "run", "--config", f"{work}/crossfade-variant.toml"],
+                                        env=dict(os.environ, **{name: value}), start_new_session=True,
+                                        stderr=subprocess.DEVNULL)
+                try:
+                    bench.wait_port(bench.PORTS["crossfade"] + 10)
+                    bench.warm(bench.PORTS["crossfade"] + 10, args.path)
+                    results.setdefault(f"crossfade {v}", []).append(
+                        measure(bench.PORTS["crossfade"] + 10, proc.pid, args.path, args.duration))
+                finally:
+                    os.killpg(proc.pid, 15)
+                    proc.wait()
+        print(f"\n{args.path}: medians of {args.rounds} rounds, {args.duration} s each, wrk -t2 -c64")
+        print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'wrk µs/req':>11} {'sum':>7}")
+        for p, runs in results.items():
+            m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "proxy", "user", "system", "client")}
+            print(f"  {p:<28} {m['rps']:>8.0f} {m['proxy']:>13.1f} {m['user']:>7.1f} {m['system']:>8.1f} "
+                  f"{m['client']:>11.1f} {m['proxy'] + m['client']:>7.1f}")
+    finally:
+        bench.stop_all()
+
+
+if __name__ == "__main__":
+    main()
