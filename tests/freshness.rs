@@ -108,7 +108,7 @@ stale_if_error = "1h"
     assert_eq!(get(&c, &proxy.url("/p"), &[]).await.body, "v1");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     match failure {
-        usize::MAX => o.origin.kill(),
+        usize::MAX => o.origin.kill().await,
         m => o.mode.store(m, Ordering::SeqCst),
     }
     let got = get(&c, &proxy.url("/p"), &[]).await;

@@ -258,7 +258,7 @@ async fn health_checks_take_dead_servers_out_and_a_dead_pool_gets_a_503_page() {
     let proxy = start(&[&b1, &b2], &[&green], "").await;
     let c = proxy.client(&["www.shop.test"]);
     assert_eq!(get(&c, &proxy.url("/page/cached"), &[]).await.status, 200);
-    b1.kill();
+    b1.kill().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = b2.hits();
     for i in 0..20 {
@@ -267,7 +267,7 @@ async fn health_checks_take_dead_servers_out_and_a_dead_pool_gets_a_503_page() {
     }
     assert_eq!(b2.hits() - before, 20);
 
-    b2.kill();
+    b2.kill().await;
     let down = eventually(Duration::from_secs(3), || async {
         let (_, pools) = proxy
             .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
@@ -289,7 +289,7 @@ async fn health_checks_take_dead_servers_out_and_a_dead_pool_gets_a_503_page() {
     )
     .await;
     assert_eq!(status, 409, "{answer}");
-    green.kill();
+    green.kill().await;
     let green_down = eventually(Duration::from_secs(3), || async {
         release(
             &proxy,

@@ -54,6 +54,9 @@ pub struct Origin {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     count: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    /// After `kill`: the port, bound but not listening, so connections to it are refused and
+    /// no other test's listener can be given it while this test still points a proxy there.
+    tombstone: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 impl Origin {
@@ -103,6 +106,7 @@ impl Origin {
             seen,
             count,
             task,
+            tombstone: Mutex::new(None),
         }
     }
 
@@ -111,9 +115,21 @@ impl Origin {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes every connection: the origin is down.
-    pub fn kill(&self) {
+    /// Stops accepting and closes every connection: the origin is down (connections to its
+    /// address are refused from now on).
+    pub async fn kill(&self) {
         self.task.abort();
+        // The listener is dropped when the runtime gets to the aborted task.
+        for _ in 0..200 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            if socket.bind(self.addr).is_ok() {
+                *self.tombstone.lock().unwrap() = Some(socket);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the killed origin's port {} stayed in use", self.addr);
     }
 
     pub fn last(&self) -> Seen {
