@@ -149,19 +149,27 @@ def start_proxies(work, binary):
     return pids
 
 
-def rss_kib(pgid, field="VmRSS"):
-    """Sum of a /proc status field over every process in the group."""
-    total = 0
+def group_procs(pgid):
+    """The /proc directories of every process in the process group (gone ones skipped)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            if os.getpgid(int(pid)) != pgid:
-                continue
-            with open(f"/proc/{pid}/status") as f:
+            if os.getpgid(int(pid)) == pgid:
+                yield f"/proc/{pid}"
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def rss_kib(pgid, field="VmRSS"):
+    """Sum of a /proc status field over every process in the group."""
+    total = 0
+    for proc in group_procs(pgid):
+        try:
+            with open(f"{proc}/status") as f:
                 m = re.search(rf"^{field}:\s+(\d+)", f.read(), re.M)
                 total += int(m.group(1)) if m else 0
-        except (OSError, ProcessLookupError):
+        except OSError:
             pass
     return total
 

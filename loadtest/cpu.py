@@ -32,18 +32,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pgid):
     """(user, system) CPU seconds of every thread of every process in the group."""
     user = system = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for proc in bench.group_procs(pgid):
         try:
-            if os.getpgid(int(pid)) != pgid:
-                continue
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            for tid in os.listdir(f"{proc}/task"):
+                with open(f"{proc}/task/{tid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 user += int(fields[11])
                 system += int(fields[12])
-        except (OSError, ProcessLookupError):
+        except OSError:
             pass
     return user / TICKS, system / TICKS
 
