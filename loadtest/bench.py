@@ -260,7 +260,7 @@ def main():
         if "memory" in parts:
             memory_per_object(work, pids)
         if "mixed" in parts:
-            after_mixed(args, results)
+            after_mixed(work, binary, args)
         if "store" in parts:
             store_model(work, args)
     finally:
@@ -303,23 +303,43 @@ response = function() if counter >= {count // 2} then wrk.thread:stop() end end
         print(f"  {p:<10} {n:>8} requests  {grown * 1024 / objects:>8.0f} bytes/object")
 
 
-def after_mixed(args, results):
-    """crossfade's 1 KiB hit rate after mixed traffic (misses, passes, purges), vs fresh."""
-    fresh_runs = results.get("hit-1k", {}).get("crossfade") or []
-    if not fresh_runs:
-        warm(PORTS["crossfade"], "/c/1k")
-        for _ in range(2):
-            fresh_runs.append(wrk(PORTS["crossfade"], "/c/1k", args))
-    mixed = {"hit-1k": {"crossfade": []}}
-    for _ in range(2):
-        wrk(PORTS["crossfade"], "/p/1k", args)
-        admin_purge_all()
-        warm(PORTS["crossfade"], "/c/1k")
-        mixed["hit-1k"]["crossfade"].append(wrk(PORTS["crossfade"], "/c/1k", args))
-    fresh = statistics.median(r["rps"] for r in fresh_runs)
-    after = statistics.median(r["rps"] for r in mixed["hit-1k"]["crossfade"])
-    print(f"\ncrossfade hit-1k: fresh {fresh:.0f} req/s, after mixed traffic {after:.0f} req/s ({after / fresh:.2f}x)")
+def second_crossfade(work, binary, env=None):
+    """Another crossfade beside the main one (ports +10, its own pid file and socket), same
+    origin and rules; returns (process, port). The caller stops it (or stop_all does)."""
+    with open(f"{work}/crossfade.toml") as f:
+        config = f.read()
+    port = PORTS["crossfade"] + 10
+    for a, b in [(str(PORTS["crossfade"]), str(port)), (str(PORTS["admin"]), str(PORTS["admin"] + 10)),
+                 ("crossfade.pid", "second.pid"), ("crossfade-upgrade.sock", "second-upgrade.sock")]:
+        config = config.replace(a, b)
+    with open(f"{work}/crossfade-second.toml", "w") as f:
+        f.write(config)
+    proc = start(f"{binary} run --config {work}/crossfade-second.toml", env=dict(os.environ, **(env or {})))
+    wait_port(port)
+    return proc, port
 
+
+def after_mixed(work, binary, args):
+    """crossfade's 1 KiB hit rate after mixed traffic (misses, passes, purges), against a fresh
+    crossfade measured in the same rounds, so that the box's drift (±30% over minutes here)
+    falls on both alike."""
+    fresh, fresh_port = second_crossfade(work, binary)
+    try:
+        warm(fresh_port, "/c/1k")
+        runs = {"mixed": [], "fresh": []}
+        for _ in range(args.rounds):
+            wrk(PORTS["crossfade"], "/p/1k", args)
+            admin_purge_all()
+            warm(PORTS["crossfade"], "/c/1k")
+            runs["mixed"].append(wrk(PORTS["crossfade"], "/c/1k", args)["rps"])
+            runs["fresh"].append(wrk(fresh_port, "/c/1k", args)["rps"])
+    finally:
+        os.killpg(fresh.pid, signal.SIGTERM)
+        fresh.wait()
+    after, new = statistics.median(runs["mixed"]), statistics.median(runs["fresh"])
+    print(f"\ncrossfade hit-1k after mixed traffic (this process: every workload above, then passes"
+          f" and a purge before each round): {after:.0f} req/s; a fresh crossfade in the same rounds:"
+          f" {new:.0f} req/s ({after / new:.2f}x)")
 
 
 def store_model(work, args):

@@ -17,11 +17,11 @@ a test.
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -71,15 +71,6 @@ def main():
     results = {}
     try:
         bench.setup(work)
-        # The variants run beside the main crossfade: their own ports, pid file and socket.
-        with open(f"{work}/crossfade.toml") as f:
-            config = f.read()
-        for a, b in [(str(bench.PORTS["crossfade"]), str(bench.PORTS["crossfade"] + 10)),
-                     (str(bench.PORTS["admin"]), str(bench.PORTS["admin"] + 10)),
-                     ("crossfade.pid", "variant.pid"), ("crossfade-upgrade.sock", "variant-upgrade.sock")]:
-            config = config.replace(a, b)
-        with open(f"{work}/crossfade-variant.toml", "w") as f:
-            f.write(config)
         pids = bench.start_proxies(work, args.binary)
         for p in ("crossfade", "nginx", "varnish"):
             bench.warm(bench.PORTS[p], args.path)
@@ -88,16 +79,12 @@ def main():
                 results.setdefault(p, []).append(measure(bench.PORTS[p], pids[p], args.path, args.duration))
             for v in args.variant:
                 name, value = v.split("=", 1)
-                proc = subprocess.Popen([args.binary, "run", "--config", f"{work}/crossfade-variant.toml"],
-                                        env=dict(os.environ, **{name: value}), start_new_session=True,
-                                        stderr=subprocess.DEVNULL)
+                proc, port = bench.second_crossfade(work, args.binary, {name: value})
                 try:
-                    bench.wait_port(bench.PORTS["crossfade"] + 10)
-                    bench.warm(bench.PORTS["crossfade"] + 10, args.path)
-                    results.setdefault(f"crossfade {v}", []).append(
-                        measure(bench.PORTS["crossfade"] + 10, proc.pid, args.path, args.duration))
+                    bench.warm(port, args.path)
+                    results.setdefault(f"crossfade {v}", []).append(measure(port, proc.pid, args.path, args.duration))
                 finally:
-                    os.killpg(proc.pid, 15)
+                    os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()
         print(f"\n{args.path}: medians of {args.rounds} rounds, {args.duration} s each, wrk -t2 -c64")
         print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'wrk µs/req':>11} {'sum':>7}")
