@@ -11,7 +11,7 @@
 use super::index::{split_tags, Entry, Index};
 use super::key;
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -369,7 +369,13 @@ impl Storage for EdgeStorage {
         Ok(Box::new(Fill {
             id: id(key),
             meta: Some(super::meta::Stored::new(meta)?),
-            chunks: Vec::new(),
+            body: BytesMut::with_capacity(
+                meta.headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    .min(PRESIZE_LIMIT),
+            ),
             site: site.into(),
             url: url.into(),
             tags: tags.into(),
@@ -489,9 +495,8 @@ impl HandleHit for Hit {
 struct Fill {
     id: u128,
     meta: Option<super::meta::Stored>,
-    /// The body as it arrived; copied into one exactly-sized buffer when complete, so a
-    /// stored body holds neither the origin's read buffers nor a doubling buffer's slack.
-    chunks: Vec<Bytes>,
+    /// The body so far, in a buffer sized from Content-Length when the origin gave one.
+    body: BytesMut,
     site: Arc<str>,
     url: Arc<str>,
     tags: Box<[Arc<str>]>,
@@ -501,9 +506,7 @@ struct Fill {
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if !data.is_empty() {
-            self.chunks.push(data);
-        }
+        self.body.extend_from_slice(&data);
         Ok(())
     }
 
@@ -514,7 +517,7 @@ impl HandleMiss for Fill {
                 .meta
                 .take()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?,
-            body: concat(&self.chunks),
+            body: exact(std::mem::take(&mut self.body)),
             entry: Arc::new(Entry::new(
                 self.id,
                 self.site.clone(),
@@ -529,14 +532,19 @@ impl HandleMiss for Fill {
     }
 }
 
-/// `chunks` in one allocation of exactly their length.
-fn concat(chunks: &[Bytes]) -> Bytes {
-    let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-    for chunk in chunks {
-        body.extend_from_slice(chunk);
+/// Largest buffer reserved up front from a Content-Length (which the origin may get wrong).
+const PRESIZE_LIMIT: usize = 4 << 20;
+
+/// `body` in an allocation of exactly its length: a buffer that grew by doubling (no or a
+/// wrong Content-Length) would otherwise keep up to half its size as slack for the object's
+/// whole life. A buffer that is already full becomes `Bytes` without a copy or another
+/// allocation.
+fn exact(body: BytesMut) -> Bytes {
+    if body.len() == body.capacity() {
+        body.freeze()
+    } else {
+        Bytes::copy_from_slice(&body)
     }
-    // A `Vec` whose length is its capacity becomes `Bytes` without another allocation.
-    Bytes::from(body)
 }
 
 #[cfg(test)]

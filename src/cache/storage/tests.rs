@@ -6,9 +6,17 @@ use pingora::http::ResponseHeader;
 use std::time::Duration;
 
 fn meta(tags: &str) -> CacheMeta {
+    if tags.is_empty() {
+        meta_with(&[])
+    } else {
+        meta_with(&[("surrogate-key", tags)])
+    }
+}
+
+fn meta_with(headers: &[(&'static str, &str)]) -> CacheMeta {
     let mut header = ResponseHeader::build(200, None).unwrap();
-    if !tags.is_empty() {
-        header.insert_header("surrogate-key", tags).unwrap();
+    for (name, value) in headers {
+        header.insert_header(*name, *value).unwrap();
     }
     let now = SystemTime::now();
     CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
@@ -135,25 +143,32 @@ async fn soft_purge_marks_stale_and_purge_all_is_immediate() {
 async fn a_body_in_chunks_is_stored_whole_in_its_own_buffer() {
     let storage = leak(64 * 1024);
     let span = Span::inactive().handle();
-    let k = key("/chunks");
     // Chunks that are slices of one bigger read buffer, as the origin's body arrives.
     let read_buffer = Bytes::from(vec![b'x'; 8192]);
-    let mut fill = storage
-        .get_miss_handler(&k, &meta(""), &span)
-        .await
-        .unwrap();
-    for chunk in [
-        read_buffer.slice(0..3),
-        Bytes::new(),
-        read_buffer.slice(100..1100),
-    ] {
-        fill.write_body(chunk, false).await.unwrap();
+    // Without a Content-Length (the buffer grows), with the right one, with wrong ones.
+    for (i, length) in [None, Some("1003"), Some("10"), Some("100000")]
+        .into_iter()
+        .enumerate()
+    {
+        let k = key(&format!("/chunks{i}"));
+        let meta = match length {
+            Some(length) => meta_with(&[("content-length", length)]),
+            None => meta_with(&[]),
+        };
+        let mut fill = storage.get_miss_handler(&k, &meta, &span).await.unwrap();
+        for chunk in [
+            read_buffer.slice(0..3),
+            Bytes::new(),
+            read_buffer.slice(100..1100),
+        ] {
+            fill.write_body(chunk, false).await.unwrap();
+        }
+        fill.finish().await.unwrap();
+        let (_, mut hit) = storage.lookup(&k, &span).await.unwrap().unwrap();
+        let body = hit.read_body().await.unwrap().unwrap();
+        assert_eq!(body, vec![b'x'; 1003], "{length:?}");
+        // Not a view into the origin's buffer (which would keep all 8 KiB alive).
+        let inside = read_buffer.as_ptr_range();
+        assert!(!inside.contains(&body.as_ptr()));
     }
-    fill.finish().await.unwrap();
-    let (_, mut hit) = storage.lookup(&k, &span).await.unwrap().unwrap();
-    let body = hit.read_body().await.unwrap().unwrap();
-    assert_eq!(body, vec![b'x'; 1003]);
-    // Not a view into the origin's buffer (which would keep all 8 KiB alive).
-    let inside = read_buffer.as_ptr_range();
-    assert!(!inside.contains(&body.as_ptr()));
 }
