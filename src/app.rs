@@ -121,6 +121,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     let fast = crate::proxy::fast::FastPath {
         runtime: runtime.clone(),
         storage,
+        predictor: cache.predictor,
         release,
         metrics: metrics.clone(),
         draining: proxy.draining(),

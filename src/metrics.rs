@@ -70,6 +70,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Hits answered by the fast path (`proxy::fast`), a subset of the `hit` requests.
     pub fast_hits: IntCounterVec,
+    /// Passes forwarded by the pass fast path (`proxy::pass`).
+    pub fast_passes: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -288,6 +290,7 @@ impl Metrics {
             tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
             connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
             fast_hits: counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),
+            fast_passes: counter(&r, "crossfade_fast_path_passes_total", "Passes (bypass or predicted uncacheable) forwarded by crossfade's own HTTP/1 client instead of pingora's proxy path.", &["site"]),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
@@ -344,9 +347,10 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 25] = [
+        let collectors: [&dyn Collector; 26] = [
             &self.connections_open,
             &self.fast_hits,
+            &self.fast_passes,
             &self.tls_handshakes,
             &self.connections_refused,
             &self.requests,

@@ -92,6 +92,7 @@ pub struct ProxyFile {
     pub listen: Option<Vec<String>>,
     pub h2c: Option<bool>,
     pub hit_fast_path: Option<bool>,
+    pub pass_fast_path: Option<bool>,
     pub unknown_host_status: Option<u16>,
     pub purge_from: Option<Vec<String>>,
     pub max_uri: Option<String>,

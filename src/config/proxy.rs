@@ -72,6 +72,7 @@ pub(super) fn settings(f: ProxyFile, issues: &mut Issues) -> ProxySettings {
         listen,
         h2c: f.h2c.unwrap_or(false),
         hit_fast_path: f.hit_fast_path.unwrap_or(true),
+        pass_fast_path: f.pass_fast_path.unwrap_or(true),
         unknown_host_status,
         purge_from,
         limits,

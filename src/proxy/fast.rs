@@ -16,6 +16,7 @@
 
 use super::headclock::TimedHead;
 use super::headers;
+use super::pass::{self, Forwarded, Forwarding, Kind, Plan};
 use super::release::{self, Choice};
 use crate::cache::storage::EdgeStorage;
 use crate::cache::{key, policy};
@@ -26,8 +27,10 @@ use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::cache::predictor::{CacheablePredictor, Predictor};
+use pingora::cache::CacheKey;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Peek, Ssl, ALPN};
+use pingora::protocols::{GetSocketDigest, Peek, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct FastPath {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub storage: &'static EdgeStorage,
+    pub predictor: &'static Predictor<32>,
     pub release: Arc<Release>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
@@ -52,6 +56,14 @@ pub enum Outcome {
     Pass,
     /// The client went away (or its head timed out and was answered 408).
     Closed,
+}
+
+/// What the fast path does with a request.
+enum Decision {
+    /// A plain hit: the response to write, and what the logs need of it.
+    Hit(BytesMut, Answer),
+    /// A pass to forward (`proxy::pass`).
+    Pass(Plan),
 }
 
 /// A hit ready to write, and what the logs need of it.
@@ -125,20 +137,33 @@ impl FastPath {
         // Timed from a complete head, as pingora's path is (idle keep-alive time is not the
         // request's).
         let start = Instant::now();
-        let answer = if shutdown || self.draining.load(Ordering::Relaxed) {
+        let decision = if shutdown || self.draining.load(Ordering::Relaxed) {
             None
         } else {
-            self.decide(&rt, &buf[..head_len], stream.is_tls())
+            self.decide(&rt, &buf[..head_len], stream)
         };
-        let Some((mut head, answer)) = answer else {
-            if has_body(&buf[..head_len]) {
-                return self.pass(stream, buf);
+        let (mut head, answer) = match decision {
+            Some(Decision::Hit(head, answer)) => (head, answer),
+            Some(Decision::Pass(plan)) => {
+                let request = buf.split_to(head_len);
+                return match self.forward(plan, stream, start).await {
+                    Forwarded::Done(outcome) => outcome,
+                    Forwarded::Fallback => {
+                        stream.unread(request);
+                        Outcome::Pass
+                    }
+                };
             }
-            // pingora reads one request at a time and does not keep what follows it (it has
-            // pipelining off), so it gets this head only; pipelined requests after it stay
-            // here for the next turn of the loop.
-            stream.unread(buf.split_to(head_len));
-            return Outcome::Pass;
+            None => {
+                if has_body(&buf[..head_len]) {
+                    return self.pass(stream, buf);
+                }
+                // pingora reads one request at a time and does not keep what follows it (it has
+                // pipelining off), so it gets this head only; pipelined requests after it stay
+                // here for the next turn of the loop.
+                stream.unread(buf.split_to(head_len));
+                return Outcome::Pass;
+            }
         };
         let _ = buf.split_to(head_len);
         let sent = answer.body.as_ref().map_or(0, |b| b.len());
@@ -168,8 +193,11 @@ impl FastPath {
         Outcome::Pass
     }
 
-    /// The answer the proxy would give to `head`, when it is a plain hit.
-    fn decide(&self, rt: &Runtime, head: &[u8], tls: bool) -> Option<(BytesMut, Answer)> {
+    /// What to do with `head`: answer a plain hit, forward a known pass, or (`None`) leave it
+    /// to pingora.
+    fn decide(&self, rt: &Arc<Runtime>, head: &[u8], stream: &TimedHead) -> Option<Decision> {
+        let (hits, passes) = (rt.proxy.hit_fast_path, rt.proxy.pass_fast_path);
+        let tls = stream.is_tls();
         let mut slots = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut slots);
         if !parsed.parse(head).ok()?.is_complete() || parsed.version != Some(1) {
@@ -189,19 +217,36 @@ impl FastPath {
         {
             return None;
         }
-        // A plain header map (pingora's request header also keeps case and parses the URI).
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        // The headers the decisions below read (cookies for the bypass and the release choice,
+        // the request id); anything that would make the request not plain ends the fast path.
+        let mut headers = HeaderMap::with_capacity(4);
         let mut host = None;
         for h in parsed.headers.iter() {
             if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
                 return None;
             }
-            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(h.value).ok()?;
-            if name == header::HOST && host.replace(value.clone()).is_some() {
-                return None;
+            let name = h.name.as_bytes();
+            let kept = if name.eq_ignore_ascii_case(b"host") {
+                if host
+                    .replace(HeaderValue::from_bytes(h.value).ok()?)
+                    .is_some()
+                {
+                    return None;
+                }
+                None
+            } else if name.eq_ignore_ascii_case(b"cookie") {
+                Some(header::COOKIE)
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
+                Some(HeaderName::from_static("x-request-id"))
+            } else {
+                // Still a header pingora would have to parse.
+                HeaderName::from_bytes(name).ok()?;
+                None
+            };
+            // (httparse already refused the bytes a header value cannot hold.)
+            if let Some(name) = kept {
+                headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
             }
-            headers.append(name, value);
         }
         let host = crate::config::normalize_host(host?.to_str().ok()?);
         let site = rt.sites.find(&host)?;
@@ -241,90 +286,72 @@ impl FastPath {
             } => (pool.clone(), pool),
             _ => return None,
         };
-        if policy::bypass(rule, &method, &headers).is_some() {
+        let request_id = headers::request_id(headers.get("x-request-id"));
+        let bypass = policy::bypass(rule, &method, &headers);
+        let (kind, keyed_target) = match bypass {
+            Some(b) => (Kind::Bypass(b), None),
+            None => {
+                let keyed_query = key::normalize_query(query, &rule.query, rule.query_sort);
+                let primary = key::primary(&site.name, &host, path, &keyed_query, &pool_in_key);
+                let hash = key::hash(&primary);
+                let now = SystemTime::now();
+                if let Some((meta, body)) = self
+                    .storage
+                    .fresh_hit(u128::from_be_bytes(hash), now)
+                    .filter(|_| hits)
+                {
+                    let request = Request {
+                        rt,
+                        site: &site.name,
+                        rule,
+                        method,
+                        pool,
+                        request_id,
+                        path,
+                        query,
+                    };
+                    return hit(request, &meta, body);
+                }
+                let mut k = CacheKey::new(primary, &*site.name);
+                k.set_primary_bin_override(hash);
+                if !passes || self.predictor.cacheable_prediction(&k) {
+                    return None;
+                }
+                let target = if keyed_query.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}?{keyed_query}")
+                };
+                (Kind::Predicted(k), Some(target))
+            }
+        };
+        if !passes {
             return None;
         }
-        let keyed_query = key::normalize_query(query, &rule.query, rule.query_sort);
-        let primary = key::primary(&site.name, &host, path, &keyed_query, &pool_in_key);
-        let now = SystemTime::now();
-        let (meta, body) = self
-            .storage
-            .fresh_hit(u128::from_be_bytes(key::hash(&primary)), now)?;
-        let stored = meta.response_header();
-        // Without a length pingora would chunk the body; leave that to it.
-        let length = stored.headers.get(header::CONTENT_LENGTH)?;
-        let request_id = headers::request_id(headers.get("x-request-id"));
-        let browser = headers::browser_cache_control(rule);
-        let tags = &rt.cache.tag_headers;
-        // The stored headers, but those this answer sets itself and the internal ones, in their
-        // stored order and case; then what pingora's hit path (Age, Accept-Ranges from its range
-        // filter), the response hooks and pingora's writer would add.
-        let skip = |name: &[u8]| {
-            let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-            REPLACED.iter().any(|n| lower(n))
-                || headers::INTERNAL_HEADERS.iter().any(|n| lower(n))
-                || tags.iter().any(|n| lower(n))
-                || browser.is_some() && (lower("cache-control") || lower("expires"))
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let forwarding = Forwarding {
+            target: keyed_target.as_deref().unwrap_or(target),
+            host: &host,
+            client,
+            tls,
+            request_id: &request_id,
+            drop_cookies: keyed_target.is_some(),
         };
-        let status = stored.status;
-        let mut out = BytesMut::with_capacity(512 + body.len());
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
-        let mut line = |name: &[u8], value: &[u8]| {
-            out.put_slice(name);
-            out.put_slice(b": ");
-            out.put_slice(value);
-            out.put_slice(b"\r\n");
-        };
-        if stored.has_case() {
-            for (name, value) in stored.case_header_iter() {
-                if !skip(name.as_slice()) {
-                    line(name.as_slice(), value.as_bytes());
-                }
-            }
-        } else {
-            for (name, value) in stored.headers.iter() {
-                if !skip(name.as_str().as_bytes()) {
-                    line(name.as_str().as_bytes(), value.as_bytes());
-                }
-            }
-        }
-        line(b"Age", meta.age().as_secs().to_string().as_bytes());
-        if status == http::StatusCode::OK
-            && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
-        {
-            line(b"Accept-Ranges", b"bytes");
-        }
-        line(b"x-request-id", request_id.as_bytes());
-        let ttl = headers::ttl_param(meta.fresh_until());
-        line(
-            b"cache-status",
-            format!("{}; hit{ttl}", headers::CACHE_NAME).as_bytes(),
-        );
-        if let Some(cc) = &browser {
-            line(b"Cache-Control", cc.as_bytes());
-        }
-        line(
-            b"Date",
-            pingora::protocols::http::date::get_cached_date().as_bytes(),
-        );
-        line(b"Connection", b"keep-alive");
-        out.put_slice(b"\r\n");
-        let answer = Answer {
-            body: (method == Method::GET).then_some(body),
-            status: status.as_u16(),
-            site: site.name.clone(),
-            route: rule.name.clone(),
+        let head = pass::upstream_head(&method, parsed.headers, rule, &forwarding);
+        Some(Decision::Pass(Plan {
+            runtime: rt.clone(),
+            site: site.clone(),
+            rule: rule.clone(),
             pool,
+            kind,
+            head,
             request_id,
             method,
             path: path.to_string(),
             query: query.unwrap_or("").to_string(),
-        };
-        Some((out, answer))
+        }))
     }
 
     fn log(&self, a: &Answer, start: Instant, bytes: usize) {
@@ -362,6 +389,96 @@ impl FastPath {
     }
 }
 
+/// What a hit answer needs of its request.
+struct Request<'a> {
+    rt: &'a Runtime,
+    site: &'a Arc<str>,
+    rule: &'a crate::rules::Rule,
+    method: Method,
+    pool: String,
+    request_id: String,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+/// The hit answer: the stored response with the headers the proxy path would write.
+fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Bytes) -> Option<Decision> {
+    let stored = meta.response_header();
+    // Without a length pingora would chunk the body; leave that to it.
+    let length = stored.headers.get(header::CONTENT_LENGTH)?;
+    let browser = headers::browser_cache_control(r.rule);
+    let tags = &r.rt.cache.tag_headers;
+    // The stored headers, but those this answer sets itself and the internal ones, in their
+    // stored order and case; then what pingora's hit path (Age, Accept-Ranges from its range
+    // filter), the response hooks and pingora's writer would add.
+    let skip = |name: &[u8]| {
+        let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        REPLACED.iter().any(|n| lower(n))
+            || headers::INTERNAL_HEADERS.iter().any(|n| lower(n))
+            || tags.iter().any(|n| lower(n))
+            || browser.is_some() && (lower("cache-control") || lower("expires"))
+    };
+    let status = stored.status;
+    let mut out = BytesMut::with_capacity(512 + body.len());
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    };
+    if stored.has_case() {
+        for (name, value) in stored.case_header_iter() {
+            if !skip(name.as_slice()) {
+                line(name.as_slice(), value.as_bytes());
+            }
+        }
+    } else {
+        for (name, value) in stored.headers.iter() {
+            if !skip(name.as_str().as_bytes()) {
+                line(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
+    line(b"Age", meta.age().as_secs().to_string().as_bytes());
+    if status == http::StatusCode::OK
+        && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
+    {
+        line(b"Accept-Ranges", b"bytes");
+    }
+    line(b"x-request-id", r.request_id.as_bytes());
+    let ttl = headers::ttl_param(meta.fresh_until());
+    line(
+        b"cache-status",
+        format!("{}; hit{ttl}", headers::CACHE_NAME).as_bytes(),
+    );
+    if let Some(cc) = &browser {
+        line(b"Cache-Control", cc.as_bytes());
+    }
+    line(
+        b"Date",
+        pingora::protocols::http::date::get_cached_date().as_bytes(),
+    );
+    line(b"Connection", b"keep-alive");
+    out.put_slice(b"\r\n");
+    let answer = Answer {
+        body: (r.method == Method::GET).then_some(body),
+        status: status.as_u16(),
+        site: r.site.clone(),
+        route: r.rule.name.clone(),
+        pool: r.pool,
+        request_id: r.request_id,
+        method: r.method,
+        path: r.path.to_string(),
+        query: r.query.unwrap_or("").to_string(),
+    };
+    Some(Decision::Hit(out, answer))
+}
+
 /// Whether a request head announces a body (then what follows it belongs to it).
 fn has_body(head: &[u8]) -> bool {
     head.split(|&b| b == b'\n').any(|line| {
@@ -388,7 +505,8 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     use pingora::apps::ServerApp;
     let h2c = app.server_options().is_some_and(|o| o.h2c);
     let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-    let mut enabled = fast.runtime.load().proxy.hit_fast_path && !h2;
+    let on = |p: &crate::config::ProxySettings| p.hit_fast_path || p.pass_fast_path;
+    let mut enabled = on(&fast.runtime.load().proxy) && !h2;
     if enabled && h2c && !stream.is_tls() {
         let mut preface = [0u8; 24];
         match stream.try_peek(&mut preface).await {
@@ -406,7 +524,7 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut buf = BytesMut::new();
     loop {
-        if fast.runtime.load().proxy.hit_fast_path {
+        if on(&fast.runtime.load().proxy) {
             let quitting = *shutdown.borrow();
             match fast.serve(&mut stream, &mut buf, quitting).await {
                 Outcome::Served => continue,

@@ -15,9 +15,11 @@ pub mod headclock;
 pub mod headers;
 mod invalidate;
 mod limits;
+pub mod pass;
 pub mod path;
 mod release;
 pub mod sanitize;
+mod upstream;
 
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};

@@ -1,0 +1,460 @@
+//! The pass fast path: an HTTP/1 GET or HEAD that is known to go to the origin uncached before
+//! anything is asked of it — a bypass (a logged-in cookie, a `pass` route) or a key the
+//! predictor remembers as uncacheable — is forwarded here with [`super::upstream`]'s client
+//! instead of pingora's proxy path, which costs about three times nginx's CPU per pass.
+//!
+//! It does what the proxy's hooks do for such a request: the pool and server choice
+//! (`Pool::pick`, in-flight counts, passive health), the request headers the origin must not
+//! see removed and the forwarding headers set (`sanitize`, pingora's hop-by-hop list), the
+//! normalised query and no cookies for cacheable routes, `Cache-Status`, `X-Request-Id`,
+//! internal headers removed, `Date` and `Connection` as pingora writes them, 502 on an origin
+//! failure, the predictor kept up to date, one access-log event and the same metrics. When
+//! nothing has been sent yet and it cannot go on (no healthy server), it hands the request back
+//! to pingora, whose answers for that case are the reference.
+
+use super::fast::{FastPath, Outcome};
+use super::headclock::TimedHead;
+use super::headers;
+use super::sanitize::UNTRUSTED;
+use super::upstream::{self, BadHead, Framing, RelayError};
+use crate::cache::policy::{self, Bypass};
+use crate::config::{Runtime, Site};
+use crate::metrics::RequestEvent;
+use crate::rules::Rule;
+use bytes::{BufMut, BytesMut};
+use http::Method;
+use pingora::cache::predictor::CacheablePredictor;
+use pingora::cache::{CacheKey, NoCacheReason};
+use pingora::http::ResponseHeader;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// Why the request is passed.
+pub enum Kind {
+    /// The request says so (cookie, route); the origin gets it as the client sent it.
+    Bypass(Bypass),
+    /// A cacheable request whose key the predictor remembers as uncacheable.
+    Predicted(CacheKey),
+}
+
+/// A request the pass fast path will forward, as decided from its head.
+pub struct Plan {
+    pub runtime: Arc<Runtime>,
+    pub site: Arc<Site>,
+    pub rule: Arc<Rule>,
+    pub pool: String,
+    pub kind: Kind,
+    /// The request head the origin gets.
+    pub head: BytesMut,
+    pub request_id: String,
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+}
+
+/// Request headers pingora removes before a request goes upstream (hop-by-hop), besides the
+/// untrusted ones; `x-request-id` is set again from the request id.
+const HOP_BY_HOP: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "x-request-id",
+];
+
+/// What the request head sent upstream holds, besides the client's own headers.
+pub struct Forwarding<'a> {
+    pub target: &'a str,
+    pub host: &'a str,
+    pub client: Option<IpAddr>,
+    pub tls: bool,
+    pub request_id: &'a str,
+    /// Cacheable route: the origin gets no cookies (a cookie must not shape a shared page).
+    pub drop_cookies: bool,
+}
+
+/// The request head for the origin: the client's headers in their order and case, minus the
+/// ones it must not get, plus the forwarding headers (as `upstream_request_filter` sets them).
+pub fn upstream_head(
+    method: &Method,
+    fields: &[httparse::Header],
+    rule: &Rule,
+    f: &Forwarding,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(f.target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    };
+    for h in fields {
+        let is = |n: &&str| h.name.eq_ignore_ascii_case(n);
+        if UNTRUSTED.iter().any(is)
+            || HOP_BY_HOP.iter().any(is)
+            || rule
+                .strip_headers
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n))
+            || f.drop_cookies && h.name.eq_ignore_ascii_case("cookie")
+        {
+            continue;
+        }
+        line(h.name.as_bytes(), h.value);
+    }
+    if let Some(ip) = f.client {
+        line(b"x-forwarded-for", ip.to_string().as_bytes());
+    }
+    line(
+        b"x-forwarded-proto",
+        if f.tls { &b"https"[..] } else { b"http" },
+    );
+    line(b"x-request-id", f.request_id.as_bytes());
+    line(b"x-forwarded-host", f.host.as_bytes());
+    out.put_slice(b"\r\n");
+    out
+}
+
+/// What became of a planned pass.
+pub enum Forwarded {
+    Done(Outcome),
+    /// Nothing was sent anywhere: pingora's path should take the request.
+    Fallback,
+}
+
+/// Counts a request in flight to a server for as long as it lives.
+struct InFlight<'a>(&'a crate::pools::Server);
+
+impl<'a> InFlight<'a> {
+    fn new(server: &'a crate::pools::Server) -> Self {
+        server.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(server)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How an exchange with the origin failed before its response head was read.
+struct Failed {
+    /// The request may be sent again on a new connection (a reused one was found closed).
+    retry: bool,
+    error: &'static str,
+}
+
+/// Sends the request head and reads the final response head (body bytes after it stay in
+/// `buf`).
+async fn exchange(
+    up: &mut tokio::net::TcpStream,
+    plan: &Plan,
+    buf: &mut BytesMut,
+    write_limit: Duration,
+    read_limit: Duration,
+) -> Result<upstream::Head, Failed> {
+    let fail = |retry, error| Failed { retry, error };
+    match tokio::time::timeout(write_limit, up.write_all(&plan.head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(fail(true, "WriteError")),
+        Err(_) => return Err(fail(false, "WriteTimedout")),
+    }
+    loop {
+        match upstream::parse_head(buf, plan.method == Method::HEAD) {
+            Ok(head) => return Ok(head),
+            Err(BadHead::Invalid(_)) => return Err(fail(false, "InvalidHTTPHeader")),
+            Err(BadHead::Incomplete) => {}
+        }
+        match upstream::read_more(up, buf, read_limit).await {
+            Ok(0) => return Err(fail(buf.is_empty(), "ConnectionClosed")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(fail(false, "ReadTimedout"))
+            }
+            Err(_) => return Err(fail(buf.is_empty(), "ReadError")),
+        }
+    }
+}
+
+/// What the access log and metrics get about a pass.
+struct Report<'a> {
+    status: u16,
+    upstream: Option<std::net::SocketAddr>,
+    upstream_time: Option<Duration>,
+    ttfb: Option<Duration>,
+    bytes: usize,
+    error: &'a str,
+    store: Option<Option<&'static str>>,
+}
+
+impl FastPath {
+    /// Forwards a planned pass to the origin and its answer to the client.
+    pub(super) async fn forward(
+        &self,
+        plan: Plan,
+        client: &mut TimedHead,
+        start: Instant,
+    ) -> Forwarded {
+        let Some(pool) = plan.site.pool(&plan.pool) else {
+            return Forwarded::Fallback;
+        };
+        let o = &plan.runtime.origin;
+        let connect_limit = pool.connect_timeout.unwrap_or(o.connect_timeout);
+        let read_limit = pool.read_timeout.unwrap_or(o.read_timeout);
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        let mut fresh_only = false;
+        let (server, _inflight, mut up, head, sent_at, upstream_time) = loop {
+            // No healthy server (or none left after a failed connect): nothing was sent, and
+            // pingora's path has the answers for that (its retries, the 503 page).
+            let Some(server) = pool.pick() else {
+                return Forwarded::Fallback;
+            };
+            let inflight = InFlight::new(server);
+            let sent_at = Instant::now();
+            let idle = (!fresh_only)
+                .then(|| upstream::take_idle(server.addr, o.idle_timeout, sent_at))
+                .flatten();
+            let reused = idle.is_some();
+            let mut up = match idle {
+                Some(up) => up,
+                None => match upstream::connect(server.addr, connect_limit).await {
+                    Ok(up) => up,
+                    Err(_) => {
+                        server.connect_failed(pool.passive_down);
+                        return Forwarded::Fallback;
+                    }
+                },
+            };
+            match exchange(&mut up, &plan, &mut buf, o.write_timeout, read_limit).await {
+                Ok(head) => break (server, inflight, up, head, sent_at, sent_at.elapsed()),
+                // An idle connection the origin closed as we took it: the request (a GET or
+                // HEAD without a body) goes again on a new one.
+                Err(f) if f.retry && reused => fresh_only = true,
+                Err(f) => {
+                    let addr = Some(server.addr);
+                    return self.bad_gateway(&plan, client, start, addr, f.error).await;
+                }
+            }
+        };
+        let status = head.status.as_u16();
+        server.answered(status, pool.passive_down);
+        let (detail, store) = match &plan.kind {
+            Kind::Bypass(_) => (None, None),
+            Kind::Predicted(key) => {
+                let reason = self.readmit(&plan, key, &head);
+                (Some(reason), Some(Some(reason)))
+            }
+        };
+        let detail_bypass = match &plan.kind {
+            Kind::Bypass(b) => Some(*b),
+            Kind::Predicted(_) => None,
+        };
+        let out = response_head(&plan, &head, detail_bypass, detail);
+        let ttfb = sent_at.elapsed() + (sent_at - start);
+        let relayed =
+            upstream::relay_body(&mut up, &mut buf, client, out, head.framing, read_limit).await;
+        let (bytes, error, outcome) = match relayed {
+            Ok((bytes, clean)) => {
+                if clean && head.reusable {
+                    upstream::put_idle(server.addr, up, o.idle_timeout, Instant::now());
+                }
+                let limits = &plan.runtime.proxy.limits;
+                client.rearm(limits.header_timeout, limits.keepalive_timeout);
+                (bytes, "", Outcome::Served)
+            }
+            // The response is cut short: only closing the connection tells the client.
+            Err(RelayError::Origin(e)) => (0, e, Outcome::Closed),
+            Err(RelayError::Client) => (0, "WriteError", Outcome::Closed),
+        };
+        self.report(
+            &plan,
+            start,
+            &Report {
+                status,
+                upstream: Some(server.addr),
+                upstream_time: Some(upstream_time),
+                ttfb: Some(ttfb),
+                bytes,
+                error,
+                store,
+            },
+        );
+        Forwarded::Done(outcome)
+    }
+
+    /// Runs the storage policy on a predicted-uncacheable key's response, as pingora's path
+    /// does, and tells the predictor; the `Cache-Status` detail. A response that has become
+    /// storable is not stored from here (this path has no cache fill): the predictor forgets
+    /// the key, so the next request takes the cache path and stores it.
+    fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> &'static str {
+        // A plain header map: the policy reads headers, not their case.
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = head.status;
+        parts.headers.reserve(head.fields.len());
+        for (name, value) in head.iter() {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                parts.headers.append(n, v);
+            }
+        }
+        let resp = ResponseHeader::from(parts);
+        match policy::admit(&plan.rule, &plan.path, &resp) {
+            Ok(_) => {
+                self.predictor.mark_cacheable(key);
+                "predicted-uncacheable"
+            }
+            Err(reason) => {
+                self.predictor
+                    .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
+                reason.as_str()
+            }
+        }
+    }
+
+    /// Answers 502 as pingora's `fail_to_proxy` does, and closes the connection.
+    async fn bad_gateway(
+        &self,
+        plan: &Plan,
+        client: &mut TimedHead,
+        start: Instant,
+        upstream: Option<std::net::SocketAddr>,
+        error: &'static str,
+    ) -> Forwarded {
+        let answer = format!(
+            "HTTP/1.1 502 Bad Gateway\r\nServer: Pingora\r\nDate: {}\r\nContent-Length: 0\r\n\
+             Cache-Control: private, no-store\r\nConnection: close\r\n\r\n",
+            pingora::protocols::http::date::get_cached_date()
+                .to_str()
+                .unwrap_or_default()
+        );
+        let _ = client.write_all(answer.as_bytes()).await;
+        let _ = client.flush().await;
+        let report = Report {
+            status: 502,
+            upstream,
+            upstream_time: None,
+            ttfb: Some(start.elapsed()),
+            bytes: 0,
+            error,
+            store: None,
+        };
+        self.report(plan, start, &report);
+        Forwarded::Done(Outcome::Closed)
+    }
+
+    fn report(&self, plan: &Plan, start: Instant, r: &Report) {
+        let total = start.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (cache, bypass) = match &plan.kind {
+            Kind::Bypass(b) => ("bypass", Some(b.as_str())),
+            Kind::Predicted(_) => ("uncacheable", None),
+        };
+        crate::telemetry::access(&crate::telemetry::AccessEvent {
+            site: &plan.site.name,
+            route: &plan.rule.name,
+            method: plan.method.as_str(),
+            path: &plan.path,
+            query: &plan.query,
+            status: r.status,
+            cache,
+            pool: &plan.pool,
+            upstream: r.upstream,
+            upstream_ms: r.upstream_time.map_or(0.0, ms),
+            total_ms: ms(total),
+            bytes: r.bytes,
+            error: r.error,
+            request_id: &plan.request_id,
+        });
+        self.metrics
+            .fast_passes
+            .with_label_values(&[&plan.site.name])
+            .inc();
+        self.metrics.request(&RequestEvent {
+            site: &plan.site.name,
+            route: &plan.rule.name,
+            pool: &plan.pool,
+            cache,
+            status: r.status,
+            total,
+            upstream: r.upstream_time,
+            ttfb: r.ttfb,
+            bytes: r.bytes,
+            bypass,
+            store: r.store,
+        });
+    }
+}
+
+/// The response head for the client: the origin's headers but the internal ones and those
+/// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
+fn response_head(
+    plan: &Plan,
+    head: &upstream::Head,
+    bypass: Option<Bypass>,
+    detail: Option<&str>,
+) -> BytesMut {
+    let tags = &plan.runtime.cache.tag_headers;
+    let mut out = BytesMut::with_capacity(head.head.len() + 256);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(head.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    };
+    for (name, value) in head.iter() {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let replaced = is("connection") || is("date") || is("x-request-id");
+        // A body framed by chunks goes out framed by chunks only.
+        let reframed = head.framing == Framing::Chunked && is("content-length");
+        if replaced
+            || reframed
+            || headers::INTERNAL_HEADERS.iter().any(|n| is(n))
+            || tags.iter().any(|n| is(n))
+        {
+            continue;
+        }
+        line(name, value);
+    }
+    if head.framing == Framing::Close {
+        line(b"Transfer-Encoding", b"chunked");
+    }
+    line(b"x-request-id", plan.request_id.as_bytes());
+    let status = match (bypass, detail) {
+        (Some(b), _) => format!("{}; fwd=bypass; detail={}", headers::CACHE_NAME, b.as_str()),
+        (None, detail) => format!(
+            "{}; fwd=miss; fwd-status={}; detail={}",
+            headers::CACHE_NAME,
+            head.status.as_u16(),
+            detail.unwrap_or("predicted-uncacheable")
+        ),
+    };
+    line(b"cache-status", status.as_bytes());
+    line(
+        b"Date",
+        pingora::protocols::http::date::get_cached_date().as_bytes(),
+    );
+    line(b"Connection", b"keep-alive");
+    out.put_slice(b"\r\n");
+    out
+}

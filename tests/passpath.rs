@@ -1,0 +1,385 @@
+//! The pass fast path (`proxy::pass`) forwards known passes (a bypass cookie, a predicted
+//! uncacheable key) with crossfade's own HTTP/1 client: the client and the origin must not be
+//! able to tell it from pingora's path, an origin's framing must reach the client re-framed,
+//! and a pooled connection the origin closed must cost a retry, not an error.
+
+mod common;
+use common::*;
+use http::Method;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RULES: &str = r#"
+[defaults]
+bypass_cookies = ["session"]
+"#;
+
+const PRIVATE: &[(&str, &str)] = &[
+    ("cache-control", "private, max-age=60"),
+    ("content-type", "text/html"),
+    ("surrogate-key", "page user-42"),
+    ("x-app", "accounts"),
+    ("set-cookie", "seen=1; Path=/"),
+];
+
+/// Header names and values, sorted, without those that differ between any two requests.
+fn sorted(headers: &http::HeaderMap, skip: &[&str]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| !skip.contains(&n.as_str()))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn counter(proxy: &Proxy, family: &str) -> String {
+    let (_, metrics) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{family}{{")))
+        .map_or("0".into(), |l| {
+            l.rsplit(' ').next().unwrap_or("0").to_string()
+        })
+}
+
+#[tokio::test]
+async fn passes_on_the_fast_path_are_the_passes_of_the_proxy_path() {
+    let origin = Origin::start(|_| async { reply(200, PRIVATE, "hello, member") }).await;
+    let fast = Proxy::single(&origin, RULES, "").await;
+    let slow = Proxy::single(&origin, RULES, "[proxy]\npass_fast_path = false\n").await;
+    let untrusted = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-original-url", "/admin"),
+        ("x-request-id", "req-1"),
+        ("accept-language", "de"),
+    ];
+    let mut seen = Vec::new();
+    let mut answers = Vec::new();
+    for proxy in [&fast, &slow] {
+        let c = proxy.client(&["www.shop.test"]);
+        // The first request for a private page learns it is uncacheable (pingora's path).
+        let first = get(&c, &proxy.url("/account?b=2&a=1"), &[]).await;
+        assert!(
+            first.cache().contains("detail=set-cookie"),
+            "{}",
+            first.cache()
+        );
+        let mut headers = untrusted.to_vec();
+        headers.push(("cookie", "theme=dark"));
+        let predicted = get(&c, &proxy.url("/account?b=2&a=1"), &headers).await;
+        let predicted_seen = origin.last();
+        headers.push(("cookie", "session=42"));
+        let bypass = get(&c, &proxy.url("/account?b=2&a=1"), &headers).await;
+        let bypass_seen = origin.last();
+        let head = send(&c, Method::HEAD, &proxy.url("/account"), &headers).await;
+        for (got, what) in [
+            (&predicted, "predicted"),
+            (&bypass, "bypass"),
+            (&head, "head"),
+        ] {
+            answers.push((
+                what,
+                got.status,
+                got.body.clone(),
+                sorted(&got.headers, &["date"]),
+            ));
+        }
+        for s in [predicted_seen, bypass_seen] {
+            // (Host names each proxy's own port.)
+            assert!(s
+                .header("host")
+                .is_some_and(|h| h.starts_with("www.shop.test:")));
+            seen.push((s.method, s.uri.to_string(), sorted(&s.headers, &["host"])));
+        }
+    }
+    let (fast_answers, slow_answers) = answers.split_at(3);
+    assert_eq!(
+        fast_answers, slow_answers,
+        "the client got different answers from the two paths"
+    );
+    let (f, s) = seen.split_at(2);
+    assert_eq!(f, s, "the origin got different requests from the two paths");
+    // What both gave: the normalised query and no cookie for the cacheable route's pass, the
+    // session cookie kept on the bypass, forwarding headers set by the edge, internal headers
+    // kept inside.
+    assert_eq!(f[0].1, "/account?a=1&b=2");
+    assert!(!f[0].2.iter().any(|(n, _)| n == "cookie"), "{:?}", f[0].2);
+    assert_eq!(f[1].1, "/account?b=2&a=1");
+    assert!(
+        f[1].2.contains(&("cookie".into(), "session=42".into())),
+        "{:?}",
+        f[1].2
+    );
+    for (_, _, h) in f {
+        assert!(
+            h.contains(&("x-forwarded-for".into(), "127.0.0.1".into())),
+            "{h:?}"
+        );
+        assert!(
+            h.contains(&("x-forwarded-host".into(), "www.shop.test".into())),
+            "{h:?}"
+        );
+        assert!(
+            h.contains(&("x-request-id".into(), "req-1".into())),
+            "{h:?}"
+        );
+        assert!(!h.iter().any(|(n, _)| n == "x-original-url"), "{h:?}");
+    }
+    let predicted = &fast_answers[0].3;
+    assert!(predicted.contains(&(
+        "cache-status".into(),
+        "crossfade; fwd=miss; fwd-status=200; detail=set-cookie".into()
+    )));
+    assert!(!predicted.iter().any(|(n, _)| n == "surrogate-key"));
+    assert_eq!(
+        counter(&fast, "crossfade_fast_path_passes_total").await,
+        "3"
+    );
+    assert_eq!(
+        counter(&slow, "crossfade_fast_path_passes_total").await,
+        "0"
+    );
+}
+
+/// A keep-alive origin speaking raw bytes: request `n` (counted over all connections, from 0)
+/// gets `answer(n)`; `None` closes the connection without an answer, and so does an answer
+/// that says `Connection: close`.
+async fn raw_origin(
+    answer: fn(usize) -> Option<Vec<u8>>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let count = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        match answer(n) {
+                            Some(bytes) => {
+                                let close = bytes.windows(17).any(|w| w == b"Connection: close");
+                                if sock.write_all(&bytes).await.is_err() || close {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// One raw request on a fresh connection; everything the proxy sent until it closed or went
+/// quiet for a second.
+async fn raw_exchange(proxy: &Proxy, requests: &str) -> String {
+    let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    sock.write_all(requests.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const BYPASS: &str = "GET /me HTTP/1.1\r\nHost: www.shop.test\r\nCookie: session=1\r\n\r\n";
+
+#[tokio::test]
+async fn an_origin_closing_a_pooled_connection_costs_a_retry_not_an_error() {
+    // Every connection answers its first request, then closes when the second arrives (the
+    // race of an origin's keep-alive timeout with a request on its way).
+    let (addr, count) = raw_origin(|n| {
+        let body = format!("answer {n}");
+        (n % 2 == 0).then(|| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+    })
+    .await;
+    // Only even requests are answered: the origin counts the dropped ones too.
+    let proxy = Proxy::single_addr(addr, RULES, "").await;
+    for i in 0..4 {
+        let got = raw_exchange(&proxy, BYPASS).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "request {i}: {got}");
+        assert!(
+            got.ends_with(&format!("answer {}", 2 * i)),
+            "request {i}: {got}"
+        );
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        7,
+        "three requests were sent twice"
+    );
+}
+
+#[tokio::test]
+async fn origin_bodies_reach_the_client_in_framing_this_proxy_wrote() {
+    let (addr, _) = raw_origin(|n| {
+        Some(match n {
+            // Chunked in many small chunks, with extensions and a trailer.
+            0 => {
+                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for i in 0..200 {
+                    r.extend_from_slice(format!("{:x};i={i}\r\n", 1000).as_bytes());
+                    r.extend_from_slice(&[b'a' + (i % 26) as u8; 1000]);
+                    r.extend_from_slice(b"\r\n");
+                }
+                r.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
+                r
+            }
+            // Both framings: chunked wins, and the length must not reach the client.
+            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            // No length: the body ends when the origin closes.
+            _ => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
+        })
+    })
+    .await;
+    let proxy = Proxy::single_addr(addr, RULES, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let big = get(&c, &proxy.url("/me"), &[("cookie", "session=1")]).await;
+    assert_eq!(big.status, 200);
+    let expected: String = (0..200)
+        .map(|i| String::from_utf8(vec![b'a' + (i % 26) as u8; 1000]).unwrap())
+        .collect();
+    assert!(
+        big.body == expected,
+        "a 200 KB chunked body arrived changed"
+    );
+    // Two answers on one client connection: both complete, the first without a length.
+    let both = raw_exchange(&proxy, &format!("{BYPASS}{BYPASS}")).await;
+    let (first, second) = both.split_once("\r\n0\r\n\r\n").expect(&both);
+    assert!(
+        !first.to_ascii_lowercase().contains("content-length"),
+        "{first}"
+    );
+    assert!(first.contains("5\r\nhello"), "{first}");
+    assert!(second.contains("Transfer-Encoding: chunked"), "{second}");
+    assert!(second.contains("until the end\r\n"), "{second}");
+    assert!(both.ends_with("0\r\n\r\n"), "{both}");
+}
+
+#[tokio::test]
+async fn origin_failures_on_the_fast_pass_are_clean_answers() {
+    let (addr, _) = raw_origin(|n| {
+        Some(match n {
+            0 => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            1 => b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine!".to_vec(),
+        })
+    })
+    .await;
+    let proxy = Proxy::single_addr(addr, RULES, "").await;
+    for what in ["conflicting lengths", "garbage"] {
+        let got = raw_exchange(&proxy, &format!("{BYPASS}{BYPASS}")).await;
+        assert!(
+            got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{what}: {got}"
+        );
+        assert_eq!(
+            got.matches("HTTP/1.1").count(),
+            1,
+            "{what}: closed after: {got}"
+        );
+        assert!(!got.contains("abcd"), "{what}: {got}");
+    }
+    let c = proxy.client(&["www.shop.test"]);
+    let fine = get(&c, &proxy.url("/me"), &[("cookie", "session=1")]).await;
+    assert_eq!((fine.status, fine.body.as_str()), (200, "fine!"));
+
+    // A body cut short: the client sees the connection end, never a complete-looking answer.
+    let (addr, _) =
+        raw_origin(|_| Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec()))
+            .await;
+    let cut = Proxy::single_addr(addr, RULES, "[origin]\nread_timeout = \"1s\"\n").await;
+    let got = raw_exchange(&cut, BYPASS).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK") && got.ends_with("only ten.."),
+        "{got}"
+    );
+
+    // An origin that is down: pingora's path answers (a server marked down: its 503 page).
+    let origin = Origin::start(|_| async { reply(200, &[], "up") }).await;
+    let down = Proxy::single(&origin, RULES, "").await;
+    origin.kill().await;
+    let c = down.client(&["www.shop.test"]);
+    let got = get(&c, &down.url("/me"), &[("cookie", "session=1")]).await;
+    assert!(
+        matches!(got.status, 502 | 503),
+        "{} {}",
+        got.status,
+        got.body
+    );
+    assert_eq!(
+        counter(&down, "crossfade_fast_path_passes_total").await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn a_predicted_uncacheable_page_that_turns_cacheable_is_stored_again() {
+    let public = Arc::new(AtomicBool::new(false));
+    let flag = public.clone();
+    let origin = Origin::start(move |_| {
+        let cc = if flag.load(Ordering::SeqCst) {
+            "public, max-age=60"
+        } else {
+            "private"
+        };
+        async move { reply(200, &[("cache-control", cc)], "page") }
+    })
+    .await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let url = proxy.url("/news");
+    assert!(get(&c, &url, &[]).await.cache().contains("detail=private"));
+    assert!(get(&c, &url, &[]).await.cache().contains("detail=private"));
+    public.store(true, Ordering::SeqCst);
+    // Forwarded as predicted, but the predictor learns the page is cacheable again …
+    let turned = get(&c, &url, &[]).await;
+    assert_eq!(turned.status, 200);
+    assert!(
+        turned.cache().contains("detail=predicted-uncacheable"),
+        "{}",
+        turned.cache()
+    );
+    // … so the next request is a miss that stores, and then a hit.
+    let stored = get(&c, &url, &[]).await;
+    assert!(
+        stored.cache().contains("fwd=miss") && stored.cache().contains("stored"),
+        "{}",
+        stored.cache()
+    );
+    assert!(get(&c, &url, &[]).await.is_hit());
+    assert_eq!(origin.hits(), 4);
+}
