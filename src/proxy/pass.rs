@@ -209,7 +209,8 @@ impl FastPath {
         client: &mut TimedHead,
         start: Instant,
     ) -> Forwarded {
-        let Some(pool) = plan.site.pool(&plan.pool) else {
+        // This client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
+        let Some(pool) = plan.site.pool(&plan.pool).filter(|p| !p.http2) else {
             return Forwarded::Fallback;
         };
         let o = &plan.runtime.origin;
