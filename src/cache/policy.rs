@@ -107,6 +107,20 @@ impl NotStored {
     }
 }
 
+/// The response headers [`admit`] reads to decide (the pass fast path builds a map of these
+/// only, to ask whether a predicted-uncacheable key has become storable). Keep it in step.
+pub const DECIDING_HEADERS: [header::HeaderName; 9] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::SET_COOKIE,
+    header::VARY,
+    header::EXPIRES,
+    header::DATE,
+    header::AGE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+];
+
 /// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
 /// any headers that must not be stored already removed.
 pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
@@ -114,11 +128,12 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if super::armor::mismatch(path, resp) {
         return Err(NotStored::TypeMismatch);
     }
-    let cc = CacheControl::from_resp_headers(resp);
     let has_set_cookie = resp.headers.contains_key(header::SET_COOKIE);
     if has_set_cookie && !rule.unsafe_strip_set_cookie {
         return Err(NotStored::SetCookie);
     }
+    // Parsed after the cheap checks: pingora's parser runs a regex over the value.
+    let cc = CacheControl::from_resp_headers(resp);
     if let Some(cc) = &cc {
         if cc.private() {
             return Err(NotStored::Private);
@@ -259,4 +274,77 @@ fn origin_freshness(
 
 fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
     httpdate::parse_http_date(v.to_str().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{NameSet, QueryFilter};
+
+    fn honor() -> Rule {
+        Rule {
+            name: "honor".into(),
+            matcher: None,
+            methods: None,
+            mode: Mode::Honor,
+            edge_ttl: None,
+            ttl_by_status: vec![],
+            browser_ttl: None,
+            browser_immutable: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            bypass_cookies: NameSet::default(),
+            key_cookies: vec![],
+            key_headers: vec![],
+            strip_headers: vec![],
+            query: QueryFilter::Drop(NameSet::default()),
+            query_sort: true,
+            unsafe_strip_set_cookie: false,
+            max_body: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_deciding_headers_decide_as_all_headers_do() {
+        let noise = [
+            ("surrogate-control", "max-age=3600"),
+            ("pragma", "no-cache"),
+            ("x-accel-expires", "0"),
+            ("content-length", "10"),
+        ];
+        let cases: [&[(&str, &str)]; 8] = [
+            &[("cache-control", "private")],
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/html"),
+            ],
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+            &[
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+                ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ],
+            &[("etag", "\"x\"")],
+            &[
+                ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT"),
+                ("age", "5"),
+            ],
+        ];
+        let rule = honor();
+        for (i, case) in cases.iter().enumerate() {
+            for path in ["/page", "/a.css"] {
+                let mut all = ResponseHeader::build(200, None).unwrap();
+                let mut deciding = ResponseHeader::build(200, None).unwrap();
+                for (n, v) in case.iter().chain(noise.iter()) {
+                    all.append_header(*n, *v).unwrap();
+                    if DECIDING_HEADERS.iter().any(|h| h == n) {
+                        deciding.append_header(*n, *v).unwrap();
+                    }
+                }
+                let decide = |r: &ResponseHeader| admit(&rule, path, r).err();
+                assert_eq!(decide(&all), decide(&deciding), "case {i} at {path}");
+            }
+        }
+    }
 }

@@ -58,6 +58,15 @@ pub enum Outcome {
     Closed,
 }
 
+/// What the fast path keeps of a client connection between its requests.
+#[derive(Default)]
+pub struct Conn {
+    /// Bytes read and not yet used (the start of a pipelined request).
+    buf: BytesMut,
+    /// The client's IP address as `X-Forwarded-For` gives it, once a pass needed it.
+    peer: Option<String>,
+}
+
 /// What the fast path does with a request.
 enum Decision {
     /// A plain hit: the response to write, and what the logs need of it.
@@ -109,12 +118,8 @@ const NOT_PLAIN: [&str; 12] = [
 impl FastPath {
     /// Reads the next request head on `stream` (after any bytes left in `buf`) and answers it
     /// when it is a plain hit.
-    pub async fn serve(
-        &self,
-        stream: &mut TimedHead,
-        buf: &mut BytesMut,
-        shutdown: bool,
-    ) -> Outcome {
+    pub async fn serve(&self, stream: &mut TimedHead, conn: &mut Conn, shutdown: bool) -> Outcome {
+        let Conn { buf, peer } = conn;
         let rt = self.runtime.load_full();
         let limits = &rt.proxy.limits;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
@@ -140,7 +145,7 @@ impl FastPath {
         let decision = if shutdown || self.draining.load(Ordering::Relaxed) {
             None
         } else {
-            self.decide(&rt, &buf[..head_len], stream)
+            self.decide(&rt, &buf[..head_len], stream, peer)
         };
         let (mut head, answer) = match decision {
             Some(Decision::Hit(head, answer)) => (head, answer),
@@ -195,7 +200,13 @@ impl FastPath {
 
     /// What to do with `head`: answer a plain hit, forward a known pass, or (`None`) leave it
     /// to pingora.
-    fn decide(&self, rt: &Arc<Runtime>, head: &[u8], stream: &TimedHead) -> Option<Decision> {
+    fn decide(
+        &self,
+        rt: &Arc<Runtime>,
+        head: &[u8],
+        stream: &TimedHead,
+        peer: &mut Option<String>,
+    ) -> Option<Decision> {
         let (hits, passes) = (rt.proxy.hit_fast_path, rt.proxy.pass_fast_path);
         let tls = stream.is_tls();
         let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -328,13 +339,16 @@ impl FastPath {
         if !passes {
             return None;
         }
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Formatted once per connection ("" when the client has no IP address).
+        let client = peer.get_or_insert_with(|| {
+            let addr = stream.get_socket_digest();
+            let ip = addr.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            ip.map_or(String::new(), |ip| ip.to_string())
+        });
         let forwarding = Forwarding {
             target: keyed_target.as_deref().unwrap_or(target),
             host: &host,
-            client,
+            client: (!client.is_empty()).then_some(client.as_str()),
             tls,
             request_id: &request_id,
             drop_cookies: keyed_target.is_some(),
@@ -522,15 +536,18 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
         return;
     }
     let mut settings: Option<HttpPersistentSettings> = None;
-    let mut buf = BytesMut::new();
+    let mut conn = Conn::default();
     loop {
         if on(&fast.runtime.load().proxy) {
             let quitting = *shutdown.borrow();
-            match fast.serve(&mut stream, &mut buf, quitting).await {
+            match fast.serve(&mut stream, &mut conn, quitting).await {
                 Outcome::Served => continue,
                 Outcome::Closed => return,
                 Outcome::Pass => {}
             }
+        } else if !conn.buf.is_empty() {
+            // Turned off by a reload with a pipelined request read: pingora reads it.
+            stream.unread(conn.buf.split());
         }
         let mut session = ServerSession::new_http1(stream);
         match settings.take() {

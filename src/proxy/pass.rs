@@ -26,7 +26,6 @@ use http::Method;
 use pingora::cache::predictor::CacheablePredictor;
 use pingora::cache::{CacheKey, NoCacheReason};
 use pingora::http::ResponseHeader;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,7 +74,7 @@ const HOP_BY_HOP: [&str; 11] = [
 pub struct Forwarding<'a> {
     pub target: &'a str,
     pub host: &'a str,
-    pub client: Option<IpAddr>,
+    pub client: Option<&'a str>,
     pub tls: bool,
     pub request_id: &'a str,
     /// Cacheable route: the origin gets no cookies (a cookie must not shape a shared page).
@@ -116,7 +115,7 @@ pub fn upstream_head(
         line(h.name.as_bytes(), h.value);
     }
     if let Some(ip) = f.client {
-        line(b"x-forwarded-for", ip.to_string().as_bytes());
+        line(b"x-forwarded-for", ip.as_bytes());
     }
     line(
         b"x-forwarded-proto",
@@ -302,16 +301,19 @@ impl FastPath {
     /// storable is not stored from here (this path has no cache fill): the predictor forgets
     /// the key, so the next request takes the cache path and stores it.
     fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> &'static str {
-        // A plain header map: the policy reads headers, not their case.
+        // A plain map of the headers the policy reads, their values shared with the head.
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = head.status;
-        parts.headers.reserve(head.fields.len());
-        for (name, value) in head.iter() {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                parts.headers.append(n, v);
+        for (n, v) in &head.fields {
+            let name = &head.head[n.clone()];
+            let Some(known) = policy::DECIDING_HEADERS
+                .iter()
+                .find(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            else {
+                continue;
+            };
+            if let Ok(value) = http::HeaderValue::from_maybe_shared(head.head.slice(v.clone())) {
+                parts.headers.append(known.clone(), value);
             }
         }
         let resp = ResponseHeader::from(parts);
