@@ -8,6 +8,7 @@
 //! identity, so a newer version under the same id is never dropped by mistake) when moka drops
 //! the object — evicted, replaced or purged.
 
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,8 +80,9 @@ impl Entry {
 /// URL and surrogate-key index over stored objects.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// `host/path?query` → every stored variant of that URL.
-    by_url: BTreeMap<Arc<str>, Vec<Arc<Entry>>>,
+    /// `host/path?query` → every stored variant of that URL (almost always one: kept inline,
+    /// not in a heap vector of its own).
+    by_url: BTreeMap<Arc<str>, SmallVec<[Arc<Entry>; 1]>>,
     /// surrogate key → object id → entry.
     by_tag: HashMap<Arc<str>, HashMap<u128, Arc<Entry>>>,
     /// site → number of stored objects.
@@ -136,7 +138,7 @@ impl Index {
 
     /// Every stored variant of exactly this URL.
     pub fn url(&self, url: &str) -> Vec<Arc<Entry>> {
-        self.by_url.get(url).cloned().unwrap_or_default()
+        self.by_url.get(url).map_or_else(Vec::new, |v| v.to_vec())
     }
 
     /// Every stored object whose URL starts with `prefix`.

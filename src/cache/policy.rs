@@ -191,6 +191,11 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if has_set_cookie {
         stored.remove_header(&header::SET_COOKIE);
     }
+    // Never sent from the cache (every answer gets its own Date and Connection), so not kept:
+    // ~60 bytes of every stored object.
+    for name in NOT_STORED {
+        stored.remove_header(&name);
+    }
     let fresh_until = if ttl.is_zero() {
         // Already stale: every use is revalidated first.
         now - Duration::from_secs(1)
@@ -205,6 +210,13 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
         stored,
     ))
 }
+
+/// Response fields a stored object does not keep.
+const NOT_STORED: [header::HeaderName; 3] = [
+    header::DATE,
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+];
 
 /// Header fields a 304 must not change in the stored response (framing and hop-by-hop).
 const NOT_UPDATED_BY_304: [header::HeaderName; 5] = [

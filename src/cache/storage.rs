@@ -113,7 +113,6 @@ impl EdgeStorage {
             objects: moka::sync::Cache::builder()
                 .max_capacity(capacity_bytes)
                 .weigher(|_, o: &Arc<Object>| o.weight())
-                .support_invalidation_closures()
                 .eviction_listener(move |_, o: Arc<Object>, cause| {
                     lock(&listener_index).remove(&o.entry);
                     if cause == moka::notification::RemovalCause::Size {
@@ -236,21 +235,15 @@ impl EdgeStorage {
         }
         count.removed = doomed.len() as u64;
         let (objects, order) = (self.objects.clone(), self.write_order.clone());
+        // Only the purged versions: a newer object stored since then stays.
         let remove = move || {
-            for chunk in doomed.chunks(64) {
-                let _order = lock(&order);
-                for e in chunk {
-                    // Only the purged version: a newer object stored since then stays.
-                    objects
-                        .entry(e.id)
-                        .and_compute_with(|current| match current {
-                            Some(c) if Arc::ptr_eq(&c.value().entry, e) => {
-                                moka::ops::compute::Op::Remove
-                            }
-                            _ => moka::ops::compute::Op::Nop,
-                        });
-                }
-            }
+            remove_if(
+                &objects,
+                &order,
+                &doomed,
+                |e| e.id,
+                |e, o| Arc::ptr_eq(&o.entry, e),
+            )
         };
         if count.removed as usize <= SYNC_REMOVAL_LIMIT {
             remove();
@@ -305,13 +298,47 @@ impl EdgeStorage {
             drop(epochs);
             let site: Option<Arc<str>> = site.map(Arc::from);
             // Reclaims the memory in the background; lookups already treat these as gone.
-            let _ = self.objects.invalidate_entries_if(move |_, o| {
-                o.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
+            // (A walk rather than moka's `invalidate_entries_if`, whose support costs a
+            // write-order queue node on every object.)
+            let (objects, order) = (self.objects.clone(), self.write_order.clone());
+            std::thread::spawn(move || {
+                let gone = |o: &Object| {
+                    o.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
+                };
+                let ids: Vec<u128> = objects
+                    .iter()
+                    .filter(|(_, o)| gone(o))
+                    .map(|(id, _)| *id)
+                    .collect();
+                remove_if(&objects, &order, &ids, |id| *id, |_, o| gone(o));
             });
             PurgeCount {
                 removed: affected,
                 stale: 0,
             }
+        }
+    }
+}
+
+/// Removes the object of each of `items` (its id by `id`) that `doomed` still says is gone
+/// when its turn comes (a newer object stored under the id meanwhile stays), a few at a time
+/// under the write order.
+fn remove_if<T>(
+    objects: &moka::sync::Cache<u128, Arc<Object>>,
+    order: &Mutex<()>,
+    items: &[T],
+    id: impl Fn(&T) -> u128,
+    doomed: impl Fn(&T, &Object) -> bool,
+) {
+    for chunk in items.chunks(64) {
+        let _order = lock(order);
+        for item in chunk {
+            objects
+                .entry(id(item))
+                .and_compute_with(|current| match current {
+                    Some(c) if doomed(item, c.value()) => moka::ops::compute::Op::Remove,
+                    _ => moka::ops::compute::Op::Nop,
+                });
         }
     }
 }
