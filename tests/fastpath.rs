@@ -50,18 +50,6 @@ fn comparable(got: &Got) -> Vec<(String, String)> {
     out
 }
 
-async fn fast_hits(proxy: &Proxy) -> String {
-    let (_, metrics) = proxy
-        .admin_call(Some(READ_TOKEN), http::Method::GET, "/metrics", "")
-        .await;
-    let text = metrics.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find(|l| l.starts_with("crossfade_fast_path_hits_total{"))
-        .map_or("0".into(), |l| {
-            l.rsplit(' ').next().unwrap_or("0").to_string()
-        })
-}
-
 #[tokio::test]
 async fn hits_from_the_fast_path_are_the_hits_of_the_proxy_path() {
     let origin = Origin::start(|_| async { reply(200, HEADERS, "body { color: red }") }).await;
@@ -103,8 +91,14 @@ async fn hits_from_the_fast_path_are_the_hits_of_the_proxy_path() {
     )));
     assert!(!asset.iter().any(|(n, _)| n == "surrogate-key"));
     // Which path answered: two hits and two HEADs on the fast proxy, none on the other.
-    assert_eq!(fast_hits(&fast).await, "4");
-    assert_eq!(fast_hits(&slow).await, "0");
+    assert_eq!(
+        proxy_counter(&fast, "crossfade_fast_path_hits_total").await,
+        "4"
+    );
+    assert_eq!(
+        proxy_counter(&slow, "crossfade_fast_path_hits_total").await,
+        "0"
+    );
     assert_eq!(origin.hits(), 4);
 }
 
@@ -128,7 +122,10 @@ async fn requests_that_are_not_plain_hits_still_take_the_proxy_path() {
         "{}",
         logged_in.cache()
     );
-    assert_eq!(fast_hits(&proxy).await, "0");
+    assert_eq!(
+        proxy_counter(&proxy, "crossfade_fast_path_hits_total").await,
+        "0"
+    );
 
     // Pipelined: a hit, then a pass, then a hit, in one write; three answers in order.
     let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -35,18 +35,6 @@ fn sorted(headers: &http::HeaderMap, skip: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-async fn counter(proxy: &Proxy, family: &str) -> String {
-    let (_, metrics) = proxy
-        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
-        .await;
-    let text = metrics.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{family}{{")))
-        .map_or("0".into(), |l| {
-            l.rsplit(' ').next().unwrap_or("0").to_string()
-        })
-}
-
 #[tokio::test]
 async fn passes_on_the_fast_path_are_the_passes_of_the_proxy_path() {
     let origin = Origin::start(|_| async { reply(200, PRIVATE, "hello, member") }).await;
@@ -138,11 +126,11 @@ async fn passes_on_the_fast_path_are_the_passes_of_the_proxy_path() {
     )));
     assert!(!predicted.iter().any(|(n, _)| n == "surrogate-key"));
     assert_eq!(
-        counter(&fast, "crossfade_fast_path_passes_total").await,
+        proxy_counter(&fast, "crossfade_fast_path_passes_total").await,
         "3"
     );
     assert_eq!(
-        counter(&slow, "crossfade_fast_path_passes_total").await,
+        proxy_counter(&slow, "crossfade_fast_path_passes_total").await,
         "0"
     );
 }
@@ -341,7 +329,7 @@ async fn origin_failures_on_the_fast_pass_are_clean_answers() {
         got.body
     );
     assert_eq!(
-        counter(&down, "crossfade_fast_path_passes_total").await,
+        proxy_counter(&down, "crossfade_fast_path_passes_total").await,
         "0"
     );
 }

@@ -291,30 +291,6 @@ fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{NameSet, QueryFilter};
-
-    fn honor() -> Rule {
-        Rule {
-            name: "honor".into(),
-            matcher: None,
-            methods: None,
-            mode: Mode::Honor,
-            edge_ttl: None,
-            ttl_by_status: vec![],
-            browser_ttl: None,
-            browser_immutable: false,
-            stale_while_revalidate: None,
-            stale_if_error: None,
-            bypass_cookies: NameSet::default(),
-            key_cookies: vec![],
-            key_headers: vec![],
-            strip_headers: vec![],
-            query: QueryFilter::Drop(NameSet::default()),
-            query_sort: true,
-            unsafe_strip_set_cookie: false,
-            max_body: 1 << 20,
-        }
-    }
 
     #[test]
     fn the_deciding_headers_decide_as_all_headers_do() {
@@ -343,7 +319,7 @@ mod tests {
                 ("age", "5"),
             ],
         ];
-        let rule = honor();
+        let rule = crate::rules::honor_rule("honor", None);
         for (i, case) in cases.iter().enumerate() {
             for path in ["/page", "/a.css"] {
                 let mut all = ResponseHeader::build(200, None).unwrap();

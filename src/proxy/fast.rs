@@ -18,13 +18,14 @@ use super::headclock::TimedHead;
 use super::headers;
 use super::pass::{self, Forwarded, Forwarding, Kind, Plan};
 use super::release::{self, Choice};
+use super::wire;
 use crate::cache::storage::EdgeStorage;
 use crate::cache::{key, policy};
 use crate::config::Runtime;
 use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
@@ -433,18 +434,8 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Bytes) -> Option<Deci
             || browser.is_some() && (lower("cache-control") || lower("expires"))
     };
     let status = stored.status;
-    let mut out = BytesMut::with_capacity(512 + body.len());
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    };
+    let mut out = wire::Head::response(status, 512 + body.len());
+    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     if stored.has_case() {
         for (name, value) in stored.case_header_iter() {
             if !skip(name.as_slice()) {
@@ -473,12 +464,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Bytes) -> Option<Deci
     if let Some(cc) = &browser {
         line(b"Cache-Control", cc.as_bytes());
     }
-    line(
-        b"Date",
-        pingora::protocols::http::date::get_cached_date().as_bytes(),
-    );
-    line(b"Connection", b"keep-alive");
-    out.put_slice(b"\r\n");
+    let out = out.finish_response();
     let answer = Answer {
         body: (r.method == Method::GET).then_some(body),
         status: status.as_u16(),

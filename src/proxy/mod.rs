@@ -20,6 +20,7 @@ pub mod path;
 mod release;
 pub mod sanitize;
 mod upstream;
+mod wire;
 
 use crate::cache::{key, policy, CacheCore};
 use crate::config::{normalize_host, Runtime};

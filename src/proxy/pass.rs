@@ -17,11 +17,12 @@ use super::headclock::TimedHead;
 use super::headers;
 use super::sanitize::UNTRUSTED;
 use super::upstream::{self, BadHead, Framing, RelayError};
+use super::wire;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::metrics::RequestEvent;
 use crate::rules::Rule;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use http::Method;
 use pingora::cache::predictor::CacheablePredictor;
 use pingora::cache::{CacheKey, NoCacheReason};
@@ -89,17 +90,8 @@ pub fn upstream_head(
     rule: &Rule,
     f: &Forwarding,
 ) -> BytesMut {
-    let mut out = BytesMut::with_capacity(512);
-    out.put_slice(method.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(f.target.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    };
+    let mut out = wire::Head::request(method, f.target);
+    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     for h in fields {
         let is = |n: &&str| h.name.eq_ignore_ascii_case(n);
         if UNTRUSTED.iter().any(is)
@@ -123,8 +115,7 @@ pub fn upstream_head(
     );
     line(b"x-request-id", f.request_id.as_bytes());
     line(b"x-forwarded-host", f.host.as_bytes());
-    out.put_slice(b"\r\n");
-    out
+    out.finish()
 }
 
 /// What became of a planned pass.
@@ -413,18 +404,8 @@ fn response_head(
     detail: Option<&str>,
 ) -> BytesMut {
     let tags = &plan.runtime.cache.tag_headers;
-    let mut out = BytesMut::with_capacity(head.head.len() + 256);
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(head.status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    };
+    let mut out = wire::Head::response(head.status, head.head.len() + 256);
+    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     for (name, value) in head.iter() {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         let replaced = is("connection") || is("date") || is("x-request-id");
@@ -453,11 +434,5 @@ fn response_head(
         ),
     };
     line(b"cache-status", status.as_bytes());
-    line(
-        b"Date",
-        pingora::protocols::http::date::get_cached_date().as_bytes(),
-    );
-    line(b"Connection", b"keep-alive");
-    out.put_slice(b"\r\n");
-    out
+    out.finish_response()
 }

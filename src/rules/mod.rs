@@ -206,31 +206,37 @@ impl RouteTable {
     }
 }
 
+/// A route with every setting at its default: honour the origin (unit tests' starting point).
+#[cfg(test)]
+pub(crate) fn honor_rule(name: &str, matcher: Option<PathMatch>) -> Rule {
+    Rule {
+        name: name.into(),
+        matcher,
+        methods: None,
+        mode: Mode::Honor,
+        edge_ttl: None,
+        ttl_by_status: vec![],
+        browser_ttl: None,
+        browser_immutable: false,
+        stale_while_revalidate: None,
+        stale_if_error: None,
+        bypass_cookies: NameSet::default(),
+        key_cookies: vec![],
+        key_headers: vec![],
+        strip_headers: vec![],
+        query: QueryFilter::Drop(NameSet::default()),
+        query_sort: true,
+        unsafe_strip_set_cookie: false,
+        max_body: 1 << 20,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rule(name: &str, matcher: PathMatch) -> Arc<Rule> {
-        Arc::new(Rule {
-            name: name.into(),
-            matcher: Some(matcher),
-            methods: None,
-            mode: Mode::Honor,
-            edge_ttl: None,
-            ttl_by_status: vec![],
-            browser_ttl: None,
-            browser_immutable: false,
-            stale_while_revalidate: None,
-            stale_if_error: None,
-            bypass_cookies: NameSet::default(),
-            key_cookies: vec![],
-            key_headers: vec![],
-            strip_headers: vec![],
-            query: QueryFilter::Drop(NameSet::default()),
-            query_sort: true,
-            unsafe_strip_set_cookie: false,
-            max_body: 1 << 20,
-        })
+        Arc::new(honor_rule(name, Some(matcher)))
     }
 
     #[test]

@@ -442,6 +442,21 @@ impl Drop for Proxy {
 }
 
 /// A response as the client received it.
+/// The value of the first sample of a counter family on the proxy's `/metrics` ("0" when the
+/// family has no sample yet).
+pub async fn proxy_counter(proxy: &Proxy, family: &str) -> String {
+    let (_, metrics) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    let text = metrics.as_str().unwrap_or_default().to_string();
+    let prefix = format!("{family}{{");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .map_or("0".into(), |l| {
+            l.rsplit(' ').next().unwrap_or("0").to_string()
+        })
+}
+
 pub struct Got {
     pub status: u16,
     pub headers: HeaderMap,
