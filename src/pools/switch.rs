@@ -188,6 +188,12 @@ impl Release {
         self.states.load().get(site).cloned()
     }
 
+    /// Every site's state as of now, to read without copying (the request paths look at one
+    /// site per request; a copy was a handful of allocations).
+    pub fn current(&self) -> arc_swap::Guard<Arc<HashMap<String, SiteState>>> {
+        self.states.load()
+    }
+
     pub fn all(&self) -> Arc<HashMap<String, SiteState>> {
         self.states.load_full()
     }

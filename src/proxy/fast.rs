@@ -277,14 +277,15 @@ impl FastPath {
         if !rule.key_headers.is_empty() || !rule.key_cookies.is_empty() {
             return None;
         }
-        let state = self.release.get(&site.name)?;
+        let states = self.release.current();
+        let state = states.get(&*site.name)?;
         if state.maintenance.covers(&rule.name) {
             return None;
         }
         let r = &rt.release;
         let choice = release::choose(
             site,
-            &state,
+            state,
             path,
             &headers,
             &r.cohort_cookie,

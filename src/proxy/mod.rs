@@ -19,7 +19,7 @@ pub mod pass;
 pub mod path;
 mod release;
 pub mod sanitize;
-mod upstream;
+pub mod upstream;
 mod wire;
 
 use crate::cache::{key, policy, CacheCore};

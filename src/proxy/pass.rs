@@ -158,10 +158,19 @@ async fn exchange(
     read_limit: Duration,
 ) -> Result<upstream::Head, Failed> {
     let fail = |retry, error| Failed { retry, error };
-    match tokio::time::timeout(write_limit, up.write_all(&plan.head)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(fail(true, "WriteError")),
-        Err(_) => return Err(fail(false, "WriteTimedout")),
+    // A head fits an idle connection's empty send buffer: written at once, without arming a
+    // timer; the rest, if any, under the write timeout.
+    let written = match up.try_write(&plan.head) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(fail(true, "WriteError")),
+    };
+    if written < plan.head.len() {
+        match tokio::time::timeout(write_limit, up.write_all(&plan.head[written..])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(fail(true, "WriteError")),
+            Err(_) => return Err(fail(false, "WriteTimedout")),
+        }
     }
     loop {
         match upstream::parse_head(buf, plan.method == Method::HEAD) {

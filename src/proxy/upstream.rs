@@ -302,7 +302,7 @@ fn chunk(out: &mut BytesMut, data: &[u8]) {
 /// framed, never the origin's bytes verbatim (an origin's bad framing cannot reach the client
 /// as a second response).
 #[derive(Default)]
-struct Chunked {
+pub struct Chunked {
     state: ChunkState,
     /// Data bytes appended by the last `decode` call.
     data: usize,
@@ -318,9 +318,14 @@ enum ChunkState {
 }
 
 impl Chunked {
+    /// Data bytes (not framing) the last `decode` call appended.
+    pub fn data(&self) -> usize {
+        self.data
+    }
+
     /// Decodes what `buf` holds, appending re-framed chunks (and the last chunk) to `out`;
     /// `Ok(true)` once the body's end was read.
-    fn decode(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, &'static str> {
+    pub fn decode(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, &'static str> {
         self.data = 0;
         loop {
             match self.state {
