@@ -217,7 +217,7 @@ impl FastPath {
         let read_limit = pool.read_timeout.unwrap_or(o.read_timeout);
         let mut buf = BytesMut::with_capacity(16 << 10);
         let mut fresh_only = false;
-        let (server, _inflight, mut up, head, sent_at, upstream_time) = loop {
+        let (server, _inflight, mut up, head, upstream_time) = loop {
             // No healthy server (or none left after a failed connect): nothing was sent, and
             // pingora's path has the answers for that (its retries, the 503 page).
             let Some(server) = pool.pick() else {
@@ -240,7 +240,7 @@ impl FastPath {
                 },
             };
             match exchange(&mut up, &plan, &mut buf, o.write_timeout, read_limit).await {
-                Ok(head) => break (server, inflight, up, head, sent_at, sent_at.elapsed()),
+                Ok(head) => break (server, inflight, up, head, sent_at.elapsed()),
                 // An idle connection the origin closed as we took it: the request (a GET or
                 // HEAD without a body) goes again on a new one.
                 Err(f) if f.retry && reused => fresh_only = true,
@@ -252,19 +252,13 @@ impl FastPath {
         };
         let status = head.status.as_u16();
         server.answered(status, pool.passive_down);
-        let (detail, store) = match &plan.kind {
-            Kind::Bypass(_) => (None, None),
-            Kind::Predicted(key) => {
-                let reason = self.readmit(&plan, key, &head);
-                (Some(reason), Some(Some(reason)))
-            }
+        // Why a predicted key's response is not stored (it never is from here).
+        let not_stored = match &plan.kind {
+            Kind::Bypass(_) => None,
+            Kind::Predicted(key) => Some(self.readmit(&plan, key, &head)),
         };
-        let detail_bypass = match &plan.kind {
-            Kind::Bypass(b) => Some(*b),
-            Kind::Predicted(_) => None,
-        };
-        let out = response_head(&plan, &head, detail_bypass, detail);
-        let ttfb = sent_at.elapsed() + (sent_at - start);
+        let out = response_head(&plan, &head, not_stored);
+        let ttfb = start.elapsed();
         let relayed =
             upstream::relay_body(&mut up, &mut buf, client, out, head.framing, read_limit).await;
         let (bytes, error, outcome) = match relayed {
@@ -290,7 +284,7 @@ impl FastPath {
                 ttfb: Some(ttfb),
                 bytes,
                 error,
-                store,
+                store: not_stored.map(Some),
             },
         );
         Forwarded::Done(outcome)
@@ -406,12 +400,7 @@ impl FastPath {
 
 /// The response head for the client: the origin's headers but the internal ones and those
 /// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
-fn response_head(
-    plan: &Plan,
-    head: &upstream::Head,
-    bypass: Option<Bypass>,
-    detail: Option<&str>,
-) -> BytesMut {
+fn response_head(plan: &Plan, head: &upstream::Head, not_stored: Option<&str>) -> BytesMut {
     let tags = &plan.runtime.cache.tag_headers;
     let mut out = wire::Head::response(head.status, head.head.len() + 256);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
@@ -433,13 +422,13 @@ fn response_head(
         line(b"Transfer-Encoding", b"chunked");
     }
     line(b"x-request-id", plan.request_id.as_bytes());
-    let status = match (bypass, detail) {
-        (Some(b), _) => format!("{}; fwd=bypass; detail={}", headers::CACHE_NAME, b.as_str()),
-        (None, detail) => format!(
+    let status = match &plan.kind {
+        Kind::Bypass(b) => format!("{}; fwd=bypass; detail={}", headers::CACHE_NAME, b.as_str()),
+        Kind::Predicted(_) => format!(
             "{}; fwd=miss; fwd-status={}; detail={}",
             headers::CACHE_NAME,
             head.status.as_u16(),
-            detail.unwrap_or("predicted-uncacheable")
+            not_stored.unwrap_or("predicted-uncacheable")
         ),
     };
     line(b"cache-status", status.as_bytes());
