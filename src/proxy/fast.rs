@@ -1,5 +1,6 @@
-//! The hit fast path: an HTTP/1 request that is a plain hit on a fresh stored object is
-//! answered here, before pingora's proxy sees it; everything else goes to pingora untouched.
+//! The fast paths: an HTTP/1 request that is a plain hit on a fresh stored object is
+//! answered here, and one that is a known pass is forwarded by [`super::pass`], before
+//! pingora's proxy sees either; everything else goes to pingora untouched.
 //!
 //! pingora-proxy spends most of a hit's CPU on its own machinery (a ~14 KB request future moved
 //! per request, header maps built and copied, the cache state machine), about three times what
@@ -12,7 +13,7 @@
 //! browser TTL rewrite, internal headers removed, Date, Connection), then logs and counts the
 //! request like the proxy does. Otherwise the bytes it read are handed back to the connection
 //! and pingora reads the request as if nothing had happened. `proxy.hit_fast_path = false`
-//! turns it off.
+//! turns it off (`proxy.pass_fast_path = false` the pass half).
 
 use super::headclock::TimedHead;
 use super::headers;
@@ -117,8 +118,8 @@ const NOT_PLAIN: [&str; 12] = [
 ];
 
 impl FastPath {
-    /// Reads the next request head on `stream` (after any bytes left in `buf`) and answers it
-    /// when it is a plain hit.
+    /// Reads the next request head on `stream` (after any bytes left in `conn`) and answers it
+    /// when it is a plain hit, or forwards it when it is a known pass.
     pub async fn serve(&self, stream: &mut TimedHead, conn: &mut Conn, shutdown: bool) -> Outcome {
         let Conn { buf, peer } = conn;
         let rt = self.runtime.load_full();
