@@ -21,6 +21,10 @@ fn dev_certs(dir: &Path, hosts: &[&str]) {
 }
 
 fn https_client(ca_dir: &Path, tls: std::net::SocketAddr) -> reqwest::Client {
+    https_builder(ca_dir, tls).build().unwrap()
+}
+
+fn https_builder(ca_dir: &Path, tls: std::net::SocketAddr) -> reqwest::ClientBuilder {
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join("ca.pem")).unwrap()).unwrap();
     reqwest::Client::builder()
@@ -30,8 +34,6 @@ fn https_client(ca_dir: &Path, tls: std::net::SocketAddr) -> reqwest::Client {
         .add_root_certificate(ca)
         .resolve("a.test", tls)
         .resolve("b.test", tls)
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -144,4 +146,52 @@ async fn a_pool_can_speak_http2_to_its_servers() {
         let got = get(&c, &proxy.url(path), &[]).await;
         assert_eq!((got.status, got.body.as_str()), (200, "HTTP/2.0"), "{path}");
     }
+}
+
+#[tokio::test]
+async fn large_cached_bodies_are_encrypted_whole_over_http1_and_http2() {
+    // Bodies this large live in a memory file; plain HTTP/1 hits send them with sendfile,
+    // which must never happen on a TLS connection.
+    let body: String = (0..40_000).map(|i| format!("{i:08}\n")).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| {
+        let b = served.clone();
+        async move { reply(200, &[("cache-control", "max-age=60")], b) }
+    })
+    .await;
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["a.test"]);
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let extra = format!(
+        "[tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\n\
+         [[tls.certs]]\ncert = \"{d}/a.test.pem\"\nkey = \"{d}/a.test-key.pem\"\nhosts = [\"a.test\"]\n"
+    );
+    let sites = format!(
+        "[[sites]]\nname = \"a\"\nhosts = [\"a.test\"]\nrules = \"a.rules.toml\"\n[sites.pools.blue]\nservers = [\"{}\"]\n",
+        origin.addr
+    );
+    let _proxy = Proxy::start_toml(&sites, &[("a", HONOR_ALL)], &extra).await;
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let h1 = https_builder(certs.path(), tls)
+        .http1_only()
+        .build()
+        .unwrap();
+    let h2 = https_client(certs.path(), tls);
+    let url = format!("https://a.test:{tls_port}/big");
+    for (i, c) in [&h1, &h1, &h2, &h1].into_iter().enumerate() {
+        let resp = c.get(&url).send().await.unwrap();
+        let cache = resp
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert_eq!(cache.contains("; hit"), i > 0, "request {i}: {cache}");
+        let got = resp.bytes().await.unwrap();
+        assert!(
+            got == body.as_bytes(),
+            "request {i}: the body arrives whole"
+        );
+    }
+    assert_eq!(origin.hits(), 1);
 }

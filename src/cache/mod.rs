@@ -1,12 +1,13 @@
 //! The cache: the one home of pingora-cache's `'static` pieces (storage, cache lock, predictor),
 //! plus key building ([`key`]), request/response policy ([`policy`]) and the storage itself
-//! ([`storage`]).
+//! ([`storage`], with large bodies in memory files: [`body`]).
 //!
 //! pingora-cache wants `&'static` storage and locks; they live for the whole process, so they
 //! are created once at startup and leaked on purpose. Their sizes come from the config at start;
 //! a reload keeps them (and so keeps every cached object).
 
 pub mod armor;
+pub mod body;
 pub mod index;
 pub mod key;
 mod meta;

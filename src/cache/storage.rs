@@ -8,6 +8,7 @@
 //! the hot set. Purging everything (or a site) is an epoch bump checked on lookup, so it is
 //! O(1) and immediate; the dead objects' memory is reclaimed by moka in the background.
 
+use super::body::Body;
 use super::index::{split_tags, Entry, Index};
 use super::key;
 use async_trait::async_trait;
@@ -33,7 +34,7 @@ const OBJECT_OVERHEAD: usize = 256;
 /// One stored response: serialised meta (as pingora-cache defines it) and the whole body.
 struct Object {
     meta: super::meta::Stored,
-    body: Bytes,
+    body: super::body::Body,
     /// This version's index entry, which also carries its purge marks.
     entry: Arc<Entry>,
     /// When this content was last confirmed by the origin (a store or a 304), in sequence
@@ -180,7 +181,7 @@ impl EdgeStorage {
     /// The object stored under `hash` (a primary key without variance) when it can be served
     /// as a plain hit: live, fresh at `now` and not a `Vary` variant. `None` leaves the request
     /// to pingora's cache path (miss, stale, purged, variants). Used by `proxy::fast`.
-    pub fn fresh_hit(&self, hash: u128, now: SystemTime) -> Option<(CacheMeta, Bytes)> {
+    pub fn fresh_hit(&self, hash: u128, now: SystemTime) -> Option<(CacheMeta, Body)> {
         let obj = self.objects.get(&hash)?;
         if !matches!(self.verdict(&obj), Verdict::Live) {
             return None;
@@ -378,7 +379,7 @@ impl Storage for EdgeStorage {
         }
         let end = obj.body.len();
         let hit = Hit {
-            body: obj.body.clone(),
+            body: obj.body.bytes(),
             done: false,
             start: 0,
             end,
@@ -557,7 +558,7 @@ impl HandleMiss for Fill {
                 .meta
                 .take()
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?,
-            body: exact(std::mem::take(&mut self.body)),
+            body: Body::new(std::mem::take(&mut self.body)),
             entry: Arc::new(Entry::new(
                 self.id,
                 self.site.clone(),
@@ -574,18 +575,6 @@ impl HandleMiss for Fill {
 
 /// Largest buffer reserved up front from a Content-Length (which the origin may get wrong).
 const PRESIZE_LIMIT: usize = 4 << 20;
-
-/// `body` in an allocation of exactly its length: a buffer that grew by doubling (no or a
-/// wrong Content-Length) would otherwise keep up to half its size as slack for the object's
-/// whole life. A buffer that is already full becomes `Bytes` without a copy or another
-/// allocation.
-fn exact(body: BytesMut) -> Bytes {
-    if body.len() == body.capacity() {
-        body.freeze()
-    } else {
-        Bytes::copy_from_slice(&body)
-    }
-}
 
 #[cfg(test)]
 mod tests;

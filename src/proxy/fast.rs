@@ -11,28 +11,31 @@
 //! that needs no rewriting, a fresh object stored without variance — it writes the stored
 //! response with the headers the proxy would have written (Age, Cache-Status, X-Request-Id, the
 //! browser TTL rewrite, internal headers removed, Date, Connection), then logs and counts the
-//! request like the proxy does. Otherwise the bytes it read are handed back to the connection
-//! and pingora reads the request as if nothing had happened. `proxy.hit_fast_path = false`
-//! turns it off (`proxy.pass_fast_path = false` the pass half).
+//! request like the proxy does (head and body in one write; a body kept in a memory file goes
+//! to a plain-TCP client by `sendfile`, [`super::sendfile`]). Otherwise the bytes it read are
+//! handed back to the connection and pingora reads the request as if nothing had happened.
+//! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
 
 use super::headclock::TimedHead;
 use super::headers;
 use super::pass::{self, Forwarded, Forwarding, Kind, Plan};
 use super::release::{self, Choice};
+use super::sendfile;
 use super::wire;
+use crate::cache::body::Body;
 use crate::cache::storage::EdgeStorage;
 use crate::cache::{key, policy};
 use crate::config::Runtime;
 use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::CacheKey;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{GetSocketDigest, Peek, Ssl, ALPN};
+use pingora::protocols::{GetSocketDigest, Peek, Ssl, UniqueID, ALPN};
 use pingora::server::ShutdownWatch;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +70,8 @@ pub struct Conn {
     buf: BytesMut,
     /// The client's IP address as `X-Forwarded-For` gives it, once a pass needed it.
     peer: Option<String>,
+    /// Waits for room to `sendfile` a large body (`proxy::sendfile`).
+    writable: sendfile::Writable,
 }
 
 /// What the fast path does with a request.
@@ -79,7 +84,7 @@ enum Decision {
 
 /// A hit ready to write, and what the logs need of it.
 struct Answer {
-    body: Option<Bytes>,
+    body: Option<Body>,
     status: u16,
     site: Arc<str>,
     route: Arc<str>,
@@ -121,7 +126,11 @@ impl FastPath {
     /// Reads the next request head on `stream` (after any bytes left in `conn`) and answers it
     /// when it is a plain hit, or forwards it when it is a known pass.
     pub async fn serve(&self, stream: &mut TimedHead, conn: &mut Conn, shutdown: bool) -> Outcome {
-        let Conn { buf, peer } = conn;
+        let Conn {
+            buf,
+            peer,
+            writable,
+        } = conn;
         let rt = self.runtime.load_full();
         let limits = &rt.proxy.limits;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
@@ -176,14 +185,22 @@ impl FastPath {
         let sent = answer.body.as_ref().map_or(0, |b| b.len());
         let written = match &answer.body {
             // One write for small bodies, as pingora does: one segment, one wake-up.
-            Some(body) if body.len() <= 16 << 10 => {
+            Some(Body::Heap(body)) if body.len() <= 16 << 10 => {
                 head.extend_from_slice(body);
                 stream.write_all(&head).await
             }
-            Some(body) => match stream.write_all(&head).await {
-                Ok(()) => stream.write_all(body).await,
+            // Large bodies in a memory file go to a plain socket without a copy of ours.
+            Some(Body::File(file)) if !stream.is_tls() => match stream.flush().await {
+                Ok(()) => sendfile::send(stream.id(), &head, file, writable).await,
                 Err(e) => Err(e),
             },
+            // Head and body in one vectored write: one segment boundary fewer.
+            Some(body) => {
+                let body = body.bytes();
+                stream
+                    .write_all_buf(&mut Buf::chain(&head[..], &body[..]))
+                    .await
+            }
             None => stream.write_all(&head).await,
         };
         if written.is_err() || stream.flush().await.is_err() {
@@ -419,7 +436,7 @@ struct Request<'a> {
 }
 
 /// The hit answer: the stored response with the headers the proxy path would write.
-fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Bytes) -> Option<Decision> {
+fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decision> {
     let stored = meta.response_header();
     // Without a length pingora would chunk the body; leave that to it.
     let length = stored.headers.get(header::CONTENT_LENGTH)?;

@@ -19,6 +19,7 @@ pub mod pass;
 pub mod path;
 mod release;
 pub mod sanitize;
+mod sendfile;
 pub mod upstream;
 mod wire;
 
