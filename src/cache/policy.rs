@@ -124,7 +124,6 @@ pub const DECIDING_HEADERS: [header::HeaderName; 9] = [
 /// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
 /// any headers that must not be stored already removed.
 pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
-    let now = SystemTime::now();
     if super::armor::mismatch(path, resp) {
         return Err(NotStored::TypeMismatch);
     }
@@ -132,8 +131,13 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if has_set_cookie && !rule.unsafe_strip_set_cookie {
         return Err(NotStored::SetCookie);
     }
-    // Parsed after the cheap checks: pingora's parser runs a regex over the value.
+    // Parsed after the cheap checks: pingora's parser runs a regex over the value, which
+    // most uncacheable answers (`private`, `no-store`) do not need.
+    if let Some(refused) = plainly_refused(resp) {
+        return Err(refused);
+    }
     let cc = CacheControl::from_resp_headers(resp);
+    let now = SystemTime::now();
     if let Some(cc) = &cc {
         if cc.private() {
             return Err(NotStored::Private);
@@ -243,6 +247,28 @@ pub fn merge_not_modified(stored: &ResponseHeader, fresh: &http::HeaderMap) -> R
     merged
 }
 
+/// `private` or `no-store` (in that order, as below) when `Cache-Control` holds them as plain
+/// directives. Values with quotes are left to the full parser (`None`); reading a directive
+/// here that the full parser would not see can only refuse to store, never store.
+fn plainly_refused(resp: &ResponseHeader) -> Option<NotStored> {
+    let mut no_store = false;
+    for value in resp.headers.get_all(header::CACHE_CONTROL) {
+        let value = value.as_bytes();
+        if value.contains(&b'"') {
+            return None;
+        }
+        for directive in value.split(|&b| b == b',') {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            if name.eq_ignore_ascii_case(b"private") {
+                return Some(NotStored::Private);
+            }
+            no_store |= name.eq_ignore_ascii_case(b"no-store");
+        }
+    }
+    no_store.then_some(NotStored::NoStore)
+}
+
 fn secs(d: Option<Duration>) -> u32 {
     d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32)
 }
@@ -332,6 +358,43 @@ mod tests {
                 }
                 let decide = |r: &ResponseHeader| admit(&rule, path, r).err();
                 assert_eq!(decide(&all), decide(&deciding), "case {i} at {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_quick_directive_scan_refuses_no_less_than_the_full_parser() {
+        use NotStored::{NoStore, Private};
+        let values = [
+            ("private", Some(Private)),
+            ("Private, max-age=0", Some(Private)),
+            ("no-store", Some(NoStore)),
+            ("public, max-age=60", None),
+            ("max-age=60, NO-STORE", Some(NoStore)),
+            ("no-store, private", Some(Private)),
+            // Unquoted argument: pingora's parser drops it; refusing is the safe reading.
+            ("max-age=60,private=set-cookie", Some(Private)),
+            ("x-private, no-storex, public", None),
+            ("no-cache", None),
+            // Quoted: left to the full parser.
+            ("no-cache=\"set-cookie\", private", None),
+        ];
+        for (value, expected) in values {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.append_header("cache-control", value).unwrap();
+            let full = CacheControl::from_resp_headers(&resp).and_then(|cc| {
+                if cc.private() {
+                    Some(Private)
+                } else if cc.no_store() {
+                    Some(NoStore)
+                } else {
+                    None
+                }
+            });
+            let quick = plainly_refused(&resp);
+            assert_eq!(quick, expected, "{value}");
+            if !value.contains('"') && full.is_some() {
+                assert_eq!(quick, full, "{value}");
             }
         }
     }

@@ -15,7 +15,6 @@ pub mod validate;
 
 use crate::pools::Pool;
 use crate::rules::RouteTable;
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -186,7 +185,9 @@ impl Site {
 #[derive(Debug, Default)]
 pub struct Sites {
     pub list: Vec<Arc<Site>>,
-    by_host: HashMap<String, Arc<Site>>,
+    /// foldhash (seeded per process): every request looks its host up here, and SipHash
+    /// cost more than the lookup itself.
+    by_host: foldhash::HashMap<String, Arc<Site>>,
     /// `*.example.com` entries, stored as `.example.com`.
     wildcards: Vec<(String, Arc<Site>)>,
     default: Option<Arc<Site>>,

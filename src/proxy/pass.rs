@@ -306,9 +306,13 @@ impl FastPath {
             else {
                 continue;
             };
-            if let Ok(value) = http::HeaderValue::from_maybe_shared(head.head.slice(v.clone())) {
-                parts.headers.append(known.clone(), value);
-            }
+            // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
+            // `HeaderValue` may hold (visible ASCII, obs-text, space and tab); checking them
+            // again cost more than the rest of this map.
+            let value = unsafe {
+                http::HeaderValue::from_maybe_shared_unchecked(head.head.slice(v.clone()))
+            };
+            parts.headers.append(known.clone(), value);
         }
         let resp = ResponseHeader::from(parts);
         match policy::admit(&plan.rule, &plan.path, &resp) {
@@ -422,15 +426,22 @@ fn response_head(plan: &Plan, head: &upstream::Head, not_stored: Option<&str>) -
         line(b"Transfer-Encoding", b"chunked");
     }
     line(b"x-request-id", plan.request_id.as_bytes());
-    let status = match &plan.kind {
-        Kind::Bypass(b) => format!("{}; fwd=bypass; detail={}", headers::CACHE_NAME, b.as_str()),
-        Kind::Predicted(_) => format!(
-            "{}; fwd=miss; fwd-status={}; detail={}",
-            headers::CACHE_NAME,
-            head.status.as_u16(),
-            not_stored.unwrap_or("predicted-uncacheable")
+    let name = headers::CACHE_NAME.as_bytes();
+    match &plan.kind {
+        Kind::Bypass(b) => out.line_of(
+            b"cache-status",
+            &[name, b"; fwd=bypass; detail=", b.as_str().as_bytes()],
         ),
-    };
-    line(b"cache-status", status.as_bytes());
+        Kind::Predicted(_) => out.line_of(
+            b"cache-status",
+            &[
+                name,
+                b"; fwd=miss; fwd-status=",
+                head.status.as_str().as_bytes(),
+                b"; detail=",
+                not_stored.unwrap_or("predicted-uncacheable").as_bytes(),
+            ],
+        ),
+    }
     out.finish_response()
 }

@@ -31,9 +31,16 @@ impl Head {
     }
 
     pub fn line(&mut self, name: &[u8], value: &[u8]) {
+        self.line_of(name, &[value]);
+    }
+
+    /// A header line whose value is written in pieces (no `format!` per request).
+    pub fn line_of(&mut self, name: &[u8], value: &[&[u8]]) {
         self.0.put_slice(name);
         self.0.put_slice(b": ");
-        self.0.put_slice(value);
+        for piece in value {
+            self.0.put_slice(piece);
+        }
         self.0.put_slice(b"\r\n");
     }
 
