@@ -52,6 +52,9 @@ struct Children {
     ttfb: std::cell::OnceCell<Histogram>,
     upstream: std::cell::OnceCell<Histogram>,
     bytes: Histogram,
+    /// `crossfade_cache_store_total` of this site and route, by not-stored reason ("" for
+    /// stored).
+    store: std::cell::RefCell<Vec<(Box<str>, IntCounter)>>,
 }
 
 type ChildCache = HashMap<u64, Vec<(u64, [Box<str>; 5], Children)>>;
@@ -344,22 +347,30 @@ impl Metrics {
                     .observe(u.as_secs_f64());
             }
             c.bytes.observe(e.bytes as f64);
+            if let Some(reason) = e.store {
+                let reason = reason.unwrap_or("");
+                let mut store = c.store.borrow_mut();
+                match store.iter().find(|(r, _)| &**r == reason) {
+                    Some((_, counter)) => counter.inc(),
+                    None => {
+                        let outcome = if reason.is_empty() {
+                            "stored"
+                        } else {
+                            "not_stored"
+                        };
+                        let counter = self
+                            .store
+                            .with_label_values(&[e.site, e.route, outcome, reason]);
+                        counter.inc();
+                        store.push((reason.into(), counter));
+                    }
+                }
+            }
         });
         if let Some(reason) = e.bypass {
             self.bypass
                 .with_label_values(&[e.site, e.route, reason])
                 .inc();
-        }
-        match e.store {
-            Some(None) => self
-                .store
-                .with_label_values(&[e.site, e.route, "stored", ""])
-                .inc(),
-            Some(Some(reason)) => self
-                .store
-                .with_label_values(&[e.site, e.route, "not_stored", reason])
-                .inc(),
-            None => {}
         }
         let error = e.status >= 500 || e.status == 0;
         let hit = matches!(e.cache, "hit" | "stale");
@@ -399,6 +410,7 @@ impl Metrics {
                     ttfb: std::cell::OnceCell::new(),
                     upstream: std::cell::OnceCell::new(),
                     bytes: self.response_bytes.with_label_values(&[site, route, pool]),
+                    store: Default::default(),
                 };
                 same.push((self.instance, labels.map(Box::from), children));
                 same.len() - 1

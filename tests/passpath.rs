@@ -370,4 +370,22 @@ async fn a_predicted_uncacheable_page_that_turns_cacheable_is_stored_again() {
     );
     assert!(get(&c, &url, &[]).await.is_hit());
     assert_eq!(origin.hits(), 4);
+    // Counted as pingora's path counts them: two not stored as private (the second on the
+    // fast path), one not stored as predicted, one stored.
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    let mut store: Vec<&str> = m
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("crossfade_cache_store_total{"))
+        .collect();
+    store.sort();
+    let expected = [
+        r#"crossfade_cache_store_total{outcome="not_stored",reason="predicted-uncacheable",route="default",site="shop"} 1"#,
+        r#"crossfade_cache_store_total{outcome="not_stored",reason="private",route="default",site="shop"} 2"#,
+        r#"crossfade_cache_store_total{outcome="stored",reason="",route="default",site="shop"} 1"#,
+    ];
+    assert_eq!(store, expected);
 }

@@ -50,6 +50,11 @@ fn extension(path: &str) -> Option<String> {
     (!ext.is_empty() && ext.len() <= 8).then(|| ext.to_ascii_lowercase())
 }
 
+/// True when `path` names a static type (so [`mismatch`] can refuse a response to it).
+pub fn guards(path: &str) -> bool {
+    extension(path).as_deref().and_then(families).is_some()
+}
+
 /// True when `path` names a static type and `resp` is not of that type.
 pub fn mismatch(path: &str, resp: &ResponseHeader) -> bool {
     let Some(allowed) = extension(path).as_deref().and_then(families) else {

@@ -251,9 +251,18 @@ pub fn merge_not_modified(stored: &ResponseHeader, fresh: &http::HeaderMap) -> R
 /// directives. Values with quotes are left to the full parser (`None`); reading a directive
 /// here that the full parser would not see can only refuse to store, never store.
 fn plainly_refused(resp: &ResponseHeader) -> Option<NotStored> {
+    plainly_refused_by(
+        resp.headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// [`plainly_refused`] over the raw `Cache-Control` values of a response.
+pub fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotStored> {
     let mut no_store = false;
-    for value in resp.headers.get_all(header::CACHE_CONTROL) {
-        let value = value.as_bytes();
+    for value in values {
         if value.contains(&b'"') {
             return None;
         }
