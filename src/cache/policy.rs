@@ -259,8 +259,25 @@ fn plainly_refused(resp: &ResponseHeader) -> Option<NotStored> {
     )
 }
 
+/// What [`admit`] would refuse a response to `path` for, when that can be told from its raw
+/// header fields without building a header map: nothing `admit` checks before Cache-Control
+/// applies (the path names no static type; no Set-Cookie) and Cache-Control plainly says
+/// `private` or `no-store`. `None`: ask `admit`.
+pub fn plainly_refused_raw<'a, I>(path: &str, fields: impl Fn() -> I) -> Option<NotStored>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])>,
+{
+    if super::armor::guards(path) || fields().any(|(n, _)| n.eq_ignore_ascii_case(b"set-cookie")) {
+        return None;
+    }
+    let values = fields()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
+        .map(|(_, v)| v);
+    plainly_refused_by(values)
+}
+
 /// [`plainly_refused`] over the raw `Cache-Control` values of a response.
-pub fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotStored> {
+fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotStored> {
     let mut no_store = false;
     for value in values {
         if value.contains(&b'"') {
@@ -404,6 +421,42 @@ mod tests {
             assert_eq!(quick, expected, "{value}");
             if !value.contains('"') && full.is_some() {
                 assert_eq!(quick, full, "{value}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_fields_refuse_as_admit_does_or_defer_to_it() {
+        let rule = crate::rules::honor_rule("honor", None);
+        type Fields = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Fields, bool); 5] = [
+            ("/page", &[("cache-control", "private")], true),
+            (
+                "/page",
+                &[("content-type", "text/html"), ("cache-control", "no-store")],
+                true,
+            ),
+            (
+                "/page",
+                &[("cache-control", "private"), ("set-cookie", "a=1")],
+                false,
+            ),
+            ("/a.css", &[("cache-control", "private")], false),
+            ("/page", &[("cache-control", "max-age=60")], false),
+        ];
+        for (path, fields, quick) in cases {
+            let raw: Vec<(&[u8], &[u8])> = fields
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                .collect();
+            let got = plainly_refused_raw(path, || raw.iter().copied());
+            assert_eq!(got.is_some(), quick, "{path} {fields:?}");
+            if let Some(reason) = got {
+                let mut resp = ResponseHeader::build(200, None).unwrap();
+                for (n, v) in fields {
+                    resp.append_header(*n, *v).unwrap();
+                }
+                assert_eq!(admit(&rule, path, &resp).err(), Some(reason), "{path}");
             }
         }
     }

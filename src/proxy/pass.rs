@@ -18,7 +18,6 @@ use super::headers;
 use super::sanitize::UNTRUSTED;
 use super::upstream::{self, BadHead, Framing, RelayError};
 use super::wire;
-use crate::cache::armor;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::metrics::RequestEvent;
@@ -296,22 +295,11 @@ impl FastPath {
     /// storable is not stored from here (this path has no cache fill): the predictor forgets
     /// the key, so the next request takes the cache path and stores it.
     fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> &'static str {
-        // Most such answers say `private` or `no-store` and nothing that `admit` checks
-        // before that (a static path's type, Set-Cookie): then no header map is needed.
-        if !armor::guards(&plan.path)
-            && !head
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case(b"set-cookie"))
-        {
-            let values = head
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
-                .map(|(_, v)| v);
-            if let Some(reason) = policy::plainly_refused_by(values) {
-                self.predictor
-                    .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
-                return reason.as_str();
-            }
+        // Most such answers plainly say `private` or `no-store`: no header map needed.
+        if let Some(reason) = policy::plainly_refused_raw(&plan.path, || head.iter()) {
+            self.predictor
+                .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
+            return reason.as_str();
         }
         // A plain map of the headers the policy reads, their values shared with the head.
         let (mut parts, ()) = http::Response::new(()).into_parts();
