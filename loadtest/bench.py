@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: crossfade vs nginx proxy_cache vs Varnish, in front of one origin.
 
-Runs each workload against each proxy, interleaved in rounds (A B C A B C …), and prints the
+Runs each workload against each proxy, interleaved in rounds (A B C, B C A, C A B …), and prints the
 median requests/s, p50/p99 latency and the ratio to the best peer. Also reports peak RSS,
 memory per cached 1 KiB object, crossfade's hit rate after mixed traffic, and a store-traffic
 model (Zipf pages, 20% logged in, static assets) with hit ratio and origin offload.
@@ -189,6 +189,13 @@ def wrk(port, path, args, script=None):
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(errors.group(1)) if errors else 0, "sock": sock.group(1) if sock else ""}
 
 
+def rotated(order, r):
+    """The proxies in round r's order (A B C, then B C A, …): no proxy always runs first, or
+    always right after the same peer (a workload's rate depends on what the box did just before)."""
+    r %= len(order)
+    return order[r:] + order[:r]
+
+
 def warm(port, path):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": "bench.test"})
     for _ in range(3):
@@ -247,7 +254,7 @@ def main():
                 warm(PORTS[p], path)
         for r in range(args.rounds):
             for w, path in workloads.items():
-                for p in ("crossfade", "nginx", "varnish"):
+                for p in rotated(("crossfade", "nginx", "varnish"), r):
                     results[w][p].append(wrk(PORTS[p], path, args))
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         if workloads:
