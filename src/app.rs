@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 /// Starts serving with `runtime`; never returns (Pingora owns the process from here).
 pub fn run(runtime: Runtime, upgrade: bool) -> ! {
+    raise_nofile(runtime.proxy.limits.max_connections);
     let conf = ServerConf {
         threads: runtime.server.threads,
         grace_period_seconds: Some(runtime.server.grace_period.as_secs()),
@@ -168,4 +169,43 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     }
     server.add_service(service);
     server.run_forever()
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: shells and many service managers start
+/// processes at a soft limit of 1,024, far below `proxy.max_connections`, and past it every
+/// accept fails. Each connection may hold two descriptors (the client and an origin), and
+/// large cached bodies hold one each (`cache::body`), so a hard limit below twice
+/// `max_connections` is worth a warning at start; it is not an error, as a small site runs well
+/// below its configured maximum.
+fn raise_nofile(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = before;
+        }
+    }
+    let wanted = 2 * max_connections as u64 + 256;
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            max_connections,
+            wanted,
+            "the open-files limit is below what proxy.max_connections may need (two descriptors \
+             per connection); raise the hard limit (systemd LimitNOFILE, ulimit -Hn) or lower \
+             proxy.max_connections"
+        );
+    } else if before < lim.rlim_cur {
+        tracing::info!(from = before, to = lim.rlim_cur, "open-files limit raised");
+    }
 }

@@ -164,3 +164,61 @@ async fn no_client_ever_receives_another_users_page_under_load() {
         "every logged-in request reached the origin"
     );
 }
+
+/// Started at a soft limit of 256 open files (a shell's or service manager's default is often
+/// 1,024), crossfade raises it to the hard limit and 400 clients connected at once all get
+/// their page; at the old limit every accept past it fails and those clients wait for ever.
+#[tokio::test]
+async fn four_hundred_clients_at_once_are_served_when_started_at_a_low_open_files_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "page") }).await;
+    let site = SiteSpec {
+        name: "shop",
+        hosts: &["www.shop.test"],
+        origin: origin.addr,
+        rules: HONOR_ALL,
+    };
+    let proxy = Proxy::start_limited(&[site], "", Some(256)).await;
+    let c = proxy.client(&["www.shop.test"]);
+    assert!(get(&c, &proxy.url("/p"), &[]).await.status == 200);
+    // Every connection is open before the first request is written: 400 descriptors at once.
+    let mut conns = Vec::new();
+    for _ in 0..400 {
+        conns.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // Kept-alive connections, each held until every answer is in: none frees a descriptor.
+    let answers = futures::future::join_all(conns.into_iter().map(|mut conn| async move {
+        let request = b"GET /p HTTP/1.1\r\nHost: www.shop.test\r\n\r\n";
+        conn.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            while !answer.ends_with(b"page") {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        let text = match tokio::time::timeout(Duration::from_secs(20), read).await {
+            Ok(()) => String::from_utf8_lossy(&answer).into_owned(),
+            Err(_) => String::from("(no answer in 20 s)"),
+        };
+        (text, conn)
+    }))
+    .await;
+    let served = answers
+        .iter()
+        .filter(|(a, _)| a.starts_with("HTTP/1.1 200") && a.ends_with("page"))
+        .count();
+    let last = answers.last().map(|(a, _)| a);
+    assert_eq!(served, 400, "one of the answers: {last:?}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
+    let soft: u64 = open_files
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(soft > 256, "soft limit not raised: {open_files:?}");
+}

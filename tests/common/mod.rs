@@ -185,6 +185,12 @@ impl Proxy {
     /// waits until it accepts connections.
     /// `extra` = `"#default"` makes the first site the default for unknown hosts.
     pub async fn start(sites: &[SiteSpec<'_>], extra: &str) -> Proxy {
+        Self::start_limited(sites, extra, None).await
+    }
+
+    /// [`Proxy::start`], the process started with a soft limit of `nofile` open files (when
+    /// given) and its hard limit unchanged.
+    pub async fn start_limited(sites: &[SiteSpec<'_>], extra: &str, nofile: Option<u64>) -> Proxy {
         let default_site = extra == "#default";
         let mut tables = String::new();
         let mut rules = Vec::new();
@@ -201,13 +207,22 @@ impl Proxy {
             ));
             rules.push((s.name, s.rules));
         }
-        Self::start_toml(&tables, &rules, extra).await
+        Self::start_toml_limited(&tables, &rules, extra, nofile).await
     }
 
     /// Starts crossfade with `[[sites]]` tables written out, and rules files `<name>.rules.toml`.
     /// Ports are reserved by binding 127.0.0.1:0 and released, so another test may grab the
     /// same one first; then crossfade cannot bind, and the start is retried on new ports.
     pub async fn start_toml(sites: &str, rules: &[(&str, &str)], extra: &str) -> Proxy {
+        Self::start_toml_limited(sites, rules, extra, None).await
+    }
+
+    async fn start_toml_limited(
+        sites: &str,
+        rules: &[(&str, &str)],
+        extra: &str,
+        nofile: Option<u64>,
+    ) -> Proxy {
         let mut dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let (port, admin_port) = (free_port(), free_port());
@@ -236,7 +251,7 @@ impl Proxy {
                 std::fs::write(dir.path().join(format!("{name}.rules.toml")), text).unwrap();
             }
             std::fs::write(dir.path().join("crossfade.toml"), config).unwrap();
-            match Self::launch(dir, port, admin_port).await {
+            match Self::launch(dir, port, admin_port, nofile).await {
                 Ok(proxy) => return proxy,
                 Err(d) => dir = d,
             }
@@ -244,12 +259,13 @@ impl Proxy {
         panic!("crossfade could not get free ports in 5 attempts");
     }
 
-    /// Starts the binary on the config in `dir`; `Err` (giving the directory back) when it
-    /// could not bind its ports.
+    /// Starts the binary on the config in `dir` (at a soft limit of `nofile` open files when
+    /// given); `Err` (giving the directory back) when it could not bind its ports.
     async fn launch(
         dir: tempfile::TempDir,
         port: u16,
         admin_port: u16,
+        nofile: Option<u64>,
     ) -> Result<Proxy, tempfile::TempDir> {
         let log = |name: &str| {
             Stdio::from(
@@ -260,13 +276,34 @@ impl Proxy {
                     .unwrap(),
             )
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crossfade"));
+        command
             .args(["run", "--config"])
             .arg(dir.path().join("crossfade.toml"))
             .stdout(log("stdout.log"))
-            .stderr(log("stderr.log"))
-            .spawn()
-            .unwrap();
+            .stderr(log("stderr.log"));
+        if let Some(soft) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec and only calls getrlimit and
+            // setrlimit, which are async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let mut proxy = Proxy {
@@ -331,7 +368,7 @@ impl Proxy {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let (port, admin_port) = (self.addr.port(), self.admin.port());
         drop(self);
-        match Self::launch(dir, port, admin_port).await {
+        match Self::launch(dir, port, admin_port, None).await {
             Ok(p) => p,
             Err(_) => panic!("crossfade could not bind its ports again after a restart"),
         }
