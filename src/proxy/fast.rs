@@ -95,6 +95,11 @@ struct Answer {
     query: String,
 }
 
+/// Bodies up to this size go out in the same write as the head, copied after it: one write,
+/// one segment, one wake-up of the client, as pingora does. Larger ones are written from where
+/// they are stored.
+const APPEND_MAX: usize = 16 << 10;
+
 /// Stored response headers this path writes itself (as pingora's path would replace them).
 const REPLACED: [&str; 7] = [
     "age",
@@ -184,8 +189,7 @@ impl FastPath {
         let _ = buf.split_to(head_len);
         let sent = answer.body.as_ref().map_or(0, |b| b.len());
         let written = match &answer.body {
-            // One write for small bodies, as pingora does: one segment, one wake-up.
-            Some(Body::Heap(body)) if body.len() <= 16 << 10 => {
+            Some(Body::Heap(body)) if body.len() <= APPEND_MAX => {
                 head.extend_from_slice(body);
                 stream.write_all(&head).await
             }
@@ -453,7 +457,13 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
             || browser.is_some() && (lower("cache-control") || lower("expires"))
     };
     let status = stored.status;
-    let mut out = wire::Head::response(status, 512 + body.len());
+    // Room for the body only when `serve` appends it to the head; a large body is written
+    // from where it is stored, and a 1 MiB buffer per hit would go unused.
+    let appended = match &body {
+        Body::Heap(b) if r.method == Method::GET && b.len() <= APPEND_MAX => b.len(),
+        _ => 0,
+    };
+    let mut out = wire::Head::response(status, 512 + appended);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     if stored.has_case() {
         for (name, value) in stored.case_header_iter() {
@@ -476,12 +486,12 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     }
     line(b"x-request-id", r.request_id.as_bytes());
     let ttl = headers::ttl_param(meta.fresh_until());
-    line(
+    out.line_of(
         b"cache-status",
-        format!("{}; hit{ttl}", headers::CACHE_NAME).as_bytes(),
+        &[headers::CACHE_NAME.as_bytes(), b"; hit", ttl.as_bytes()],
     );
     if let Some(cc) = &browser {
-        line(b"Cache-Control", cc.as_bytes());
+        out.line(b"Cache-Control", cc.as_bytes());
     }
     let out = out.finish_response();
     let answer = Answer {
