@@ -211,6 +211,7 @@ impl FastPath {
             return Outcome::Closed;
         }
         self.log(&answer, start, sent);
+        super::handback::hit_served();
         stream.rearm(limits.header_timeout, limits.keepalive_timeout);
         Outcome::Served
     }

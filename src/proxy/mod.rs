@@ -11,6 +11,7 @@ pub mod ctx;
 pub mod drain;
 mod edge;
 pub mod fast;
+mod handback;
 pub mod headclock;
 pub mod headers;
 mod invalidate;
