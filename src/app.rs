@@ -188,8 +188,13 @@ fn raise_nofile(max_connections: usize) {
         return;
     }
     let before = lim.rlim_cur;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
+    // An unlimited hard limit still cannot pass the kernel's `fs.nr_open`.
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .map_or(lim.rlim_max, |n| n.min(lim.rlim_max));
+    if lim.rlim_cur < most {
+        lim.rlim_cur = most;
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             lim.rlim_cur = before;
