@@ -14,6 +14,10 @@ shift || true
 targets=("$@")
 ((${#targets[@]})) || targets=(path cookies key rules config origin)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+# Targets that write files (config) write them under a scratch TMPDIR, removed on exit.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR="$scratch"
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
     echo "== fuzz $t (${seconds}s)"
