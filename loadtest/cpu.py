@@ -17,6 +17,7 @@ a test.
 import argparse
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -94,6 +95,7 @@ def main():
                   f"{m['client']:>11.1f} {m['proxy'] + m['client']:>7.1f}")
     finally:
         bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

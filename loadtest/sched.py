@@ -14,6 +14,7 @@ Uses bench.py's origin and peer configurations; stops everything it started. Nee
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     args = ap.parse_args()
     bench.ensure_tools()
-    if not subprocess.run("command -v perf", shell=True, stdout=subprocess.DEVNULL).returncode == 0:
+    if not shutil.which("perf"):
         bench.sh("apt-get install -y -qq linux-perf")
     work = tempfile.mkdtemp(prefix="crossfade-sched-")
     os.chmod(work, 0o755)
@@ -61,7 +62,7 @@ def main():
     results = {}
     try:
         bench.setup(work)
-        pids = bench.start_proxies(work, args.binary)
+        bench.start_proxies(work, args.binary)
         for p in names:
             bench.warm(bench.PORTS[p], args.path)
         for r in range(args.rounds):
@@ -69,7 +70,6 @@ def main():
                 rows = record(bench.PORTS[p], args.path, os.path.join(work, f"{p}.data"))
                 proxy = rows.get(names[p], (0, 0.0, 0.0))
                 results.setdefault(p, []).append((proxy, rows.get("wrk", (0, 0.0, 0.0))))
-        del pids
         print(f"\n{args.path}: medians of {args.rounds} rounds ({RECORD_S} s of perf sched in a wrk -t2 -c64 run)")
         print(f"  {'proxy':<10} {'proxy switches/s':>17} {'proxy wait avg/max ms':>22} {'wrk wait avg/max ms':>20}")
         for p, runs in results.items():
@@ -79,6 +79,7 @@ def main():
                   f"{med(lambda x: x[1][1]):>10.3f} / {med(lambda x: x[1][2]):<7.2f}")
     finally:
         bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
