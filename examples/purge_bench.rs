@@ -69,6 +69,7 @@ async fn main() {
 
     let storage: &'static EdgeStorage = Box::leak(Box::new(EdgeStorage::new(
         4 << 30,
+        8 << 20,
         vec!["surrogate-key".into()],
     )));
     let (mut shared_hard, mut shared_soft, mut one_hard) = (vec![], vec![], vec![]);

@@ -5,8 +5,8 @@
 //! one shared [`Entry`]; the index holds the entries, so a purge marks objects dead or stale
 //! through them without touching the cache itself (no lookups, no LRU noise). The index is
 //! kept true by construction: an entry is added when its object is stored and removed (by
-//! identity, so a newer version under the same id is never dropped by mistake) when moka drops
-//! the object — evicted, replaced or purged.
+//! identity, so a newer version under the same id is never dropped by mistake) when the object
+//! leaves the map — evicted, replaced or purged.
 
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};

@@ -41,6 +41,7 @@ impl CacheCore {
         CacheCore {
             storage: Box::leak(Box::new(EdgeStorage::new(
                 settings.capacity,
+                settings.max_object_size as u64,
                 settings.tag_headers.clone(),
             ))),
             lock: Box::leak(lock),

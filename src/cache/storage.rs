@@ -1,15 +1,16 @@
-//! The cache storage: a moka cache behind pingora-cache's `Storage` trait, weighed in bytes
-//! and bounded by the configured capacity, with the purge index and purge epochs.
+//! The cache storage: pingora-cache's `Storage` trait over a map of objects weighed in bytes
+//! and bounded by the configured capacity ([`objects`]), with the purge index and purge epochs.
 //!
 //! An object becomes visible only when its body is complete (`HandleMiss::finish`); a fill
 //! that fails or is dropped half-way stores nothing, so a truncated body is never served.
-//! Eviction is moka's TinyLFU: an object must be asked for more than once to displace others
-//! when the cache is full, which keeps one-off URLs (cache-busting query strings) from flushing
-//! the hot set. Purging everything (or a site) is an epoch bump checked on lookup, so it is
-//! O(1) and immediate; the dead objects' memory is reclaimed by moka in the background.
+//! Eviction is CLOCK-PRO (see [`objects`]): an object must be read again soon after it is
+//! stored to displace others when the cache is full, which keeps one-off URLs (cache-busting
+//! query strings) from flushing the hot set. Purging everything (or a site) is an epoch bump
+//! checked on lookup, so it is O(1) and immediate; the dead objects' memory is reclaimed on a
+//! helper thread.
 
 use super::body::Body;
-use super::index::{split_tags, Entry, Index};
+use super::index::{split_tags, Entry};
 use super::key;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -25,9 +26,12 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+mod objects;
+use objects::Objects;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Fixed bookkeeping per object beyond its bytes (key, Arc, moka node, index entries), so
+/// Fixed bookkeeping per object beyond its bytes (key, Arc, map slot, index entries), so
 /// that many tiny objects cannot overshoot the capacity by their overhead alone.
 const OBJECT_OVERHEAD: usize = 256;
 
@@ -40,9 +44,11 @@ struct Object {
     /// When this content was last confirmed by the origin (a store or a 304), in sequence
     /// numbers; compared with purge epochs.
     born: u64,
+    /// Bytes accounted for against the capacity (see [`Object::new`]).
+    weight: u32,
 }
 
-/// Purges of more objects than this remove them from moka on a helper thread, so the purge
+/// Purges of more objects than this remove them from the map on a helper thread, so the purge
 /// answers in milliseconds; the objects are invisible from the moment the purge returns.
 const SYNC_REMOVAL_LIMIT: usize = 256;
 
@@ -50,11 +56,17 @@ const SYNC_REMOVAL_LIMIT: usize = 256;
 const RECLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Object {
-    fn weight(&self) -> u32 {
-        let tags: usize = self.entry.tags.iter().map(|t| t.len() + 48).sum();
-        let bytes =
-            self.meta.weight() + self.body.len() + self.entry.url.len() + tags + OBJECT_OVERHEAD;
-        bytes.min(u32::MAX as usize) as u32
+    /// An object weighed once: its stored head, body, URL and keys, plus fixed bookkeeping.
+    fn new(meta: super::meta::Stored, body: Body, entry: Arc<Entry>, born: u64) -> Object {
+        let tags: usize = entry.tags.iter().map(|t| t.len() + 48).sum();
+        let bytes = meta.weight() + body.len() + entry.url.len() + tags + OBJECT_OVERHEAD;
+        Object {
+            meta,
+            body,
+            entry,
+            born,
+            weight: bytes.min(u32::MAX as usize) as u32,
+        }
     }
 }
 
@@ -90,16 +102,10 @@ pub struct PurgeCount {
 
 /// The bounded in-memory cache storage.
 pub struct EdgeStorage {
-    objects: moka::sync::Cache<u128, Arc<Object>>,
-    index: Arc<Mutex<Index>>,
-    /// Serialises index update + insert (and purge removals) so two writers of one id cannot
-    /// interleave; moka's conditional removal is atomic only against other computes.
-    write_order: Arc<Mutex<()>>,
+    objects: Arc<Objects>,
     seq: AtomicU64,
     epochs: RwLock<Epochs>,
     tag_headers: Vec<String>,
-    /// Objects evicted to stay within the capacity (not purges or replacements).
-    evictions: Arc<AtomicU64>,
 }
 
 fn id(key: &impl CacheHashKey) -> u128 {
@@ -107,53 +113,35 @@ fn id(key: &impl CacheHashKey) -> u128 {
 }
 
 impl EdgeStorage {
+    /// `max_object_bytes`: the largest body stored (sizes the map's shards);
     /// `tag_headers`: response headers whose values are surrogate keys (lowercase names).
-    pub fn new(capacity_bytes: u64, tag_headers: Vec<String>) -> Self {
-        let index = Arc::new(Mutex::new(Index::default()));
-        let listener_index = index.clone();
-        let evictions = Arc::new(AtomicU64::new(0));
-        let listener_evictions = evictions.clone();
+    pub fn new(capacity_bytes: u64, max_object_bytes: u64, tag_headers: Vec<String>) -> Self {
         EdgeStorage {
-            objects: moka::sync::Cache::builder()
-                .max_capacity(capacity_bytes)
-                .weigher(|_, o: &Arc<Object>| o.weight())
-                .eviction_listener(move |_, o: Arc<Object>, cause| {
-                    lock(&listener_index).remove(&o.entry);
-                    if cause == moka::notification::RemovalCause::Size {
-                        listener_evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-                .build(),
-            index,
-            write_order: Arc::new(Mutex::new(())),
+            objects: Arc::new(Objects::new(capacity_bytes, max_object_bytes)),
             seq: AtomicU64::new(1),
             epochs: RwLock::new(Epochs::default()),
             tag_headers,
-            evictions,
         }
     }
 
-    /// Number of objects stored (after pending maintenance).
+    /// Number of objects stored.
     pub fn object_count(&self) -> u64 {
-        self.objects.run_pending_tasks();
-        self.objects.entry_count()
+        self.objects.len()
     }
 
-    /// Bytes stored, as weighed for the capacity (after pending maintenance).
+    /// Bytes stored, as weighed for the capacity.
     pub fn weighted_bytes(&self) -> u64 {
-        self.objects.run_pending_tasks();
-        self.objects.weighted_size()
+        self.objects.weight()
     }
 
     /// Objects evicted for space since start.
     pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
+        self.objects.evictions()
     }
 
     /// (URLs, surrogate keys, tag memberships) in the purge index.
     pub fn index_sizes(&self) -> (usize, usize, usize) {
-        self.objects.run_pending_tasks();
-        lock(&self.index).sizes()
+        lock(&self.objects.index).sizes()
     }
 
     fn next_seq(&self) -> u64 {
@@ -161,19 +149,17 @@ impl EdgeStorage {
     }
 
     fn store(&self, id: u128, obj: Object) {
-        let _order = lock(&self.write_order);
-        lock(&self.index).add(&obj.entry);
-        self.objects.insert(id, Arc::new(obj));
+        self.objects.insert(id, obj);
     }
 
     /// A copy of `obj` with new meta, as a new stored version.
     fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta, born: u64) -> Result<()> {
-        let updated = Object {
-            meta: super::meta::Stored::new(meta)?,
-            body: obj.body.clone(),
-            entry: Arc::new(obj.entry.renewed()),
+        let updated = Object::new(
+            super::meta::Stored::new(meta)?,
+            obj.body.clone(),
+            Arc::new(obj.entry.renewed()),
             born,
-        };
+        );
         self.store(id, updated);
         Ok(())
     }
@@ -182,7 +168,7 @@ impl EdgeStorage {
     /// as a plain hit: live, fresh at `now` and not a `Vary` variant. `None` leaves the request
     /// to pingora's cache path (miss, stale, purged, variants). Used by `proxy::fast`.
     pub fn fresh_hit(&self, hash: u128, now: SystemTime) -> Option<(CacheMeta, Body)> {
-        let obj = self.objects.get(&hash)?;
+        let obj = self.objects.get(hash)?;
         if !matches!(self.verdict(&obj), Verdict::Live) {
             return None;
         }
@@ -232,24 +218,16 @@ impl EdgeStorage {
         }
         let doomed: Vec<Arc<Entry>> = entries.into_iter().filter(|e| e.kill()).collect();
         {
-            let mut index = lock(&self.index);
+            let mut index = lock(&self.objects.index);
             for e in &doomed {
                 index.remove(e);
             }
         }
         count.removed = doomed.len() as u64;
-        let (objects, order) = (self.objects.clone(), self.write_order.clone());
+        let objects = self.objects.clone();
         // Only the purged versions: a newer object stored since then stays.
-        let remove = move |pace| {
-            remove_if(
-                &objects,
-                &order,
-                &doomed,
-                |e| e.id,
-                |e, o| Arc::ptr_eq(&o.entry, e),
-                pace,
-            )
-        };
+        let remove =
+            move |pace| objects.remove_if(&doomed, |e| e.id, |e, o| Arc::ptr_eq(&o.entry, e), pace);
         if count.removed as usize <= SYNC_REMOVAL_LIMIT {
             remove(None);
         } else {
@@ -260,19 +238,19 @@ impl EdgeStorage {
 
     /// Purges every variant of one URL (`host/path?query`, query normalised).
     pub fn purge_url(&self, url: &str, soft: bool) -> PurgeCount {
-        let entries = lock(&self.index).url(url);
+        let entries = lock(&self.objects.index).url(url);
         self.purge_entries(entries, soft)
     }
 
     /// Purges every object whose URL starts with `prefix` (`host/path…`).
     pub fn purge_prefix(&self, prefix: &str, soft: bool) -> PurgeCount {
-        let entries = lock(&self.index).prefix(prefix);
+        let entries = lock(&self.objects.index).prefix(prefix);
         self.purge_entries(entries, soft)
     }
 
     /// Purges every object tagged with the surrogate key `tag` (optionally of one site).
     pub fn purge_tag(&self, tag: &str, site: Option<&str>, soft: bool) -> PurgeCount {
-        let mut entries = lock(&self.index).tag(tag);
+        let mut entries = lock(&self.objects.index).tag(tag);
         if let Some(site) = site {
             entries.retain(|e| &*e.site == site);
         }
@@ -282,8 +260,8 @@ impl EdgeStorage {
     /// Purges everything, or everything of one site, in O(1): an epoch bump.
     pub fn purge_all(&self, site: Option<&str>, soft: bool) -> PurgeCount {
         let affected = match site {
-            Some(s) => lock(&self.index).site_objects(s) as u64,
-            None => self.objects.entry_count(),
+            Some(s) => lock(&self.objects.index).site_objects(s) as u64,
+            None => self.objects.len(),
         };
         let cutoff = self.next_seq();
         let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
@@ -303,20 +281,14 @@ impl EdgeStorage {
             drop(epochs);
             let site: Option<Arc<str>> = site.map(Arc::from);
             // Reclaims the memory in the background; lookups already treat these as gone.
-            // (A walk rather than moka's `invalidate_entries_if`, whose support costs a
-            // write-order queue node on every object.)
-            let (objects, order) = (self.objects.clone(), self.write_order.clone());
+            let objects = self.objects.clone();
             std::thread::spawn(move || {
                 let gone = |o: &Object| {
                     o.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
                 };
-                let ids: Vec<u128> = objects
-                    .iter()
-                    .filter(|(_, o)| gone(o))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids = objects.ids_where(gone);
                 let pace = Some(RECLAIM_PAUSE);
-                remove_if(&objects, &order, &ids, |id| *id, |_, o| gone(o), pace);
+                objects.remove_if(&ids, |id| *id, |_, o| gone(o), pace);
             });
             PurgeCount {
                 removed: affected,
@@ -326,38 +298,7 @@ impl EdgeStorage {
     }
 }
 
-/// Removes the object of each of `items` (its id by `id`) that `doomed` still says is gone
-/// when its turn comes (a newer object stored under the id meanwhile stays), a few at a time
-/// under the write order, pausing `pace` between batches.
-///
-/// On a helper thread the pause keeps the reclaim to a fraction of a core: unpaced, 120,000
-/// objects took 1.25 s of one core, which on a 2-core edge is traffic's CPU (the objects are
-/// already invisible; only their memory is waiting).
-fn remove_if<T>(
-    objects: &moka::sync::Cache<u128, Arc<Object>>,
-    order: &Mutex<()>,
-    items: &[T],
-    id: impl Fn(&T) -> u128,
-    doomed: impl Fn(&T, &Object) -> bool,
-    pace: Option<std::time::Duration>,
-) {
-    for (i, chunk) in items.chunks(64).enumerate() {
-        if let (Some(pause), true) = (pace, i > 0) {
-            std::thread::sleep(pause);
-        }
-        let _order = lock(order);
-        for item in chunk {
-            objects
-                .entry(id(item))
-                .and_compute_with(|current| match current {
-                    Some(c) if doomed(item, c.value()) => moka::ops::compute::Op::Remove,
-                    _ => moka::ops::compute::Op::Nop,
-                });
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -368,7 +309,7 @@ impl Storage for EdgeStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(obj) = self.objects.get(&id(key)) else {
+        let Some(obj) = self.objects.get(id(key)) else {
             return Ok(None);
         };
         let mut meta = obj.meta.to_meta()?;
@@ -430,9 +371,9 @@ impl Storage for EdgeStorage {
         _purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        Ok(match self.objects.remove(&id(target.key())) {
-            Some(_) => PurgeOutcome::Purged(None),
-            None => PurgeOutcome::NotFound,
+        Ok(match self.objects.remove(id(target.key())) {
+            true => PurgeOutcome::Purged(None),
+            false => PurgeOutcome::NotFound,
         })
     }
 
@@ -441,7 +382,7 @@ impl Storage for EdgeStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let entries = self.objects.get(&id(target.key())).map(|o| o.entry.clone());
+        let entries = self.objects.peek(id(target.key())).map(|o| o.entry.clone());
         let count = self.purge_entries(entries.into_iter().collect(), true);
         Ok(if count.stale > 0 {
             PurgeOutcome::Expired
@@ -457,7 +398,7 @@ impl Storage for EdgeStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let key = id(key);
-        let Some(obj) = self.objects.get(&key) else {
+        let Some(obj) = self.objects.peek(key) else {
             return Ok(false);
         };
         // A 304 confirmed the content: it is as new as a fresh store.
@@ -553,20 +494,18 @@ impl HandleMiss for Fill {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let seq = self.storage.next_seq();
-        let obj = Object {
-            meta: self
-                .meta
-                .take()
-                .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?,
-            body: Body::new(std::mem::take(&mut self.body)),
-            entry: Arc::new(Entry::new(
-                self.id,
-                self.site.clone(),
-                self.url.clone(),
-                std::mem::take(&mut self.tags),
-            )),
-            born: seq,
-        };
+        let meta = self
+            .meta
+            .take()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "fill finished twice"))?;
+        let entry = Entry::new(
+            self.id,
+            self.site.clone(),
+            self.url.clone(),
+            std::mem::take(&mut self.tags),
+        );
+        let body = Body::new(std::mem::take(&mut self.body));
+        let obj = Object::new(meta, body, Arc::new(entry), seq);
         let size = obj.body.len();
         self.storage.store(self.id, obj);
         Ok(MissFinishType::Created(size))

@@ -23,8 +23,13 @@ fn meta_with(headers: &[(&'static str, &str)]) -> CacheMeta {
 }
 
 fn leak(capacity: u64) -> &'static EdgeStorage {
+    leak_with(capacity, capacity / 16)
+}
+
+fn leak_with(capacity: u64, max_object: u64) -> &'static EdgeStorage {
     Box::leak(Box::new(EdgeStorage::new(
         capacity,
+        max_object,
         vec!["surrogate-key".into()],
     )))
 }
@@ -79,6 +84,8 @@ async fn stores_only_complete_bodies_and_stays_bounded() {
     assert!(storage.weighted_bytes() <= 64 * 1024);
     let objects = storage.object_count() as usize;
     assert!(objects > 0);
+    // 65 distinct keys stored, no purges: whatever is not stored was evicted, and counted.
+    assert_eq!(storage.evictions() as usize + objects, 65);
     let (urls, _, memberships) = storage.index_sizes();
     assert_eq!(urls, objects, "the index holds exactly the stored objects");
     assert!(memberships <= objects);
@@ -198,4 +205,22 @@ async fn a_hard_purge_all_gives_the_memory_back_and_keeps_what_came_after() {
         "{}",
         storage.weighted_bytes()
     );
+}
+
+#[tokio::test]
+async fn the_largest_allowed_object_is_stored_and_a_larger_one_is_not_counted_as_evicted() {
+    // The map evicts per shard from an equal share of the capacity: with one shard per core
+    // (or more) a quarter-of-the-cache object would not fit any share.
+    let storage = leak_with(1 << 20, 256 << 10);
+    let big = key("/big");
+    put(storage, &big, "t", &vec![7u8; (256 << 10) - 1]).await;
+    assert!(
+        has(storage, &big).await,
+        "an object of max_object_size is stored"
+    );
+    let huge = key("/huge");
+    put(storage, &huge, "t", &vec![7u8; 2 << 20]).await;
+    assert!(!has(storage, &huge).await);
+    assert_eq!(storage.evictions(), 0, "a refused object was never stored");
+    assert_eq!(storage.index_sizes(), (1, 1, 1), "and is not indexed");
 }
