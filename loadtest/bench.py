@@ -20,6 +20,27 @@ TOKEN = "bench-admin-token-0123456789"
 procs = []
 
 
+def _terminated(signum, _frame):
+    # `timeout` and Ctrl-\ send signals Python does not turn into exceptions by default; without
+    # this the proxies (each in its own session) outlived the script and held the ports.
+    sys.exit(128 + signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, _terminated)
+
+
+def ports_free():
+    """Refuses to start when something already listens on one of the bench's ports (a run
+    killed before its cleanup): its answers would be measured instead of this run's proxies."""
+    second = [("second crossfade", PORTS["crossfade"] + 10), ("its admin", PORTS["admin"] + 10)]
+    for name, port in list(PORTS.items()) + second:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                sys.exit(f"port {port} ({name}) is already in use: another benchmark still "
+                         f"running, or one that was killed? (ss -ltnp 'sport = :{port}')")
+
+
 def sh(cmd, **kw):
     return subprocess.run(cmd, shell=True, check=True, **kw)
 
@@ -60,6 +81,7 @@ def stop_all():
 
 
 def setup(work):
+    ports_free()
     files = os.path.join(work, "files")
     os.makedirs(files)
     for name, size in SIZES.items():
