@@ -148,10 +148,6 @@ impl EdgeStorage {
         self.seq.fetch_add(1, Ordering::SeqCst)
     }
 
-    fn store(&self, id: u128, obj: Object) {
-        self.objects.insert(id, obj);
-    }
-
     /// A copy of `obj` with new meta, as a new stored version.
     fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta, born: u64) -> Result<()> {
         let updated = Object::new(
@@ -160,7 +156,7 @@ impl EdgeStorage {
             Arc::new(obj.entry.renewed()),
             born,
         );
-        self.store(id, updated);
+        self.objects.insert(id, updated);
         Ok(())
     }
 
@@ -507,7 +503,7 @@ impl HandleMiss for Fill {
         let body = Body::new(std::mem::take(&mut self.body));
         let obj = Object::new(meta, body, Arc::new(entry), seq);
         let size = obj.body.len();
-        self.storage.store(self.id, obj);
+        self.storage.objects.insert(self.id, obj);
         Ok(MissFinishType::Created(size))
     }
 }
