@@ -122,6 +122,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     let fast = crate::proxy::fast::FastPath {
         runtime: runtime.clone(),
         storage,
+        max_object_size: cache.max_object_size,
         predictor: cache.predictor,
         release,
         metrics: metrics.clone(),

@@ -48,6 +48,48 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         })
 }
 
+/// The variance of a stored response for a request (pingora keys variants by it): the request's
+/// values of the headers the response's `Vary` names, and of the rule's key headers and key
+/// cookies. `None` when nothing varies.
+pub fn variance(
+    stored: &HeaderMap,
+    rule: &crate::rules::Rule,
+    req: &HeaderMap,
+) -> Option<pingora::cache::key::HashBinary> {
+    let mut variance = pingora::cache::VarianceBuilder::new();
+    let vary = stored
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty());
+    for name in vary {
+        let value = joined_values(req, &name);
+        variance.add_owned_name_value(name, value);
+    }
+    for name in &rule.key_headers {
+        variance.add_owned_name_value(format!("header:{name}"), joined_values(req, name));
+    }
+    for name in &rule.key_cookies {
+        let value = cookies(req)
+            .find(|(n, _)| n == name)
+            .map_or(Vec::new(), |(_, v)| v.as_bytes().to_vec());
+        // The prefix cannot collide with a header name: header names have no ':'.
+        variance.add_owned_name_value(format!("cookie:{name}"), value);
+    }
+    variance.finalize()
+}
+
+/// Every value of the request header `name`, comma-joined (a variance input).
+fn joined_values(req: &HeaderMap, name: &str) -> Vec<u8> {
+    req.get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b","[..])
+}
+
 /// The query as it is keyed (and forwarded on cacheable requests): parameters the rule does
 /// not keep are removed, empty pairs dropped, and the rest sorted when the rule says so.
 pub fn normalize_query(query: Option<&str>, filter: &QueryFilter, sort: bool) -> String {

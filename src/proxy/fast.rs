@@ -16,15 +16,15 @@
 //! handed back to the connection and pingora reads the request as if nothing had happened.
 //! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
 
+use super::decide::{self, Caching, Plan as Decided, RequestView};
 use super::headclock::TimedHead;
 use super::headers;
 use super::pass::{self, Forwarded, Forwarding, Kind, Plan};
-use super::release::{self, Choice};
 use super::sendfile;
 use super::wire;
 use crate::cache::body::Body;
+use crate::cache::key;
 use crate::cache::storage::EdgeStorage;
-use crate::cache::{key, policy};
 use crate::config::Runtime;
 use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
@@ -37,7 +37,6 @@ use pingora::cache::CacheKey;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{GetSocketDigest, Peek, Ssl, UniqueID, ALPN};
 use pingora::server::ShutdownWatch;
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -47,6 +46,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct FastPath {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub storage: &'static EdgeStorage,
+    /// The largest body stored (`cache.max_object_size`).
+    pub max_object_size: usize,
     pub predictor: &'static Predictor<32>,
     pub release: Arc<Release>,
     pub metrics: Arc<Metrics>,
@@ -140,9 +141,11 @@ impl FastPath {
         let limits = &rt.proxy.limits;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
         let longest = limits.max_uri + limits.max_header_bytes + 64;
+        // What arrived while pingora had the previous request comes after what was read before.
+        buf.extend_from_slice(&stream.unfence());
         let head_len = loop {
-            if let Some(i) = memchr::memmem::find(buf, b"\r\n\r\n") {
-                break i + 4;
+            if let Some(len) = super::framing::head_len(buf) {
+                break len;
             }
             if buf.len() > longest {
                 return self.pass(stream, buf);
@@ -155,6 +158,7 @@ impl FastPath {
                 Ok(_) => {}
             }
         };
+        stream.head_complete();
         // Timed from a complete head, as pingora's path is (idle keep-alive time is not the
         // request's).
         let start = Instant::now();
@@ -167,22 +171,27 @@ impl FastPath {
             Some(Decision::Hit(head, answer)) => (head, answer),
             Some(Decision::Pass(plan)) => {
                 let request = buf.split_to(head_len);
-                return match self.forward(plan, stream, start).await {
+                return match self.forward(plan, stream, start, &request).await {
                     Forwarded::Done(outcome) => outcome,
                     Forwarded::Fallback => {
+                        keep_raw_target(stream, &request);
                         stream.unread(request);
+                        stream.fence();
                         Outcome::Pass
                     }
                 };
             }
             None => {
-                if has_body(&buf[..head_len]) {
+                keep_raw_target(stream, &buf[..head_len]);
+                if !plain(&buf[..head_len]) {
+                    // A body or an upgrade: pingora reads what follows the head itself.
                     return self.pass(stream, buf);
                 }
                 // pingora reads one request at a time and does not keep what follows it (it has
-                // pipelining off), so it gets this head only; pipelined requests after it stay
-                // here for the next turn of the loop.
+                // pipelining off), so it gets this head only, fenced; pipelined requests after
+                // it stay here for the next turn of the loop.
                 stream.unread(buf.split_to(head_len));
+                stream.fence();
                 return Outcome::Pass;
             }
         };
@@ -223,7 +232,9 @@ impl FastPath {
     }
 
     /// What to do with `head`: answer a plain hit, forward a known pass, or (`None`) leave it
-    /// to pingora.
+    /// to pingora. The decision is [`decide::plan`]'s; this is only what this transport can
+    /// carry (HTTP/1.1 GET or HEAD without a body, conditions, ranges or credentials; no edge
+    /// answer, cohort cookie or cached-only maintenance; no keyed cookies or headers).
     fn decide(
         &self,
         rt: &Arc<Runtime>,
@@ -232,7 +243,9 @@ impl FastPath {
         peer: &mut Option<String>,
     ) -> Option<Decision> {
         let (hits, passes) = (rt.proxy.hit_fast_path, rt.proxy.pass_fast_path);
-        let tls = stream.is_tls();
+        if !hits && !passes {
+            return None;
+        }
         let mut slots = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut slots);
         if !parsed.parse(head).ok()?.is_complete() || parsed.version != Some(1) {
@@ -248,27 +261,18 @@ impl FastPath {
         if target.len() > limits.max_uri
             || parsed.headers.len() > limits.max_headers
             || head.len() > limits.max_header_bytes
-            || !target.starts_with('/')
         {
             return None;
         }
-        // The headers the decisions below read (cookies for the bypass and the release choice,
-        // the request id); anything that would make the request not plain ends the fast path.
+        // The headers the decision reads; anything that makes the request not plain ends here.
         let mut headers = HeaderMap::with_capacity(4);
-        let mut host = None;
         for h in parsed.headers.iter() {
             if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
                 return None;
             }
             let name = h.name.as_bytes();
             let kept = if name.eq_ignore_ascii_case(b"host") {
-                if host
-                    .replace(HeaderValue::from_bytes(h.value).ok()?)
-                    .is_some()
-                {
-                    return None;
-                }
-                None
+                Some(header::HOST)
             } else if name.eq_ignore_ascii_case(b"cookie") {
                 Some(header::COOKIE)
             } else if name.eq_ignore_ascii_case(b"x-request-id") {
@@ -283,53 +287,32 @@ impl FastPath {
                 headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
             }
         }
-        let host = crate::config::normalize_host(host?.to_str().ok()?);
-        let site = rt.sites.find(&host)?;
-        if site.https_redirect && !tls {
-            return None;
-        }
-        // What pingora would refuse to parse is its to answer.
-        target.parse::<http::uri::PathAndQuery>().ok()?;
-        let (path, query) = target
-            .split_once('?')
-            .map_or((target, None), |(p, q)| (p, Some(q)));
-        if !matches!(super::path::normalize(path), Ok(Cow::Borrowed(_))) {
-            return None;
-        }
-        let rule = site.routes.find(&method, path);
-        if !rule.key_headers.is_empty() || !rule.key_cookies.is_empty() {
-            return None;
-        }
-        let states = self.release.current();
-        let state = states.get(&*site.name)?;
-        if state.maintenance.covers(&rule.name) {
-            return None;
-        }
-        let r = &rt.release;
-        let choice = release::choose(
-            site,
-            state,
-            path,
-            &headers,
-            &r.cohort_cookie,
-            &r.session_cookie,
-        );
-        let (pool, pool_in_key) = match choice {
-            Choice::Asset { pool } => (pool, String::new()),
-            Choice::Pool {
-                pool,
-                new_cohort: None,
-            } => (pool.clone(), pool),
-            _ => return None,
+        let tls = stream.is_tls();
+        let view = RequestView {
+            method: &method,
+            version: http::Version::HTTP_11,
+            target: target.as_bytes(),
+            authority: None,
+            headers: &headers,
+            tls,
         };
+        let states = self.release.current();
+        let Decided::Forward(f) = decide::plan(rt, &states, &view) else {
+            return None;
+        };
+        let rule = &f.rule;
+        if f.maintenance_cached
+            || f.new_cohort.is_some()
+            || !rule.key_headers.is_empty()
+            || !rule.key_cookies.is_empty()
+        {
+            return None;
+        }
         let request_id = headers::request_id(headers.get("x-request-id"));
-        let bypass = policy::bypass(rule, &method, &headers);
-        let (kind, keyed_target) = match bypass {
-            Some(b) => (Kind::Bypass(b), None),
-            None => {
-                let keyed_query = key::normalize_query(query, &rule.query, rule.query_sort);
-                let primary = key::primary(&site.name, &host, path, &keyed_query, &pool_in_key);
-                let hash = key::hash(&primary);
+        let kind = match &f.cache {
+            Caching::Bypass(b) => Kind::Bypass(*b),
+            Caching::Cacheable { primary, .. } => {
+                let hash = key::hash(primary);
                 let now = SystemTime::now();
                 if let Some((meta, body)) = self
                     .storage
@@ -338,27 +321,22 @@ impl FastPath {
                 {
                     let request = Request {
                         rt,
-                        site: &site.name,
+                        site: &f.site.name,
                         rule,
-                        method,
-                        pool,
+                        method: method.clone(),
+                        pool: f.pool.clone(),
                         request_id,
-                        path,
-                        query,
+                        path: &f.path,
+                        query: f.query,
                     };
                     return hit(request, &meta, body);
                 }
-                let mut k = CacheKey::new(primary, &*site.name);
+                let mut k = CacheKey::new(primary.clone(), &*f.site.name);
                 k.set_primary_bin_override(hash);
                 if !passes || self.predictor.cacheable_prediction(&k) {
                     return None;
                 }
-                let target = if keyed_query.is_empty() {
-                    path.to_string()
-                } else {
-                    format!("{path}?{keyed_query}")
-                };
-                (Kind::Predicted(k), Some(target))
+                Kind::Predicted(k)
             }
         };
         if !passes {
@@ -371,25 +349,25 @@ impl FastPath {
             ip.map_or(String::new(), |ip| ip.to_string())
         });
         let forwarding = Forwarding {
-            target: keyed_target.as_deref().unwrap_or(target),
-            host: &host,
+            target: &f.upstream_target(),
+            host: &f.host,
             client: (!client.is_empty()).then_some(client.as_str()),
             tls,
             request_id: &request_id,
-            drop_cookies: keyed_target.is_some(),
+            drop_cookies: matches!(kind, Kind::Predicted(_)),
         };
         let head = pass::upstream_head(&method, parsed.headers, rule, &forwarding);
         Some(Decision::Pass(Plan {
             runtime: rt.clone(),
-            site: site.clone(),
+            site: f.site.clone(),
             rule: rule.clone(),
-            pool,
+            pool: f.pool.clone(),
             kind,
             head,
             request_id,
-            method,
-            path: path.to_string(),
-            query: query.unwrap_or("").to_string(),
+            method: method.clone(),
+            path: f.path.to_string(),
+            query: f.query.unwrap_or("").to_string(),
         }))
     }
 
@@ -509,9 +487,17 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     Some(Decision::Hit(out, answer))
 }
 
-/// Whether a request head announces a body (then what follows it belongs to it).
-fn has_body(head: &[u8]) -> bool {
-    head.split(|&b| b == b'\n').any(|line| {
+/// Keeps the raw target of a head handed to pingora, whose parser rewrites a target it cannot
+/// hold: the decision reads the bytes the client sent.
+fn keep_raw_target(stream: &mut TimedHead, head: &[u8]) {
+    let target = super::framing::request_target(head);
+    stream.set_raw_target(target.map(bytes::Bytes::copy_from_slice));
+}
+
+/// Whether a request head is all of its request: no body announced and no protocol upgrade
+/// (otherwise what follows the head belongs to it).
+fn plain(head: &[u8]) -> bool {
+    !head.split(|&b| b == b'\n').skip(1).any(|line| {
         let name = line
             .split(|&b| b == b':')
             .next()
@@ -519,13 +505,15 @@ fn has_body(head: &[u8]) -> bool {
             .trim_ascii();
         name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
     })
 }
 
-/// Serves one client connection: HTTP/2 and anything with the fast path off go to pingora's
-/// app as a whole; HTTP/1 requests are tried on the fast path one by one and the others handed
-/// to pingora one request at a time (what pingora's own connection loop does, with the same
-/// keep-alive settings carried between requests).
+/// Serves one client connection: HTTP/2 goes to pingora's app as a whole; HTTP/1 requests are
+/// framed here one by one (whether or not the fast paths are on, so both transports see the
+/// same requests), tried on the fast path, and the others handed to pingora one request at a
+/// time (what pingora's own connection loop does, with the same keep-alive settings carried
+/// between requests).
 pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     fast: &FastPath,
     app: &Arc<A>,
@@ -535,16 +523,15 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     use pingora::apps::ServerApp;
     let h2c = app.server_options().is_some_and(|o| o.h2c);
     let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-    let on = |p: &crate::config::ProxySettings| p.hit_fast_path || p.pass_fast_path;
-    let mut enabled = on(&fast.runtime.load().proxy) && !h2;
-    if enabled && h2c && !stream.is_tls() {
+    let mut http1 = !h2;
+    if http1 && h2c && !stream.is_tls() {
         let mut preface = [0u8; 24];
         match stream.try_peek(&mut preface).await {
-            Ok(_) => enabled = &preface != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Ok(_) => http1 = &preface != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             Err(_) => return,
         }
     }
-    if !enabled {
+    if !http1 {
         let mut next = app.process_new(stream, shutdown).await;
         while let Some(s) = next {
             next = app.process_new(s, shutdown).await;
@@ -554,16 +541,11 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut conn = Conn::default();
     loop {
-        if on(&fast.runtime.load().proxy) {
-            let quitting = *shutdown.borrow();
-            match fast.serve(&mut stream, &mut conn, quitting).await {
-                Outcome::Served => continue,
-                Outcome::Closed => return,
-                Outcome::Pass => {}
-            }
-        } else if !conn.buf.is_empty() {
-            // Turned off by a reload with a pipelined request read: pingora reads it.
-            stream.unread(conn.buf.split());
+        let quitting = *shutdown.borrow();
+        match fast.serve(&mut stream, &mut conn, quitting).await {
+            Outcome::Served => continue,
+            Outcome::Closed => return,
+            Outcome::Pass => {}
         }
         let mut session = ServerSession::new_http1(stream);
         match settings.take() {

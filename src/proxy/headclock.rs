@@ -12,6 +12,7 @@
 //! write) and the read fails, which closes the connection. An h2 connection disarms the clock
 //! with its preface; h2 streams are bounded by h2's own flow control and idle timeout.
 
+use super::framing::HeadScan;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -44,9 +45,8 @@ struct State {
     deadline: Instant,
     /// Whether the head's first byte restarts the clock (later requests on a connection).
     restart_at_first_byte: bool,
-    /// The last bytes of the previous read, so a `\r\n\r\n` split across reads is seen.
-    tail: [u8; 3],
-    tail_len: usize,
+    /// Where the head ends, across reads (the rule every reader of a head shares).
+    scan: HeadScan,
     /// Bytes of this head seen so far (no 408 for a connection that never started a request).
     seen: usize,
 }
@@ -60,8 +60,7 @@ impl TimedHead {
             armed: true,
             deadline: Instant::now() + limit,
             restart_at_first_byte: false,
-            tail: [0; 3],
-            tail_len: 0,
+            scan: HeadScan::default(),
             seen: 0,
         }));
         Box::new(TimedHead {
@@ -69,6 +68,9 @@ impl TimedHead {
             clock,
             sleep: None,
             rewound: BytesMut::new(),
+            fenced: false,
+            raw_target: None,
+            held: BytesMut::new(),
         })
     }
 
@@ -80,8 +82,34 @@ impl TimedHead {
         s.armed = true;
         s.deadline = Instant::now() + idle;
         s.restart_at_first_byte = true;
-        s.tail_len = 0;
+        s.scan = HeadScan::default();
         s.seen = 0;
+    }
+
+    /// The connection loop has a complete head in hand: the clock stops for this request.
+    pub fn head_complete(&self) {
+        self.clock.state().armed = false;
+    }
+
+    /// Hands the request whose head was just given back ([`Self::unread`]) to a reader that must
+    /// not read past it: until [`Self::unfence`], bytes arriving on the connection (the client's
+    /// next, pipelined request) are held here instead of being read as this request's, and the
+    /// reader sees no more data. pingora polls an idle client connection during a request and
+    /// would otherwise take those bytes for an error ("Sent data after end of body") or a
+    /// pipelined prefix the connection loop cannot see.
+    pub fn fence(&mut self) {
+        self.fenced = true;
+    }
+
+    /// Keeps the raw request target of the head about to be handed to pingora.
+    pub fn set_raw_target(&mut self, target: Option<bytes::Bytes>) {
+        self.raw_target = target;
+    }
+
+    /// Ends the fence; the bytes held meanwhile, in arrival order.
+    pub fn unfence(&mut self) -> BytesMut {
+        self.fenced = false;
+        self.held.split()
     }
 
     /// Gives back bytes read from the connection, so the next reads return them first (the
@@ -109,6 +137,13 @@ pub fn rearm(session: &Session, limit: Duration, idle: Duration) {
     }
 }
 
+/// The raw request target of `session`'s request, as the connection loop read it (HTTP/1).
+pub fn raw_target(session: &Session) -> Option<bytes::Bytes> {
+    let stream = session.as_downstream().stream()?;
+    let io: &dyn pingora::protocols::IO = &**stream;
+    io.as_any().downcast_ref::<TimedHead>()?.raw_target.clone()
+}
+
 impl HeadClock {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,31 +161,10 @@ impl State {
             self.deadline = Instant::now() + self.limit;
         }
         self.seen += bytes.len();
-        // The end may straddle reads: the previous read's last 3 bytes, then this read's first 3.
-        let mut edge = [0u8; 6];
-        let first = bytes.len().min(3);
-        let edge_len = self.tail_len + first;
-        edge[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
-        edge[self.tail_len..edge_len].copy_from_slice(&bytes[..first]);
-        let end = ends_head(&edge[..edge_len]) || ends_head(bytes);
-        if end {
+        if self.scan.feed(bytes).is_some() {
             self.armed = false;
-            return;
         }
-        // When this read is shorter than 3 bytes, `edge` holds the old tail and all of it.
-        let last: &[u8] = if bytes.len() >= 3 {
-            &bytes[bytes.len() - 3..]
-        } else {
-            &edge[edge_len.saturating_sub(3)..edge_len]
-        };
-        self.tail_len = last.len();
-        self.tail[..last.len()].copy_from_slice(last);
     }
-}
-
-/// Whether `bytes` hold `\r\n\r\n` (a head has a few dozen `\n`; memchr finds them fast).
-fn ends_head(bytes: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', bytes).any(|i| i >= 3 && &bytes[i - 3..=i] == b"\r\n\r\n")
 }
 
 /// A client connection whose request heads are timed.
@@ -160,6 +174,12 @@ pub struct TimedHead {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Bytes read by `try_peek`, handed out again by the next reads.
     rewound: BytesMut,
+    /// See [`TimedHead::fence`].
+    fenced: bool,
+    /// The request target of the head handed to pingora, as the client sent it.
+    raw_target: Option<bytes::Bytes>,
+    /// Bytes that arrived while fenced.
+    held: BytesMut,
 }
 
 impl std::fmt::Debug for TimedHead {
@@ -182,6 +202,9 @@ impl AsyncRead for TimedHead {
             let n = this.rewound.len().min(buf.remaining());
             buf.put_slice(&this.rewound.split_to(n));
             return Poll::Ready(Ok(()));
+        }
+        if this.fenced {
+            return this.poll_hold(cx);
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -212,6 +235,32 @@ impl AsyncRead for TimedHead {
         Poll::Ready(Err(timed_out()))
     }
 }
+
+impl TimedHead {
+    /// A read while fenced: what arrives is held for the connection loop, and the reader is told
+    /// nothing came (`Pending`), or that the client closed (`Ready` with no bytes).
+    fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bounded like a head: a client that floods a fenced connection waits for the request.
+        if self.held.len() >= HELD_MAX {
+            return Poll::Pending;
+        }
+        let mut chunk = [0u8; 4096];
+        let mut read = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => {
+                self.held.extend_from_slice(read.filled());
+                // Pending without a wake-up to come: the reader is pingora polling an idle
+                // client beside the request's real work, which wakes it.
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+/// Bytes held while fenced before reads stop (a pipelined window of requests).
+const HELD_MAX: usize = 256 << 10;
 
 fn timed_out() -> io::Error {
     io::Error::new(
@@ -363,8 +412,7 @@ mod tests {
             armed: true,
             deadline: Instant::now(),
             restart_at_first_byte: true,
-            tail: [0; 3],
-            tail_len: 0,
+            scan: HeadScan::default(),
             seen: 0,
         }
     }
@@ -389,5 +437,17 @@ mod tests {
         }
         assert!(s.armed && !s.restart_at_first_byte);
         assert_eq!(s.seen, 25);
+    }
+
+    #[test]
+    fn empty_lines_before_a_head_do_not_stop_the_clock() {
+        let mut s = state();
+        s.saw(b"\r\n\r\n");
+        assert!(s.armed, "leading empty lines are not a head");
+        s.saw(b"G");
+        assert!(s.armed);
+        let mut s = state();
+        s.saw(b"GET / HTTP/1.1\nHost: a\n\n");
+        assert!(!s.armed, "a head ending in bare LF ends the clock");
     }
 }

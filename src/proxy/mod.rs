@@ -8,41 +8,41 @@
 
 pub mod connlimit;
 pub mod ctx;
+pub mod decide;
 pub mod drain;
 mod edge;
 pub mod fast;
+mod framing;
 mod handback;
 pub mod headclock;
 pub mod headers;
 mod invalidate;
 mod limits;
 pub mod pass;
-pub mod path;
-mod release;
+pub mod release;
 pub mod sanitize;
 mod sendfile;
 pub mod upstream;
 mod wire;
 
 use crate::cache::{key, policy, CacheCore};
-use crate::config::{normalize_host, Runtime};
+use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::{Metrics, RequestEvent};
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
-use edge::Answer;
+use decide::{Answer, Plan, RequestView};
 use http::header;
 use pingora::cache::key::HashBinary;
 use pingora::cache::ForcedFreshness;
-use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use release::Choice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,27 +93,6 @@ impl EdgeProxy {
     }
 }
 
-/// The request's host: the URI authority first (HTTP/2 sends `:authority`, not Host), then
-/// the Host header.
-fn request_host(req: &RequestHeader) -> Option<String> {
-    let raw = match req.uri.authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req.headers.get(header::HOST)?.to_str().ok()?.to_string(),
-    };
-    let host = normalize_host(&raw);
-    (!host.is_empty()).then_some(host)
-}
-
-/// Every value of the request header `name`, comma-joined (a variance input).
-fn joined_values(req: &RequestHeader, name: &str) -> Vec<u8> {
-    req.headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b","[..])
-}
-
 /// HTTP/1.1 keeps a connection open unless told otherwise, HTTP/1.0 only when asked
 /// (pingora keeps both; `Connection: close` it handles itself).
 fn wants_keepalive(req: &RequestHeader) -> bool {
@@ -131,34 +110,8 @@ fn wants_keepalive(req: &RequestHeader) -> bool {
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
     ctx.edge_answer = Some(r.detail);
     session.set_keepalive(None);
-    Answer::text(r.status, r.detail, r.message)
-        .send(session)
-        .await?;
+    edge::send(session, &Answer::text(r.status, r.detail, r.message)).await?;
     Ok(true)
-}
-
-/// Rewrites the request target to its normalised path (see [`path`]), so routing, the cache
-/// key and the origin all see one form; the reason when the path is refused.
-fn normalize_target(session: &mut Session) -> Result<Option<path::Refused>> {
-    let uri = &session.req_header().uri;
-    let normalized = match path::normalize(uri.path()) {
-        Err(refused) => return Ok(Some(refused)),
-        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(None),
-        Ok(std::borrow::Cow::Owned(p)) => p,
-    };
-    let target = match uri.query() {
-        Some(q) => format!("{normalized}?{q}"),
-        None => normalized,
-    };
-    let parsed = target.parse().map_err(|e| {
-        Error::because(
-            ErrorType::InternalError,
-            "normalised path does not parse",
-            e,
-        )
-    })?;
-    session.req_header_mut().set_uri(parsed);
-    Ok(None)
 }
 
 #[async_trait]
@@ -177,122 +130,70 @@ impl ProxyHttp for EdgeProxy {
             // pingora's own is 60 s; carried to the next request on the connection.
             session.set_keepalive(Some(rt.proxy.limits.keepalive_timeout.as_secs().max(1)));
         }
-        let req = session.req_header();
-        ctx.request_id = headers::request_id(req.headers.get("x-request-id"));
-        let host = request_host(req);
-        let Some(site) = host.as_deref().and_then(|h| rt.sites.find(h)).cloned() else {
-            ctx.edge_answer = Some("unknown-host");
-            let status = rt.proxy.unknown_host_status;
-            ctx.runtime = Some(rt);
-            let body = "crossfade: no site is configured for this host\n";
-            Answer::text(status, "unknown-host", body)
-                .send(session)
-                .await?;
-            return Ok(true);
-        };
+        ctx.request_id = headers::request_id(session.req_header().headers.get("x-request-id"));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Some(refused) = limits::check_head(session, &rt.proxy.limits) {
+            ctx.runtime = Some(rt);
             return refuse(session, ctx, refused).await;
         }
         session.set_read_timeout(Some(rt.proxy.limits.body_timeout));
+        let states = self.release.current();
+        // pingora's parsed (and even its raw) head escapes bytes it cannot hold and files targets
+        // it cannot classify under `/`; the decision must see what the client sent, which the
+        // connection loop kept (HTTP/2's `:path` pingora keeps as sent).
+        let raw = headclock::raw_target(session);
         let req = session.req_header();
-        if req.method.as_str() == "PURGE" {
-            ctx.edge_answer = Some("purge");
-            let host = host.unwrap_or_default();
-            return invalidate::purge_method(&self.purger, &rt, session, &host).await;
-        }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.tls = tls;
-        if site.https_redirect && !tls {
-            if let Some(answer) =
-                edge::https_redirect(&rt, req, host.as_deref().unwrap_or_default())
-            {
-                ctx.edge_answer = Some("https-redirect");
-                answer.send(session).await?;
+        let view = RequestView {
+            method: &req.method,
+            version: req.version,
+            target: raw.as_deref().unwrap_or(req.raw_path()),
+            authority: req.uri.authority().map(|a| a.as_str()),
+            headers: &req.headers,
+            tls: ctx.tls,
+        };
+        let forward = match decide::plan(&rt, &states, &view) {
+            Plan::Answer(answer) => {
+                ctx.edge_answer = Some(answer.detail);
+                ctx.runtime = Some(rt);
+                edge::send(session, &answer).await?;
                 return Ok(true);
             }
+            Plan::Purge { host } => {
+                ctx.edge_answer = Some("purge");
+                ctx.runtime = Some(rt.clone());
+                return invalidate::purge_method(&self.purger, &rt, session, &host).await;
+            }
+            Plan::Forward(f) => f,
+        };
+        // The routed form is what every later hook, the log and the origin see.
+        let routed = match forward.query {
+            Some(q) => format!("{}?{q}", forward.path),
+            None => forward.path.to_string(),
+        };
+        let rewrite = req.raw_path() != routed.as_bytes();
+        ctx.upstream_uri = Some(forward.upstream_target().into_owned());
+        ctx.bypass = forward.bypass();
+        if let decide::Caching::Cacheable { primary, .. } = forward.cache {
+            ctx.primary = primary;
         }
-        if let Some(refused) = normalize_target(session)? {
-            ctx.edge_answer = Some("bad-path");
-            let body = format!("crossfade: ambiguous request path ({})\n", refused.as_str());
-            let answer = Answer {
-                body: body.into(),
-                ..Answer::text(400, "bad-path", "")
-            };
-            answer.send(session).await?;
-            return Ok(true);
+        ctx.pool = Some(forward.pool);
+        ctx.new_cohort = forward.new_cohort;
+        ctx.maintenance_cached = forward.maintenance_cached;
+        ctx.host = forward.host;
+        let rule = forward.rule;
+        ctx.site = Some(forward.site);
+        ctx.runtime = Some(rt);
+        if rewrite {
+            let uri = routed.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "routed target does not parse", e)
+            })?;
+            session.req_header_mut().set_uri(uri);
         }
-        let req = session.req_header();
-        let path = req.uri.path();
-        let rule = site.routes.find(&req.method, path).clone();
-        if let Some(refused) = limits::declared_body_over(session, rule.max_body) {
+        let max_body = rule.max_body;
+        ctx.rule = Some(rule);
+        if let Some(refused) = limits::declared_body_over(session, max_body) {
             return refuse(session, ctx, refused).await;
         }
-        let req = session.req_header();
-        let Some(state) = self.release.get(&site.name) else {
-            return Error::e_explain(ErrorType::InternalError, "no release state for site");
-        };
-        if state.maintenance.covers(&rule.name) {
-            if !state.maintenance.serve_cached
-                || req.method != http::Method::GET && req.method != http::Method::HEAD
-            {
-                ctx.edge_answer = Some("maintenance");
-                Answer::maintenance(&rt).send(session).await?;
-                return Ok(true);
-            }
-            ctx.maintenance_cached = true;
-        }
-        let r = &rt.release;
-        let pool_in_key = match release::choose(
-            &site,
-            &state,
-            path,
-            &req.headers,
-            &r.cohort_cookie,
-            &r.session_cookie,
-        ) {
-            Choice::UnknownAsset => {
-                ctx.edge_answer = Some("unknown-asset");
-                // Short negative TTL: a release that is about to go live must not stay 404.
-                let answer = Answer {
-                    cache_control: "public, max-age=10",
-                    ..Answer::text(
-                        404,
-                        "unknown-asset-version",
-                        "crossfade: no release serves this asset version\n",
-                    )
-                };
-                answer.send(session).await?;
-                return Ok(true);
-            }
-            Choice::Asset { pool } => {
-                ctx.pool = Some(pool);
-                String::new()
-            }
-            Choice::Pool { pool, new_cohort } => {
-                ctx.new_cohort = new_cohort;
-                ctx.pool = Some(pool.clone());
-                pool
-            }
-        };
-        ctx.bypass = policy::request_bypass(&rule, req);
-        if ctx.bypass.is_none() {
-            let query = key::normalize_query(req.uri.query(), &rule.query, rule.query_sort);
-            let host = host.as_deref().unwrap_or_default();
-            ctx.primary = key::primary(&site.name, host, path, &query, &pool_in_key);
-            ctx.upstream_uri = Some(if query.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}?{query}")
-            });
-        } else if ctx.maintenance_cached {
-            ctx.edge_answer = Some("maintenance");
-            Answer::maintenance(&rt).send(session).await?;
-            return Ok(true);
-        }
-        ctx.host = host.unwrap_or_default();
-        ctx.site = Some(site);
-        ctx.rule = Some(rule);
-        ctx.runtime = Some(rt);
         Ok(false)
     }
 
@@ -338,32 +239,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let mut variance = VarianceBuilder::new();
-        let vary = meta
-            .headers()
-            .get_all(header::VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .filter(|name| !name.is_empty());
-        for name in vary {
-            let value = joined_values(req, &name);
-            variance.add_owned_name_value(name, value);
-        }
-        if let Some(rule) = &ctx.rule {
-            for name in &rule.key_headers {
-                variance.add_owned_name_value(format!("header:{name}"), joined_values(req, name));
-            }
-            for name in &rule.key_cookies {
-                let value = key::cookies(&req.headers)
-                    .find(|(n, _)| n == name)
-                    .map_or(Vec::new(), |(_, v)| v.as_bytes().to_vec());
-                // The prefix cannot collide with a header name: header names have no ':'.
-                variance.add_owned_name_value(format!("cookie:{name}"), value);
-            }
-        }
-        variance.finalize()
+        let rule = ctx.rule.as_deref()?;
+        key::variance(meta.headers(), rule, &req.headers)
     }
 
     fn response_cache_filter(
@@ -454,7 +331,7 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.edge_answer = Some("maintenance");
         if let Some(rt) = ctx.runtime.clone() {
-            Answer::maintenance(&rt).send(session).await?;
+            edge::send(session, &Answer::maintenance(&rt)).await?;
         }
         Ok(false)
     }
@@ -499,7 +376,7 @@ impl ProxyHttp for EdgeProxy {
                     &rt.release.maintenance_page,
                     rt.release.retry_after,
                 );
-                let _ = page.send(session).await;
+                let _ = edge::send(session, &page).await;
             }
         } else if code > 0 {
             let _ = session.respond_error(code).await;
@@ -517,12 +394,17 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(uri) = &ctx.upstream_uri {
-            // Cacheable request: the origin sees exactly what the key says (normalised query),
-            // and only the cookies that are part of the key, so nothing unkeyed can shape
-            // a response that others will receive.
             upstream.set_uri(uri.parse().map_err(|e| {
-                Error::because(ErrorType::InternalError, "normalised URI does not parse", e)
+                Error::because(
+                    ErrorType::InternalError,
+                    "upstream target does not parse",
+                    e,
+                )
             })?);
+        }
+        if ctx.bypass.is_none() {
+            // Cacheable request: the origin sees only the cookies that are part of the key, so
+            // nothing unkeyed can shape a response that others will receive.
             let kept: Vec<String> = match &ctx.rule {
                 Some(rule) if !rule.key_cookies.is_empty() => key::cookies(&upstream.headers)
                     .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
@@ -536,9 +418,9 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         sanitize::sanitize(upstream, ctx.rule.as_deref());
-        if upstream.headers.get(header::HOST).is_none() && !ctx.host.is_empty() {
-            upstream.insert_header(header::HOST, ctx.host.as_str())?;
-        }
+        // The host the key was built from, never the client's spelling of it (port, case,
+        // trailing dot): a page built for another Host must not be stored under this one.
+        upstream.insert_header(header::HOST, ctx.host.as_str())?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             upstream.insert_header("x-forwarded-for", addr.ip().to_string())?;
         }

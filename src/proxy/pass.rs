@@ -18,6 +18,7 @@ use super::headers;
 use super::sanitize::UNTRUSTED;
 use super::upstream::{self, BadHead, Framing, RelayError};
 use super::wire;
+use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::metrics::RequestEvent;
@@ -25,7 +26,7 @@ use crate::rules::Rule;
 use bytes::BytesMut;
 use http::Method;
 use pingora::cache::predictor::CacheablePredictor;
-use pingora::cache::{CacheKey, NoCacheReason};
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason};
 use pingora::http::ResponseHeader;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -92,9 +93,12 @@ pub fn upstream_head(
 ) -> BytesMut {
     let mut out = wire::Head::request(method, f.target);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
+    // The host the key was built from, never the client's spelling of it.
+    line(b"Host", f.host.as_bytes());
     for h in fields {
         let is = |n: &&str| h.name.eq_ignore_ascii_case(n);
-        if UNTRUSTED.iter().any(is)
+        if is(&"host")
+            || UNTRUSTED.iter().any(is)
             || HOP_BY_HOP.iter().any(is)
             || rule
                 .strip_headers
@@ -116,6 +120,54 @@ pub fn upstream_head(
     line(b"x-request-id", f.request_id.as_bytes());
     line(b"x-forwarded-host", f.host.as_bytes());
     out.finish()
+}
+
+/// What the storage policy says of a predicted-uncacheable key's response.
+enum Readmitted {
+    /// Not stored, for this reason (the `Cache-Status` detail).
+    NotStored(&'static str),
+    /// Stored once it has reached the client whole.
+    Store(Box<CacheMeta>),
+}
+
+/// The origin's response head as pingora's path would store it: every field in its order and
+/// case, but the framing and hop-by-hop ones (the body is stored decoded).
+fn stored_head(head: &upstream::Head) -> ResponseHeader {
+    let mut resp = ResponseHeader::build(head.status, Some(head.fields.len()))
+        .expect("a status and a capacity build a response head");
+    for (name, value) in head.iter() {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("transfer-encoding") || is("connection") || is("keep-alive") {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            std::str::from_utf8(name),
+            http::HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        // `append_header` with an owned name keeps the origin's case, as pingora's reader does.
+        let _ = resp.append_header(name.to_string(), value);
+    }
+    resp
+}
+
+/// The client's request headers, from its raw head (only read when a stored response varies).
+fn request_headers(request: &[u8]) -> http::HeaderMap {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let mut map = http::HeaderMap::new();
+    if parsed.parse(request).is_ok() {
+        for h in parsed.headers.iter() {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(h.name.as_bytes()),
+                http::HeaderValue::from_bytes(h.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+    }
+    map
 }
 
 /// What became of a planned pass.
@@ -207,6 +259,7 @@ impl FastPath {
         plan: Plan,
         client: &mut TimedHead,
         start: Instant,
+        request: &[u8],
     ) -> Forwarded {
         // This client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
         let Some(pool) = plan.site.pool(&plan.pool).filter(|p| !p.http2) else {
@@ -252,15 +305,32 @@ impl FastPath {
         };
         let status = head.status.as_u16();
         server.answered(status, pool.passive_down);
-        // Why a predicted key's response is not stored (it never is from here).
-        let not_stored = match &plan.kind {
+        let readmitted = match &plan.kind {
             Kind::Bypass(_) => None,
             Kind::Predicted(key) => Some(self.readmit(&plan, key, &head)),
         };
-        let out = response_head(&plan, &head, not_stored);
+        let mut capture = match &readmitted {
+            Some(Readmitted::Store(meta)) => {
+                let length = meta
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                Some(upstream::Capture::new(self.max_object_size, length))
+            }
+            _ => None,
+        };
+        let out = response_head(&plan, &head, readmitted.as_ref());
         let ttfb = start.elapsed();
-        let relayed =
-            upstream::relay_body(&mut up, &mut buf, client, out, head.framing, read_limit).await;
+        let relayed = upstream::relay_body(
+            &mut up,
+            &mut buf,
+            client,
+            out,
+            head.framing,
+            read_limit,
+            capture.as_mut(),
+        )
+        .await;
         let (bytes, error, outcome) = match relayed {
             Ok((bytes, clean)) => {
                 if clean && head.reusable {
@@ -274,6 +344,17 @@ impl FastPath {
             Err(RelayError::Origin(e)) => (0, e, Outcome::Closed),
             Err(RelayError::Client) => (0, "WriteError", Outcome::Closed),
         };
+        let store = match (readmitted, capture) {
+            (None, _) => None,
+            (Some(Readmitted::NotStored(reason)), _) => Some(Some(reason)),
+            (Some(Readmitted::Store(meta)), Some(body)) if error.is_empty() && !body.over => {
+                let Kind::Predicted(key) = &plan.kind else {
+                    unreachable!("only a predicted key is readmitted")
+                };
+                Some(self.store(&plan, key, *meta, body.body, request).await)
+            }
+            (Some(Readmitted::Store(_)), _) => Some(Some("incomplete-body")),
+        };
         self.report(
             &plan,
             start,
@@ -284,53 +365,67 @@ impl FastPath {
                 ttfb: Some(ttfb),
                 bytes,
                 error,
-                store: not_stored.map(Some),
+                store,
             },
         );
         Forwarded::Done(outcome)
     }
 
-    /// Runs the storage policy on a predicted-uncacheable key's response, as pingora's path
-    /// does, and tells the predictor; the `Cache-Status` detail. A response that has become
-    /// storable is not stored from here (this path has no cache fill): the predictor forgets
-    /// the key, so the next request takes the cache path and stores it.
-    fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> &'static str {
+    /// Runs the storage policy on a predicted-uncacheable key's response and tells the
+    /// predictor, as pingora's path does for a request it bypassed on a prediction: a GET
+    /// answered 200 that has become storable is stored (see [`Self::store`]); another storable
+    /// answer is left to the next request ("deferred").
+    fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
         if let Some(reason) = policy::plainly_refused_raw(&plan.path, || head.iter()) {
             self.predictor
                 .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
-            return reason.as_str();
+            return Readmitted::NotStored(reason.as_str());
         }
-        // A plain map of the headers the policy reads, their values shared with the head.
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = head.status;
-        for (n, v) in &head.fields {
-            let name = &head.head[n.clone()];
-            let Some(known) = policy::DECIDING_HEADERS
-                .iter()
-                .find(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            else {
-                continue;
-            };
-            // SAFETY: httparse accepted this value, and it accepts exactly the bytes a
-            // `HeaderValue` may hold (visible ASCII, obs-text, space and tab); checking them
-            // again cost more than the rest of this map.
-            let value = unsafe {
-                http::HeaderValue::from_maybe_shared_unchecked(head.head.slice(v.clone()))
-            };
-            parts.headers.append(known.clone(), value);
-        }
-        let resp = ResponseHeader::from(parts);
+        let resp = stored_head(head);
         match policy::admit(&plan.rule, &plan.path, &resp) {
-            Ok(_) => {
+            Ok(meta) => {
                 self.predictor.mark_cacheable(key);
-                "predicted-uncacheable"
+                if plan.method == Method::GET && head.status == http::StatusCode::OK {
+                    Readmitted::Store(Box::new(meta))
+                } else {
+                    Readmitted::NotStored("deferred")
+                }
             }
             Err(reason) => {
                 self.predictor
                     .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
-                reason.as_str()
+                Readmitted::NotStored(reason.as_str())
             }
+        }
+    }
+
+    /// Stores a response that reached the client whole under `key` (with the variance its
+    /// `Vary` and the rule give it, read from the client's `request` head), through the same
+    /// storage calls as pingora's cache fill; the `Cache-Status` store outcome.
+    async fn store(
+        &self,
+        plan: &Plan,
+        key: &CacheKey,
+        meta: CacheMeta,
+        body: BytesMut,
+        request: &[u8],
+    ) -> Option<&'static str> {
+        use pingora::cache::storage::Storage;
+        let mut key = key.clone();
+        if let Some(variance) = key::variance(meta.headers(), &plan.rule, &request_headers(request))
+        {
+            key.set_variance_key(variance);
+        }
+        let trace = pingora::cache::trace::Span::inactive().handle();
+        let filled = async {
+            let mut fill = self.storage.get_miss_handler(&key, &meta, &trace).await?;
+            fill.write_body(body.freeze(), true).await?;
+            fill.finish().await
+        };
+        match filled.await {
+            Ok(_) => None,
+            Err(_) => Some("storage-error"),
         }
     }
 
@@ -410,7 +505,13 @@ impl FastPath {
 
 /// The response head for the client: the origin's headers but the internal ones and those
 /// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
-fn response_head(plan: &Plan, head: &upstream::Head, not_stored: Option<&str>) -> BytesMut {
+fn response_head(plan: &Plan, head: &upstream::Head, readmitted: Option<&Readmitted>) -> BytesMut {
+    let stored = match readmitted {
+        Some(Readmitted::Store(meta)) => Some(meta),
+        _ => None,
+    };
+    // A stored object gets the route's browser TTL, as on pingora's path.
+    let browser = stored.and_then(|_| headers::browser_cache_control(&plan.rule));
     let tags = &plan.runtime.cache.tag_headers;
     let mut out = wire::Head::response(head.status, head.head.len() + 256);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
@@ -423,10 +524,14 @@ fn response_head(plan: &Plan, head: &upstream::Head, not_stored: Option<&str>) -
             || reframed
             || headers::INTERNAL_HEADERS.iter().any(|n| is(n))
             || tags.iter().any(|n| is(n))
+            || browser.is_some() && (is("cache-control") || is("expires"))
         {
             continue;
         }
         line(name, value);
+    }
+    if let Some(cc) = &browser {
+        line(b"Cache-Control", cc.as_bytes());
     }
     if head.framing == Framing::Close {
         line(b"Transfer-Encoding", b"chunked");
@@ -438,16 +543,29 @@ fn response_head(plan: &Plan, head: &upstream::Head, not_stored: Option<&str>) -
             b"cache-status",
             &[name, b"; fwd=bypass; detail=", b.as_str().as_bytes()],
         ),
-        Kind::Predicted(_) => out.line_of(
-            b"cache-status",
-            &[
-                name,
-                b"; fwd=miss; fwd-status=",
-                head.status.as_str().as_bytes(),
-                b"; detail=",
-                not_stored.unwrap_or("predicted-uncacheable").as_bytes(),
-            ],
-        ),
+        Kind::Predicted(_) => match readmitted {
+            Some(Readmitted::Store(meta)) => out.line_of(
+                b"cache-status",
+                &[
+                    name,
+                    b"; fwd=miss; fwd-status=",
+                    head.status.as_str().as_bytes(),
+                    b"; stored",
+                    headers::ttl_param(meta.fresh_until()).as_bytes(),
+                ],
+            ),
+            Some(Readmitted::NotStored(reason)) => out.line_of(
+                b"cache-status",
+                &[
+                    name,
+                    b"; fwd=miss; fwd-status=",
+                    head.status.as_str().as_bytes(),
+                    b"; detail=",
+                    reason.as_bytes(),
+                ],
+            ),
+            None => unreachable!("a predicted key is always readmitted"),
+        },
     }
     out.finish_response()
 }

@@ -218,9 +218,44 @@ pub enum RelayError {
     Client,
 }
 
+/// A copy of a relayed body, up to a limit: a response the cache may keep is stored once it
+/// has reached the client whole.
+pub struct Capture {
+    pub body: BytesMut,
+    max: usize,
+    /// The body grew past the limit (and the copy was dropped).
+    pub over: bool,
+}
+
+impl Capture {
+    pub fn new(max: usize, expected: Option<u64>) -> Capture {
+        let hint = expected
+            .map_or(0, |n| n.min(max as u64) as usize)
+            .min(4 << 20);
+        Capture {
+            body: BytesMut::with_capacity(hint),
+            max,
+            over: false,
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        if self.over {
+            return;
+        }
+        if self.body.len() + data.len() > self.max {
+            self.over = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(data);
+    }
+}
+
 /// Sends `out` (the response head, already built) and then the body read from `up` (starting
-/// with what is already in `buf`) to `client`. Returns the body bytes sent and whether the origin
-/// connection ended its message cleanly with nothing left over (so it can be reused).
+/// with what is already in `buf`) to `client`, copying the body's data into `capture` when
+/// given. Returns the body bytes sent and whether the origin connection ended its message
+/// cleanly with nothing left over (so it can be reused).
 pub async fn relay_body<W: AsyncWrite + Unpin>(
     up: &mut TcpStream,
     buf: &mut BytesMut,
@@ -228,6 +263,7 @@ pub async fn relay_body<W: AsyncWrite + Unpin>(
     mut out: BytesMut,
     framing: Framing,
     read_limit: Duration,
+    mut capture: Option<&mut Capture>,
 ) -> Result<(usize, bool), RelayError> {
     let mut sent = 0usize;
     let mut chunks = Chunked::default();
@@ -241,19 +277,27 @@ pub async fn relay_body<W: AsyncWrite + Unpin>(
             Framing::Length(_) => {
                 let take = (buf.len() as u64).min(left) as usize;
                 out.extend_from_slice(&buf[..take]);
+                if let Some(c) = capture.as_deref_mut() {
+                    c.take(&buf[..take]);
+                }
                 buf.advance(take);
                 sent += take;
                 left -= take as u64;
                 left == 0
             }
             Framing::Chunked => {
-                let done = chunks.decode(buf, &mut out).map_err(RelayError::Origin)?;
+                let done = chunks
+                    .decode_into(buf, &mut out, capture.as_deref_mut())
+                    .map_err(RelayError::Origin)?;
                 sent += chunks.data;
                 done
             }
             Framing::Close => {
                 if !buf.is_empty() {
                     sent += buf.len();
+                    if let Some(c) = capture.as_deref_mut() {
+                        c.take(buf);
+                    }
                     chunk(&mut out, buf);
                     buf.clear();
                 }
@@ -330,6 +374,16 @@ impl Chunked {
     /// Decodes what `buf` holds, appending re-framed chunks (and the last chunk) to `out`;
     /// `Ok(true)` once the body's end was read.
     pub fn decode(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, &'static str> {
+        self.decode_into(buf, out, None)
+    }
+
+    /// [`Self::decode`], copying the data into `capture` too.
+    fn decode_into(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut BytesMut,
+        mut capture: Option<&mut Capture>,
+    ) -> Result<bool, &'static str> {
         self.data = 0;
         loop {
             match self.state {
@@ -356,6 +410,9 @@ impl Chunked {
                     }
                     let take = (buf.len() as u64).min(left) as usize;
                     chunk(out, &buf[..take]);
+                    if let Some(c) = capture.as_deref_mut() {
+                        c.take(&buf[..take]);
+                    }
                     buf.advance(take);
                     self.data += take;
                     self.state = if take as u64 == left {

@@ -148,6 +148,42 @@ impl Drop for Origin {
     }
 }
 
+/// The environment variable that picks the transport every test proxy uses: unset (or `fast`)
+/// for crossfade's defaults (the HTTP/1.1 fast transport on), `pingora` for every request
+/// through pingora's proxy path (`hit_fast_path = false`, `pass_fast_path = false`). CI runs the
+/// whole suite both ways: one behaviour, two transports.
+pub const TRANSPORT_VAR: &str = "CROSSFADE_TEST_TRANSPORT";
+
+/// Whether this run's proxies use the fast transport (see [`TRANSPORT_VAR`]).
+pub fn fast_transport() -> bool {
+    match std::env::var(TRANSPORT_VAR).as_deref() {
+        Err(_) | Ok("") | Ok("fast") => true,
+        Ok("pingora") => false,
+        Ok(other) => panic!("{TRANSPORT_VAR}={other:?}: expected \"fast\" or \"pingora\""),
+    }
+}
+
+/// `n` when this run uses the fast transport, else "0": what a fast-path counter reads.
+pub fn fast_count(n: &str) -> &str {
+    if fast_transport() {
+        n
+    } else {
+        "0"
+    }
+}
+
+/// The `[proxy]` keys this run's transport adds; a key the test sets itself is left to it.
+fn transport_keys(extra: &str) -> String {
+    if fast_transport() {
+        return String::new();
+    }
+    ["hit_fast_path", "pass_fast_path"]
+        .iter()
+        .filter(|k| !extra.contains(*k))
+        .map(|k| format!("{k} = false\n"))
+        .collect()
+}
+
 /// A free loopback port (bound and released; the proxy binds it right after).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -236,15 +272,14 @@ impl Proxy {
                  [[admin.tokens]]\nname = \"release\"\ntoken = \"{RELEASE_TOKEN}\"\nscopes = [\"release\"]\n\
                  {extra}\n"
             );
+            let proxy_keys = format!(
+                "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n{}",
+                transport_keys(extra)
+            );
             if !extra.contains("[proxy]") {
-                config.push_str(&format!(
-                    "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true\n"
-                ));
+                config.push_str(&proxy_keys);
             } else {
-                config = config.replace(
-                    "[proxy]",
-                    &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nh2c = true"),
-                );
+                config = config.replace("[proxy]\n", &proxy_keys);
             }
             config.push_str(sites);
             for (name, text) in rules {

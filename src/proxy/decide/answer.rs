@@ -1,0 +1,120 @@
+//! Answers the edge gives by itself (unknown host, a bad request, maintenance, an unknown asset
+//! version, no healthy server, an HTTPS redirect, `OPTIONS *`), as data: what to send, not how.
+//! Each carries a fixed `Cache-Status` detail (a label, never user input); a transport writes it.
+
+use bytes::Bytes;
+use std::time::Duration;
+
+/// One edge answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// Cache-Status detail and log label.
+    pub detail: &'static str,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    pub cache_control: &'static str,
+    pub retry_after: Option<Duration>,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    /// A short plain-text answer that nobody caches.
+    pub fn text(status: u16, detail: &'static str, body: &'static str) -> Answer {
+        Answer {
+            status,
+            detail,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from_static(body.as_bytes()),
+            cache_control: "no-store",
+            retry_after: None,
+            location: None,
+        }
+    }
+
+    /// The maintenance / unavailable page: 503 with Retry-After.
+    pub fn unavailable(detail: &'static str, page: &str, retry_after: Duration) -> Answer {
+        Answer {
+            status: 503,
+            detail,
+            content_type: "text/html; charset=utf-8",
+            body: Bytes::from(page.to_string()),
+            cache_control: "no-store",
+            retry_after: Some(retry_after),
+            location: None,
+        }
+    }
+
+    /// The configured maintenance page.
+    pub fn maintenance(rt: &crate::config::Runtime) -> Answer {
+        Self::unavailable(
+            "maintenance",
+            &rt.release.maintenance_page,
+            rt.release.retry_after,
+        )
+    }
+
+    /// No site is configured for the request's host.
+    pub fn unknown_host(status: u16) -> Answer {
+        Self::text(
+            status,
+            "unknown-host",
+            "crossfade: no site is configured for this host\n",
+        )
+    }
+
+    /// A versioned asset whose hash no healthy pool serves. Short negative TTL: a release that
+    /// is about to go live must not stay 404.
+    pub fn unknown_asset() -> Answer {
+        Answer {
+            cache_control: "public, max-age=10",
+            ..Self::text(
+                404,
+                "unknown-asset-version",
+                "crossfade: no release serves this asset version\n",
+            )
+        }
+    }
+
+    /// A path whose meaning differs between servers (see `decide::path`).
+    pub fn bad_path(refused: super::path::Refused) -> Answer {
+        let body = format!("crossfade: ambiguous request path ({})\n", refused.as_str());
+        Answer {
+            body: body.into(),
+            ..Self::text(400, "bad-path", "")
+        }
+    }
+
+    /// A target or host crossfade does not read one way only.
+    pub fn bad_request(why: super::target::BadRequest) -> Answer {
+        Self::text(400, why.as_str(), why.message())
+    }
+
+    /// `OPTIONS *`: a question about the server, not a resource; nothing to forward.
+    pub fn server_options() -> Answer {
+        Answer {
+            body: Bytes::new(),
+            ..Self::text(200, "server-options", "")
+        }
+    }
+
+    /// A permanent redirect of a plain-HTTP request to the same URL over HTTPS (the first TLS
+    /// listener's port, omitted when it is 443). `None` when no TLS listener is configured.
+    pub fn https_redirect(rt: &crate::config::Runtime, host: &str, target: &str) -> Option<Answer> {
+        let port = rt.tls.as_ref()?.listen.first()?.port();
+        let authority = if port == 443 {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        };
+        Some(Answer {
+            location: Some(format!("https://{authority}{target}")),
+            cache_control: "public, max-age=3600",
+            ..Self::text(
+                301,
+                "https-redirect",
+                "crossfade: this site is served over HTTPS\n",
+            )
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! One proxy, two transports: requests whose framing, target or host the HTTP/1.1 fast
+//! transport and pingora's path once read differently. Each runs in the transport this run
+//! uses (`CROSSFADE_TEST_TRANSPORT`; CI runs both), over raw sockets, and asserts on what the
+//! client and the origin received.
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const RULES: &str = r#"
+[defaults]
+bypass_cookies = ["session"]
+[[routes]]
+name = "account"
+prefix = "/account/"
+mode = "pass"
+"#;
+
+/// An origin whose pages are public for a minute and say which path and host they were
+/// built for.
+async fn echo_origin() -> Origin {
+    Origin::start(|s| async move {
+        let body = format!("path={} host={}", s.uri, s.header("host").unwrap_or("-"));
+        reply(200, &[("cache-control", "public, max-age=60")], body)
+    })
+    .await
+}
+
+/// Reads answers until `count` complete ones (Content-Length framed) arrived, the proxy
+/// closed, or `within` passed; (status, body) of each.
+async fn answers(sock: &mut TcpStream, count: usize, within: Duration) -> Vec<(u16, String)> {
+    let deadline = Instant::now() + within;
+    let mut raw = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if raw.len() < end + 4 + length {
+                break;
+            }
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + length]).to_string();
+            raw.drain(..end + 4 + length);
+            out.push((status, body));
+        }
+        if out.len() >= count {
+            return out;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sock.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
+            _ => return out,
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: www.shop.test\r\n{extra}\r\n")
+}
+
+#[tokio::test]
+async fn the_origin_gets_the_host_the_cache_key_was_built_from() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    // A port, a trailing dot and capitals are not part of the key, so they must not reach the
+    // origin either: otherwise this page, built for `:6666`, is everyone's page.
+    for (i, host) in ["www.shop.test:6666", "WWW.SHOP.TEST.", "www.shop.test"]
+        .iter()
+        .enumerate()
+    {
+        let mut sock = connect(proxy.addr).await;
+        let req = format!("GET /page HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            got[0],
+            (200, "path=/page host=www.shop.test".into()),
+            "{i}: {host}"
+        );
+    }
+    assert_eq!(
+        origin.hits(),
+        1,
+        "one page, stored once, served to all three"
+    );
+    // A pass (logged in) and an absolute-form target name the host the same way; a Host that
+    // contradicts the target's authority is refused.
+    let mut sock = connect(proxy.addr).await;
+    let passes = [
+        "GET /account/me HTTP/1.1\r\nHost: www.shop.test:6666\r\nCookie: session=1\r\n\r\n",
+        "GET http://WWW.shop.test:80/account/you HTTP/1.1\r\nHost: WWW.shop.test:80\r\n\r\n",
+        "GET http://www.shop.test/account/x HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+    ];
+    sock.write_all(passes.concat().as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 3, Duration::from_secs(5)).await;
+    let statuses: Vec<u16> = got.iter().map(|g| g.0).collect();
+    assert_eq!(statuses, [200, 200, 400], "{got:?}");
+    assert_eq!(got[0].1, "path=/account/me host=www.shop.test");
+    assert_eq!(got[1].1, "path=/account/you host=www.shop.test");
+}
+
+#[tokio::test]
+async fn targets_that_are_not_origin_or_absolute_form_are_refused_before_routing() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    for (what, head) in [
+        ("no leading slash", "GET account/x HTTP/1.1\r\n"),
+        (
+            "no leading slash, POST",
+            "POST account/mv HTTP/1.1\r\nContent-Length: 0\r\n",
+        ),
+        ("authority-form", "GET www.shop.test:80 HTTP/1.1\r\n"),
+        ("asterisk on GET", "GET * HTTP/1.1\r\n"),
+        ("DEL in the target", "GET /a\x7fb HTTP/1.1\r\n"),
+        ("raw UTF-8 in the target", "GET /caf\u{e9} HTTP/1.1\r\n"),
+        (
+            "a dot segment after a fragment-free path",
+            "GET /static/../account/x HTTP/1.1\r\n",
+        ),
+    ] {
+        let mut sock = connect(proxy.addr).await;
+        let req = format!("{head}Host: www.shop.test\r\nCookie: session=1\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+        assert_eq!(got.first().map(|g| g.0), Some(400), "{what}: {got:?}");
+    }
+    assert_eq!(origin.hits(), 0, "nothing refused reached the origin");
+    // `OPTIONS *` is a question for the server: answered by the edge.
+    let mut sock = connect(proxy.addr).await;
+    let req = "OPTIONS * HTTP/1.1\r\nHost: www.shop.test\r\n\r\n";
+    sock.write_all(req.as_bytes()).await.unwrap();
+    assert_eq!(
+        answers(&mut sock, 1, Duration::from_secs(5)).await[0].0,
+        200
+    );
+    // Fragments are not part of a target: the origin never sees one.
+    let mut sock = connect(proxy.addr).await;
+    let req = get("/account/x#frag", "Cookie: session=1\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0], (200, "path=/account/x host=www.shop.test".into()));
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_request_without_exactly_one_host_is_refused() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    for (what, req, status) in [
+        ("HTTP/1.1 without Host", "GET /page HTTP/1.1\r\n\r\n", 400),
+        (
+            "two Host headers",
+            "GET /page HTTP/1.1\r\nHost: www.shop.test\r\nHost: other.test\r\n\r\n",
+            400,
+        ),
+        (
+            "HTTP/1.0 without Host names no site",
+            "GET /page HTTP/1.0\r\n\r\n",
+            421,
+        ),
+    ] {
+        let mut sock = connect(proxy.addr).await;
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+        assert_eq!(got.first().map(|g| g.0), Some(status), "{what}: {got:?}");
+    }
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn heads_ending_in_bare_lf_are_answered_at_once_and_in_order() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    let started = Instant::now();
+    let mut sock = connect(proxy.addr).await;
+    sock.write_all(b"GET /lf HTTP/1.1\nHost: www.shop.test\n\n")
+        .await
+        .unwrap();
+    let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.first().map(|g| g.0), Some(200), "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    // A head ending `\r\n\n`, then a pipelined request: both answered, in order.
+    let mut sock = connect(proxy.addr).await;
+    let two = "GET /one HTTP/1.1\r\nHost: www.shop.test\r\n\nGET /two HTTP/1.1\r\nHost: www.shop.test\r\n\r\n";
+    sock.write_all(two.as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "path=/one host=www.shop.test",
+            "path=/two host=www.shop.test"
+        ]
+    );
+    // Empty lines before a head, and a head split across writes: served as sent, in order.
+    let mut sock = connect(proxy.addr).await;
+    sock.write_all(b"\r\n\r\nGET /first HTTP/1.1\r\nHost: www.shop.test\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sock.write_all(b"\r\nGET /second HTTP/1.1\r\nHost: www.shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = answers(&mut sock, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "path=/first host=www.shop.test",
+            "path=/second host=www.shop.test"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn empty_lines_cannot_stop_the_header_clock() {
+    let origin = echo_origin().await;
+    let extra = "[proxy]\nheader_timeout = \"2s\"\nkeepalive_timeout = \"30s\"\n";
+    let proxy = Proxy::single(&origin, RULES, extra).await;
+    let mut sock = connect(proxy.addr).await;
+    // `\r\n\r\n` first (parsers skip it), then a head trickled a byte at a time.
+    sock.write_all(b"\r\n\r\nGET /slow HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if sock.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled head outlived header_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_hundred_pipelined_misses_are_all_answered_in_order() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    let mut sock = connect(proxy.addr).await;
+    // ~25 KB in one write: more than one read of the connection loop, so the origin is asked
+    // while later requests still wait in the socket.
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(200));
+    let all: String = (0..100).map(|i| get(&format!("/p/{i}"), &pad)).collect();
+    sock.write_all(all.as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 100, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 100, "answers: {:?}", got.last());
+    for (i, (status, body)) in got.iter().enumerate() {
+        assert_eq!(
+            (*status, body.as_str()),
+            (200, format!("path=/p/{i} host=www.shop.test").as_str())
+        );
+    }
+    // And again, now as hits.
+    sock.write_all(all.as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 100, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 100);
+    assert_eq!(origin.hits(), 100);
+}
