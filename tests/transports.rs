@@ -297,3 +297,99 @@ async fn a_hundred_pipelined_misses_are_all_answered_in_order() {
     assert_eq!(got.len(), 100);
     assert_eq!(origin.hits(), 100);
 }
+
+/// An origin speaking raw bytes: `answer(path)` is the whole response to a request for `path`.
+async fn raw_origin(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        if sock.write_all(&answer(&path)).await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn origin_heads_have_the_same_limits_on_both_transports() {
+    let addr = raw_origin(|path| {
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+        let lines = match path {
+            "/account/many" => 200,
+            "/account/too-many" => 300,
+            _ => 0,
+        };
+        for i in 0..lines {
+            head.extend_from_slice(format!("x-line-{i}: {i}\r\n").as_bytes());
+        }
+        if path == "/account/large" {
+            head.extend_from_slice(format!("x-large: {}\r\n", "l".repeat(300_000)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\nok");
+        head
+    })
+    .await;
+    let proxy = Proxy::single_addr(addr, RULES, "").await;
+    // pingora allows 256 header lines and a head of up to 1 MiB from an origin; so does the
+    // fast transport.
+    for (path, status) in [
+        ("/account/many", 200),
+        ("/account/large", 200),
+        ("/account/too-many", 502),
+    ] {
+        let mut sock = connect(proxy.addr).await;
+        let req = get(path, "Cookie: session=1\r\n");
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+        assert_eq!(got.first().map(|g| g.0), Some(status), "{path}");
+        if status == 200 {
+            assert_eq!(got[0].1, "ok");
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_ranges_and_if_none_match_star_follow_rfc_9110() {
+    let origin = Origin::start(|_| async {
+        reply(
+            200,
+            &[("cache-control", "public, max-age=60"), ("etag", "\"v1\"")],
+            "x".repeat(265),
+        )
+    })
+    .await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let url = proxy.url("/page");
+    assert_eq!(common::get(&c, &url, &[]).await.status, 200);
+    // A zero-length suffix has no bytes to send: 416, not a 206 of `bytes 265-264/265`.
+    let empty = common::get(&c, &url, &[("range", "bytes=-0")]).await;
+    assert_eq!(empty.status, 416, "{:?}", empty.headers);
+    assert_eq!(empty.header("content-range"), "bytes */265");
+    let tail = common::get(&c, &url, &[("range", "bytes=-5")]).await;
+    assert_eq!((tail.status, tail.body.as_str()), (206, "xxxxx"));
+    // `If-None-Match: *` matches the stored representation: 304.
+    let star = common::get(&c, &url, &[("if-none-match", "*")]).await;
+    assert_eq!(star.status, 304);
+    assert_eq!(origin.hits(), 1);
+}

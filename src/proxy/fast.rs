@@ -552,7 +552,11 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
             Some(s) => s.apply_to_session(&mut session),
             None => {
                 // What pingora's loop sets on a connection's first session.
-                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive(if *shutdown.borrow() {
+                    None
+                } else {
+                    Some(super::as_pingora::FIRST_KEEPALIVE_SECS)
+                });
                 session.set_keepalive_reuses_remaining(
                     app.server_options().and_then(|o| o.keepalive_request_limit),
                 );

@@ -6,6 +6,8 @@
 //! bypass decision → key → cache lookup (pingora-cache) → on miss/pass the site's active pool →
 //! admission → `Cache-Status` and browser TTL → one access-log event.
 
+mod as_pingora;
+mod conditional;
 pub mod connlimit;
 pub mod ctx;
 pub mod decide;
@@ -334,6 +336,24 @@ impl ProxyHttp for EdgeProxy {
             edge::send(session, &Answer::maintenance(&rt)).await?;
         }
         Ok(false)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        Ok(conditional::not_modified(session.req_header(), resp))
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::proxy::RangeType {
+        conditional::range(session.req_header(), resp)
     }
 
     async fn cache_hit_filter(

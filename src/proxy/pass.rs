@@ -12,6 +12,7 @@
 //! nothing has been sent yet and it cannot go on (no healthy server), it hands the request back
 //! to pingora, whose answers for that case are the reference.
 
+use super::as_pingora;
 use super::fast::{FastPath, Outcome};
 use super::headclock::TimedHead;
 use super::headers;
@@ -28,6 +29,7 @@ use http::Method;
 use pingora::cache::predictor::CacheablePredictor;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason};
 use pingora::http::ResponseHeader;
+use pingora::ErrorType;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,22 +58,6 @@ pub struct Plan {
     pub query: String,
 }
 
-/// Request headers pingora removes before a request goes upstream (hop-by-hop), besides the
-/// untrusted ones; `x-request-id` is set again from the request id.
-const HOP_BY_HOP: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-    "x-request-id",
-];
-
 /// What the request head sent upstream holds, besides the client's own headers.
 pub struct Forwarding<'a> {
     pub target: &'a str,
@@ -99,7 +85,7 @@ pub fn upstream_head(
         let is = |n: &&str| h.name.eq_ignore_ascii_case(n);
         if is(&"host")
             || UNTRUSTED.iter().any(is)
-            || HOP_BY_HOP.iter().any(is)
+            || as_pingora::HOP_BY_HOP.iter().any(is)
             || rule
                 .strip_headers
                 .iter()
@@ -215,28 +201,51 @@ async fn exchange(
     let written = match up.try_write(&plan.head) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return Err(fail(true, "WriteError")),
+        Err(_) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
     };
     if written < plan.head.len() {
         match tokio::time::timeout(write_limit, up.write_all(&plan.head[written..])).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(fail(true, "WriteError")),
-            Err(_) => return Err(fail(false, "WriteTimedout")),
+            Ok(Err(_)) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
+            Err(_) => {
+                return Err(fail(
+                    false,
+                    as_pingora::error_label(ErrorType::WriteTimedout),
+                ))
+            }
         }
     }
     loop {
         match upstream::parse_head(buf, plan.method == Method::HEAD) {
             Ok(head) => return Ok(head),
-            Err(BadHead::Invalid(_)) => return Err(fail(false, "InvalidHTTPHeader")),
+            Err(BadHead::Invalid(_)) => {
+                return Err(fail(
+                    false,
+                    as_pingora::error_label(ErrorType::InvalidHTTPHeader),
+                ))
+            }
             Err(BadHead::Incomplete) => {}
         }
         match upstream::read_more(up, buf, read_limit).await {
-            Ok(0) => return Err(fail(buf.is_empty(), "ConnectionClosed")),
+            Ok(0) => {
+                return Err(fail(
+                    buf.is_empty(),
+                    as_pingora::error_label(ErrorType::ConnectionClosed),
+                ))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(fail(false, "ReadTimedout"))
+                return Err(fail(
+                    false,
+                    as_pingora::error_label(ErrorType::ReadTimedout),
+                ))
             }
-            Err(_) => return Err(fail(buf.is_empty(), "ReadError")),
+            Err(_) => {
+                return Err(fail(
+                    buf.is_empty(),
+                    as_pingora::error_label(ErrorType::ReadError),
+                ))
+            }
         }
     }
 }
@@ -342,7 +351,11 @@ impl FastPath {
             }
             // The response is cut short: only closing the connection tells the client.
             Err(RelayError::Origin(e)) => (0, e, Outcome::Closed),
-            Err(RelayError::Client) => (0, "WriteError", Outcome::Closed),
+            Err(RelayError::Client) => (
+                0,
+                as_pingora::error_label(ErrorType::WriteError),
+                Outcome::Closed,
+            ),
         };
         let store = match (readmitted, capture) {
             (None, _) => None,

@@ -7,6 +7,7 @@
 //! thread's pool filled and closed connections while the other's ran dry and connected anew
 //! (168 new connections in 3 s of the pass benchmark, ~5% of the CPU in connect/close).
 
+use super::as_pingora;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::io;
@@ -16,10 +17,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Idle connections kept per origin address (pingora keeps 128 in all).
-const IDLE_PER_ADDR: usize = 128;
-/// A response head longer than this is refused (pingora's limit for response heads too).
-pub const MAX_HEAD: usize = 64 << 10;
 /// Longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4096;
 /// Body bytes gathered before a write to the client.
@@ -63,7 +60,7 @@ pub fn put_idle(addr: SocketAddr, stream: TcpStream, idle: Duration, now: Instan
     {
         conns.pop_front();
     }
-    if conns.len() < IDLE_PER_ADDR {
+    if conns.len() < as_pingora::IDLE_CONNECTIONS {
         conns.push_back((stream, now));
     }
 }
@@ -131,14 +128,15 @@ pub enum BadHead {
 /// before it are dropped, as a client asked for none. `Err(Incomplete)`: read more.
 pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Head, BadHead> {
     loop {
-        // Uninitialised slots: 128 initialised ones cost a 4 KiB memset per response.
-        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; 128];
+        // Uninitialised slots: initialised ones cost an 8 KiB memset per response.
+        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() };
+            as_pingora::MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
         let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            Ok(httparse::Status::Partial) if buf.len() > as_pingora::MAX_HEAD_BYTES => {
                 return Err(BadHead::Invalid("response head too long"))
             }
             Ok(httparse::Status::Partial) => return Err(BadHead::Incomplete),
