@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(path cookies key rules config origin)
+((${#targets[@]})) || targets=(path cookies key rules config origin transports)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 # Targets that write files (config) write them under a scratch TMPDIR, removed on exit.
 scratch=$(mktemp -d)

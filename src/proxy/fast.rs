@@ -248,45 +248,7 @@ impl FastPath {
         }
         let mut slots = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut slots);
-        if !parsed.parse(head).ok()?.is_complete() || parsed.version != Some(1) {
-            return None;
-        }
-        let method = match parsed.method? {
-            "GET" => Method::GET,
-            "HEAD" => Method::HEAD,
-            _ => return None,
-        };
-        let target = parsed.path?;
-        let limits = &rt.proxy.limits;
-        if target.len() > limits.max_uri
-            || parsed.headers.len() > limits.max_headers
-            || head.len() > limits.max_header_bytes
-        {
-            return None;
-        }
-        // The headers the decision reads; anything that makes the request not plain ends here.
-        let mut headers = HeaderMap::with_capacity(4);
-        for h in parsed.headers.iter() {
-            if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                return None;
-            }
-            let name = h.name.as_bytes();
-            let kept = if name.eq_ignore_ascii_case(b"host") {
-                Some(header::HOST)
-            } else if name.eq_ignore_ascii_case(b"cookie") {
-                Some(header::COOKIE)
-            } else if name.eq_ignore_ascii_case(b"x-request-id") {
-                Some(HeaderName::from_static("x-request-id"))
-            } else {
-                // Still a header pingora would have to parse.
-                HeaderName::from_bytes(name).ok()?;
-                None
-            };
-            // (httparse already refused the bytes a header value cannot hold.)
-            if let Some(name) = kept {
-                headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
-            }
-        }
+        let (method, target, headers) = plain_request(&mut parsed, head, &rt.proxy.limits)?;
         let tls = stream.is_tls();
         let view = RequestView {
             method: &method,
@@ -416,6 +378,54 @@ struct Request<'a> {
     request_id: String,
     path: &'a str,
     query: Option<&'a str>,
+}
+
+/// Reads `head` as the fast transport can carry it: a complete HTTP/1.1 GET or HEAD within the
+/// limits, none of the [`NOT_PLAIN`] headers, every header name one pingora would parse. The
+/// method, the raw target, and the headers the decision reads (Host, Cookie, X-Request-Id).
+pub fn plain_request<'h>(
+    parsed: &mut httparse::Request<'_, 'h>,
+    head: &'h [u8],
+    limits: &crate::config::proxy::Limits,
+) -> Option<(Method, &'h str, HeaderMap)> {
+    if !parsed.parse(head).ok()?.is_complete() || parsed.version != Some(1) {
+        return None;
+    }
+    let method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let target = parsed.path?;
+    if target.len() > limits.max_uri
+        || parsed.headers.len() > limits.max_headers
+        || head.len() > limits.max_header_bytes
+    {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(4);
+    for h in parsed.headers.iter() {
+        if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+            return None;
+        }
+        let name = h.name.as_bytes();
+        let kept = if name.eq_ignore_ascii_case(b"host") {
+            Some(header::HOST)
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            Some(header::COOKIE)
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            Some(HeaderName::from_static("x-request-id"))
+        } else {
+            // Still a header pingora would have to parse.
+            HeaderName::from_bytes(name).ok()?;
+            None
+        };
+        // (httparse already refused the bytes a header value cannot hold.)
+        if let Some(name) = kept {
+            headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
+        }
+    }
+    Some((method, target, headers))
 }
 
 /// The hit answer: the stored response with the headers the proxy path would write.

@@ -77,6 +77,30 @@ pub enum Caching {
     Cacheable { primary: Vec<u8>, query: String },
 }
 
+impl Plan<'_> {
+    /// One line naming the plan: what the edge does, and for a forward the route, host, upstream
+    /// target and pool (tests and the differential fuzz target compare these).
+    pub fn summary(&self) -> String {
+        match self {
+            Plan::Answer(a) => format!("answer {} {}", a.status, a.detail),
+            Plan::Purge { host } => format!("purge {host}"),
+            Plan::Forward(f) => {
+                let how = match &f.cache {
+                    Caching::Bypass(b) => format!("bypass {}", b.as_str()),
+                    Caching::Cacheable { .. } => "cache".to_string(),
+                };
+                format!(
+                    "{how} {} {} {} via {}",
+                    f.rule.name,
+                    f.host,
+                    f.upstream_target(),
+                    f.pool
+                )
+            }
+        }
+    }
+}
+
 impl Forward<'_> {
     /// The target the origin receives: the normalised path, and the keyed query for a
     /// cacheable request (the origin sees exactly what the key says) or the client's for a

@@ -46,27 +46,6 @@ fn runtime() -> (Runtime, HashMap<String, SiteState>) {
     (rt, states)
 }
 
-/// One line describing a plan, for the table.
-fn describe(plan: &Plan) -> String {
-    match plan {
-        Plan::Answer(a) => format!("answer {} {}", a.status, a.detail),
-        Plan::Purge { host } => format!("purge {host}"),
-        Plan::Forward(f) => {
-            let how = match &f.cache {
-                Caching::Bypass(b) => format!("bypass {}", b.as_str()),
-                Caching::Cacheable { .. } => "cache".to_string(),
-            };
-            format!(
-                "{how} {} {} {} via {}",
-                f.rule.name,
-                f.host,
-                f.upstream_target(),
-                f.pool
-            )
-        }
-    }
-}
-
 fn decide(
     rt: &Runtime,
     states: &HashMap<String, SiteState>,
@@ -83,7 +62,7 @@ fn decide(
         );
     }
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    describe(&plan(
+    plan(
         rt,
         states,
         &RequestView {
@@ -94,7 +73,8 @@ fn decide(
             headers: &map,
             tls: false,
         },
-    ))
+    )
+    .summary()
 }
 
 /// Method, target, version, headers, and the plan wanted.

@@ -1,0 +1,250 @@
+//! The differential corpus: the same raw requests, in the same order, to a crossfade with the
+//! fast transport on and one with it off (every request through pingora's proxy path), in front
+//! of one recording origin. What each client received and what the origin received must be the
+//! same, but for the documented exceptions below (each asserted, so a change shows).
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RULES: &str = r#"
+[defaults]
+bypass_cookies = ["session"]
+query_drop = ["utm_*"]
+[[routes]]
+name = "account"
+prefix = "/account/"
+mode = "pass"
+"#;
+
+/// Each entry: a name, and the raw bytes sent on one new connection.
+fn corpus() -> Vec<(&'static str, String)> {
+    let h = "Host: www.shop.test\r\n";
+    let get = |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\n{h}{extra}\r\n");
+    let big_head: String = (0..60)
+        .map(|i| format!("x-big-{i}: {}\r\n", "b".repeat(400)))
+        .collect();
+    vec![
+        ("miss", get("/page/1?utm_source=x&b=2&a=1", "")),
+        ("hit", get("/page/1?a=1&b=2", "")),
+        ("head hit", format!("HEAD /page/1?a=1&b=2 HTTP/1.1\r\n{h}\r\n")),
+        ("bypass", get("/page/1", "Cookie: session=42; theme=dark\r\n")),
+        ("pass route", get("/account/me?b=2&a=1", "Cookie: theme=dark\r\n")),
+        ("pass route again (predicted)", get("/account/me?b=2&a=1", "Cookie: theme=dark\r\n")),
+        ("untrusted headers", get("/account/x", "X-Forwarded-Host: evil.test\r\nX-Original-URL: /admin\r\nForwarded: for=1.2.3.4\r\n")),
+        ("hop-by-hop", get("/account/x", "TE: trailers\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\n")),
+        ("host with port and case", "GET /page/2 HTTP/1.1\r\nHost: WWW.Shop.Test:6666\r\n\r\n".into()),
+        ("absolute-form", "GET http://www.shop.test/page/3 HTTP/1.1\r\nHost: www.shop.test\r\n\r\n".into()),
+        ("absolute-form, other Host", "GET http://www.shop.test/page/3 HTTP/1.1\r\nHost: evil.test\r\n\r\n".into()),
+        ("duplicate Host", format!("GET /page/4 HTTP/1.1\r\n{h}Host: other.test\r\n\r\n")),
+        ("no Host", "GET /page/4 HTTP/1.1\r\n\r\n".into()),
+        ("HTTP/1.0", format!("GET /page/5 HTTP/1.0\r\n{h}\r\n")),
+        ("HTTP/1.0 keep-alive", format!("GET /page/5 HTTP/1.0\r\n{h}Connection: keep-alive\r\n\r\n")),
+        ("unknown host", "GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n".into()),
+        ("not origin-form", format!("GET account/x HTTP/1.1\r\n{h}\r\n")),
+        ("control byte", format!("GET /a\x7fb HTTP/1.1\r\n{h}Cookie: session=1\r\n\r\n")),
+        ("fragment", get("/account/frag#x", "Cookie: session=1\r\n")),
+        ("dot segment", get("/page/../account/x", "")),
+        ("encoded path", get("/%61ccount/enc", "")),
+        ("bare LF", "GET /page/6 HTTP/1.1\nHost: www.shop.test\n\n".into()),
+        ("leading empty lines", format!("\r\n\r\nGET /page/6 HTTP/1.1\r\n{h}\r\n")),
+        ("pipelined", format!("{}{}{}", get("/page/7", ""), get("/account/p", "Cookie: session=1\r\n"), get("/page/7", ""))),
+        ("chunked POST", format!("POST /account/form HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")),
+        ("expect 100-continue", format!("POST /account/form HTTP/1.1\r\n{h}Content-Length: 5\r\nExpect: 100-continue\r\n\r\nhello")),
+        ("large request head", get("/account/big", &big_head)),
+        ("large response head", get("/account/big-answer", "Cookie: session=1\r\n")),
+        ("range", get("/page/1?a=1&b=2", "Range: bytes=2-4\r\n")),
+        ("empty range", get("/page/1?a=1&b=2", "Range: bytes=-0\r\n")),
+        ("if-none-match star", get("/page/1?a=1&b=2", "If-None-Match: *\r\n")),
+        ("OPTIONS *", format!("OPTIONS * HTTP/1.1\r\n{h}\r\n")),
+        ("PURGE refused", format!("PURGE /page/1 HTTP/1.1\r\n{h}\r\n")),
+    ]
+}
+
+/// An origin whose pages are public, whose account pages are private, and one answer with a
+/// large head; every answer says what it was asked.
+async fn origin() -> Origin {
+    Origin::start(|s| async move {
+        let path = s.uri.path().to_string();
+        let body = format!("{} {}", s.method, s.uri);
+        if path == "/account/big-answer" {
+            let lines: Vec<(String, String)> = (0..200)
+                .map(|i| (format!("x-answer-{i}"), "a".repeat(100)))
+                .collect();
+            let refs: Vec<(&str, &str)> = lines
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            return reply(200, &refs, body);
+        }
+        let cc = if path.starts_with("/account") {
+            "private"
+        } else {
+            "public, max-age=60"
+        };
+        reply(
+            200,
+            &[
+                ("cache-control", cc),
+                ("etag", "\"e1\""),
+                ("surrogate-key", "page"),
+                ("content-type", "text/plain"),
+            ],
+            body,
+        )
+    })
+    .await
+}
+
+/// Everything the proxy sent on one connection until it closed or went quiet for 300 ms.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The answers in `raw`, each as its status line, sorted header lines (names lowercased; the
+/// values that differ between any two runs masked) and body.
+fn normalise(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = Vec::new();
+    let mut rest: &str = &text;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = &rest[..end];
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default().to_string();
+        let mut fields: Vec<String> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap_or((l, ""));
+                let n = n.trim().to_ascii_lowercase();
+                let v = match n.as_str() {
+                    "date" | "x-request-id" | "age" => "*".to_string(),
+                    "cache-status" => mask_ttl(v.trim()),
+                    _ => v.trim().to_string(),
+                };
+                format!("{n}: {v}")
+            })
+            .collect();
+        fields.sort();
+        let after = &rest[end + 4..];
+        let length = fields
+            .iter()
+            .find_map(|f| f.strip_prefix("content-length: ")?.parse::<usize>().ok());
+        let chunked = fields.iter().any(|f| f == "transfer-encoding: chunked");
+        let no_body = status.contains(" 100 ") || status.contains(" 304 ");
+        let (body, next) = if no_body {
+            (String::new(), after)
+        } else if let Some(n) = length {
+            // A HEAD answer has a length and no body.
+            let n = n.min(after.len());
+            (after[..n].to_string(), &after[n..])
+        } else if chunked {
+            let end = after.find("\r\n0\r\n\r\n").map_or(after.len(), |i| i + 7);
+            (unchunk(&after[..end]), &after[end..])
+        } else {
+            (after.to_string(), "")
+        };
+        out.push(format!("{status}\n{}\n\n{body}", fields.join("\n")));
+        rest = next;
+    }
+    out
+}
+
+fn mask_ttl(v: &str) -> String {
+    v.split("; ")
+        .map(|p| if p.starts_with("ttl=") { "ttl=*" } else { p })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn unchunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or("");
+    }
+    out
+}
+
+/// What the origin received for each request, sorted header lines without the per-request id.
+fn seen(origin: &Origin) -> Vec<String> {
+    origin
+        .seen
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|s| {
+            let mut fields: Vec<String> = s
+                .headers
+                .iter()
+                .filter(|(n, _)| *n != "x-request-id")
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            fields.sort();
+            format!(
+                "{} {} {:?}\n{}",
+                s.method,
+                s.uri,
+                s.version,
+                fields.join("\n")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
+    let origin = origin().await;
+    let on = "[proxy]\nhit_fast_path = true\npass_fast_path = true\n";
+    let off = "[proxy]\nhit_fast_path = false\npass_fast_path = false\n";
+    let mut runs = Vec::new();
+    for extra in [on, off] {
+        let proxy = Proxy::single(&origin, RULES, extra).await;
+        origin.seen.lock().unwrap().clear();
+        let mut client = Vec::new();
+        let mut upstream = Vec::new();
+        for (name, request) in corpus() {
+            let answers = normalise(&exchange(proxy.addr, request.as_bytes()).await);
+            client.push((name, answers));
+            upstream.push((name, seen(&origin)));
+        }
+        let fast = proxy_counter(&proxy, "crossfade_fast_path_hits_total").await;
+        runs.push((client, upstream, fast));
+    }
+    let (fast, slow) = (&runs[0], &runs[1]);
+    assert_ne!(fast.2, "0", "the fast transport served hits");
+    assert_eq!(slow.2, "0", "the other proxy served none");
+    let mut differences = Vec::new();
+    for (i, (name, _)) in corpus().iter().enumerate() {
+        if fast.0[i].1 != slow.0[i].1 {
+            differences.push(format!(
+                "client, {name}:\n--- fast\n{:#?}\n--- pingora\n{:#?}",
+                fast.0[i].1, slow.0[i].1
+            ));
+        }
+        if fast.1[i].1 != slow.1[i].1 {
+            differences.push(format!(
+                "origin, {name}:\n--- fast\n{:#?}\n--- pingora\n{:#?}",
+                fast.1[i].1, slow.1[i].1
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n\n"));
+}
