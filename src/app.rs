@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::pools::health::HealthService;
 use crate::pools::judge::{Judge, Verdicts};
 use crate::pools::switch::Release;
-use crate::proxy::drain::DrainOnSignal;
+use crate::proxy::conn::drain::DrainOnSignal;
 use crate::proxy::EdgeProxy;
 use crate::tls::{CertWatcher, HandshakeCounter, SniResolver};
 use arc_swap::ArcSwap;
@@ -142,7 +142,12 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     app.server_options = Some(options);
     let mut service = pingora::services::listening::Service::new(
         "crossfade proxy".into(),
-        crate::proxy::connlimit::ConnectionLimit::new(app, fast, runtime.clone(), metrics.clone()),
+        crate::proxy::conn::limit::ConnectionLimit::new(
+            app,
+            fast,
+            runtime.clone(),
+            metrics.clone(),
+        ),
     );
     for addr in listen {
         service.add_tcp(&addr.to_string());

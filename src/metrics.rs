@@ -96,7 +96,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Hits answered by the fast path (`proxy::fast`), a subset of the `hit` requests.
     pub fast_hits: IntCounterVec,
-    /// Passes forwarded by the pass fast path (`proxy::pass`).
+    /// Passes forwarded by the pass fast path (`proxy::fast::relay`).
     pub fast_passes: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,

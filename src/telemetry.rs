@@ -3,8 +3,8 @@
 //! stderr).
 
 use crate::config::{LogFormat, LogSettings};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::headers::cache_label;
+use crate::proxy::decide::headers::cache_label;
+use crate::proxy::hooks::ctx::RequestCtx;
 use pingora::proxy::Session;
 use pingora::Error;
 use std::io::IsTerminal;

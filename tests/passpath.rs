@@ -1,4 +1,4 @@
-//! The pass fast path (`proxy::pass`) forwards known passes (a bypass cookie, a predicted
+//! The pass fast path (`proxy::fast::relay`) forwards known passes (a bypass cookie, a predicted
 //! uncacheable key) with crossfade's own HTTP/1 client: the client and the origin must not be
 //! able to tell it from pingora's path, an origin's framing must reach the client re-framed,
 //! and a pooled connection the origin closed must cost a retry, not an error.

@@ -1,9 +1,9 @@
-//! What an origin sends back (`proxy::upstream`): a response head parser and a chunked-body
+//! What an origin sends back (`proxy::fast::origin`): a response head parser and a chunked-body
 //! decoder that never panic, whatever arrives and however it is split across reads; a body
 //! the decoder says is complete is re-framed so that decoding it again gives the same data.
 #![no_main]
 use bytes::BytesMut;
-use crossfade::proxy::upstream::{parse_head, Chunked};
+use crossfade::proxy::fast::origin::{parse_head, Chunked};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

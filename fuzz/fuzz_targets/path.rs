@@ -1,7 +1,7 @@
 //! Path normalisation: never panics; what it accepts is a fixed point with no dot segments
 //! and no encoded separators, so routing and the origin cannot read it two ways.
 #![no_main]
-use crossfade::proxy::path::normalize;
+use crossfade::proxy::decide::path::normalize;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &str| {

@@ -14,7 +14,7 @@ fuzz_target!(|input: (&str, &str)| {
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         return;
     };
-    let Ok(path) = crossfade::proxy::path::normalize(raw) else {
+    let Ok(path) = crossfade::proxy::decide::path::normalize(raw) else {
         return;
     };
     for site in &RUNTIME.sites.list {

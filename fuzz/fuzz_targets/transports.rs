@@ -56,11 +56,11 @@ fn runtime() -> &'static (crossfade::config::Runtime, HashMap<String, SiteState>
 fuzz_target!(|data: &[u8]| {
     let (rt, states) = runtime();
     let mut head = data.to_vec();
-    let len = match crossfade::proxy::framing::head_len(&head) {
+    let len = match crossfade::proxy::conn::framing::head_len(&head) {
         Some(len) => len,
         None => {
             head.extend_from_slice(b"\r\n\r\n");
-            match crossfade::proxy::framing::head_len(&head) {
+            match crossfade::proxy::conn::framing::head_len(&head) {
                 Some(len) => len,
                 None => return,
             }

@@ -1,6 +1,6 @@
 //! Stored bodies: small ones on the heap, large ones (at least [`FILE_MIN`]) in an anonymous
 //! memory file (`memfd_create`), so that a plain-HTTP hit can hand them to the kernel with
-//! `sendfile(2)` (`proxy::sendfile`) instead of copying them through a user-space write.
+//! `sendfile(2)` (`proxy::fast::sendfile`) instead of copying them through a user-space write.
 //!
 //! Why: a 1 MiB hit on loopback costs two copies of the body (ours into the socket, the
 //! client's out of it) and on a 2-core box the proxy and its clients share the CPU. With

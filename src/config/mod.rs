@@ -94,7 +94,7 @@ pub struct ProxySettings {
     pub h2c: bool,
     /// Serve plain HTTP/1 hits before pingora's proxy path (`proxy::fast`).
     pub hit_fast_path: bool,
-    /// Forward known passes with crossfade's own HTTP/1 client (`proxy::pass`).
+    /// Forward known passes with crossfade's own HTTP/1 client (`proxy::fast::relay`).
     pub pass_fast_path: bool,
     /// 421 (Misdirected Request) or 404 for hosts no site claims.
     pub unknown_host_status: u16,

@@ -9,17 +9,20 @@
 //! maintenance → release (pool, asset version) → bypass → cache key.
 
 pub mod answer;
+pub mod headers;
 pub mod path;
+pub mod release;
+pub mod sanitize;
 pub mod target;
 
 use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::pools::switch::SiteState;
-use crate::proxy::release::{self, Choice};
 use crate::rules::Rule;
 pub use answer::Answer;
 use http::{header, HeaderMap, Method};
+use release::Choice;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;

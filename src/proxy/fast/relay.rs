@@ -1,7 +1,9 @@
-//! The pass fast path: an HTTP/1 GET or HEAD that is known to go to the origin uncached before
-//! anything is asked of it — a bypass (a logged-in cookie, a `pass` route) or a key the
-//! predictor remembers as uncacheable — is forwarded here with [`super::upstream`]'s client
-//! instead of pingora's proxy path, which costs about three times nginx's CPU per pass.
+//! The relay (`proxy.pass_fast_path`): an HTTP/1 GET or HEAD that [`decide::plan`] sends to the
+//! origin uncached — a bypass (a logged-in cookie, a `pass` route) — or whose key the predictor
+//! remembers as uncacheable is relayed here with [`super::origin`]'s client instead of pingora's
+//! proxy path, which costs about three times nginx's CPU per pass.
+//!
+//! [`decide::plan`]: crate::proxy::decide::plan
 //!
 //! It does what the proxy's hooks do for such a request: the pool and server choice
 //! (`Pool::pick`, in-flight counts, passive health), the request headers the origin must not
@@ -12,17 +14,15 @@
 //! nothing has been sent yet and it cannot go on (no healthy server), it hands the request back
 //! to pingora, whose answers for that case are the reference.
 
-use super::as_pingora;
-use super::fast::{FastPath, Outcome};
-use super::headclock::TimedHead;
-use super::headers;
-use super::sanitize::UNTRUSTED;
-use super::upstream::{self, BadHead, Framing, RelayError};
-use super::wire;
+use super::origin::{self, BadHead, Framing, RelayError};
+use super::{as_pingora, wire, FastPath, Outcome};
 use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::metrics::RequestEvent;
+use crate::proxy::conn::headclock::TimedHead;
+use crate::proxy::decide::headers;
+use crate::proxy::decide::sanitize::UNTRUSTED;
 use crate::rules::Rule;
 use bytes::BytesMut;
 use http::Method;
@@ -35,21 +35,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-/// Why the request is passed.
-pub enum Kind {
+/// Why the request is relayed uncached.
+pub enum Reason {
     /// The request says so (cookie, route); the origin gets it as the client sent it.
     Bypass(Bypass),
     /// A cacheable request whose key the predictor remembers as uncacheable.
     Predicted(CacheKey),
 }
 
-/// A request the pass fast path will forward, as decided from its head.
-pub struct Plan {
+/// A request the fast transport relays to the origin, as decided from its head.
+pub struct Relay {
     pub runtime: Arc<Runtime>,
     pub site: Arc<Site>,
     pub rule: Arc<Rule>,
     pub pool: String,
-    pub kind: Kind,
+    pub reason: Reason,
     /// The request head the origin gets.
     pub head: BytesMut,
     pub request_id: String,
@@ -77,7 +77,7 @@ pub fn upstream_head(
     rule: &Rule,
     f: &Forwarding,
 ) -> BytesMut {
-    let mut out = wire::Head::request(method, f.target);
+    let mut out = wire::HeadWriter::request(method, f.target);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     // The host the key was built from, never the client's spelling of it.
     line(b"Host", f.host.as_bytes());
@@ -118,7 +118,7 @@ enum Readmitted {
 
 /// The origin's response head as pingora's path would store it: every field in its order and
 /// case, but the framing and hop-by-hop ones (the body is stored decoded).
-fn stored_head(head: &upstream::Head) -> ResponseHeader {
+fn stored_head(head: &origin::ResponseHead) -> ResponseHeader {
     let mut resp = ResponseHeader::build(head.status, Some(head.fields.len()))
         .expect("a status and a capacity build a response head");
     for (name, value) in head.iter() {
@@ -190,21 +190,21 @@ struct Failed {
 /// `buf`).
 async fn exchange(
     up: &mut tokio::net::TcpStream,
-    plan: &Plan,
+    relay: &Relay,
     buf: &mut BytesMut,
     write_limit: Duration,
     read_limit: Duration,
-) -> Result<upstream::Head, Failed> {
+) -> Result<origin::ResponseHead, Failed> {
     let fail = |retry, error| Failed { retry, error };
     // A head fits an idle connection's empty send buffer: written at once, without arming a
     // timer; the rest, if any, under the write timeout.
-    let written = match up.try_write(&plan.head) {
+    let written = match up.try_write(&relay.head) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
         Err(_) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
     };
-    if written < plan.head.len() {
-        match tokio::time::timeout(write_limit, up.write_all(&plan.head[written..])).await {
+    if written < relay.head.len() {
+        match tokio::time::timeout(write_limit, up.write_all(&relay.head[written..])).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
             Err(_) => {
@@ -216,7 +216,7 @@ async fn exchange(
         }
     }
     loop {
-        match upstream::parse_head(buf, plan.method == Method::HEAD) {
+        match origin::parse_head(buf, relay.method == Method::HEAD) {
             Ok(head) => return Ok(head),
             Err(BadHead::Invalid(_)) => {
                 return Err(fail(
@@ -226,7 +226,7 @@ async fn exchange(
             }
             Err(BadHead::Incomplete) => {}
         }
-        match upstream::read_more(up, buf, read_limit).await {
+        match origin::read_more(up, buf, read_limit).await {
             Ok(0) => {
                 return Err(fail(
                     buf.is_empty(),
@@ -265,16 +265,16 @@ impl FastPath {
     /// Forwards a planned pass to the origin and its answer to the client.
     pub(super) async fn forward(
         &self,
-        plan: Plan,
+        relay: Relay,
         client: &mut TimedHead,
         start: Instant,
         request: &[u8],
     ) -> Forwarded {
         // This client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
-        let Some(pool) = plan.site.pool(&plan.pool).filter(|p| !p.http2) else {
+        let Some(pool) = relay.site.pool(&relay.pool).filter(|p| !p.http2) else {
             return Forwarded::Fallback;
         };
-        let o = &plan.runtime.origin;
+        let o = &relay.runtime.origin;
         let connect_limit = pool.connect_timeout.unwrap_or(o.connect_timeout);
         let read_limit = pool.read_timeout.unwrap_or(o.read_timeout);
         let mut buf = BytesMut::with_capacity(16 << 10);
@@ -288,12 +288,12 @@ impl FastPath {
             let inflight = InFlight::new(server);
             let sent_at = Instant::now();
             let idle = (!fresh_only)
-                .then(|| upstream::take_idle(server.addr, o.idle_timeout, sent_at))
+                .then(|| origin::take_idle(server.addr, o.idle_timeout, sent_at))
                 .flatten();
             let reused = idle.is_some();
             let mut up = match idle {
                 Some(up) => up,
-                None => match upstream::connect(server.addr, connect_limit).await {
+                None => match origin::connect(server.addr, connect_limit).await {
                     Ok(up) => up,
                     Err(_) => {
                         server.connect_failed(pool.passive_down);
@@ -301,22 +301,22 @@ impl FastPath {
                     }
                 },
             };
-            match exchange(&mut up, &plan, &mut buf, o.write_timeout, read_limit).await {
+            match exchange(&mut up, &relay, &mut buf, o.write_timeout, read_limit).await {
                 Ok(head) => break (server, inflight, up, head, sent_at.elapsed()),
                 // An idle connection the origin closed as we took it: the request (a GET or
                 // HEAD without a body) goes again on a new one.
                 Err(f) if f.retry && reused => fresh_only = true,
                 Err(f) => {
                     let addr = Some(server.addr);
-                    return self.bad_gateway(&plan, client, start, addr, f.error).await;
+                    return self.bad_gateway(&relay, client, start, addr, f.error).await;
                 }
             }
         };
         let status = head.status.as_u16();
         server.answered(status, pool.passive_down);
-        let readmitted = match &plan.kind {
-            Kind::Bypass(_) => None,
-            Kind::Predicted(key) => Some(self.readmit(&plan, key, &head)),
+        let readmitted = match &relay.reason {
+            Reason::Bypass(_) => None,
+            Reason::Predicted(key) => Some(self.readmit(&relay, key, &head)),
         };
         let mut capture = match &readmitted {
             Some(Readmitted::Store(meta)) => {
@@ -324,13 +324,13 @@ impl FastPath {
                     .headers()
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                Some(upstream::Capture::new(self.max_object_size, length))
+                Some(origin::Capture::new(self.max_object_size, length))
             }
             _ => None,
         };
-        let out = response_head(&plan, &head, readmitted.as_ref());
+        let out = response_head(&relay, &head, readmitted.as_ref());
         let ttfb = start.elapsed();
-        let relayed = upstream::relay_body(
+        let relayed = origin::relay_body(
             &mut up,
             &mut buf,
             client,
@@ -343,9 +343,9 @@ impl FastPath {
         let (bytes, error, outcome) = match relayed {
             Ok((bytes, clean)) => {
                 if clean && head.reusable {
-                    upstream::put_idle(server.addr, up, o.idle_timeout, Instant::now());
+                    origin::put_idle(server.addr, up, o.idle_timeout, Instant::now());
                 }
-                let limits = &plan.runtime.proxy.limits;
+                let limits = &relay.runtime.proxy.limits;
                 client.rearm(limits.header_timeout, limits.keepalive_timeout);
                 (bytes, "", Outcome::Served)
             }
@@ -361,15 +361,15 @@ impl FastPath {
             (None, _) => None,
             (Some(Readmitted::NotStored(reason)), _) => Some(Some(reason)),
             (Some(Readmitted::Store(meta)), Some(body)) if error.is_empty() && !body.over => {
-                let Kind::Predicted(key) = &plan.kind else {
+                let Reason::Predicted(key) = &relay.reason else {
                     unreachable!("only a predicted key is readmitted")
                 };
-                Some(self.store(&plan, key, *meta, body.body, request).await)
+                Some(self.store(&relay, key, *meta, body.body, request).await)
             }
             (Some(Readmitted::Store(_)), _) => Some(Some("incomplete-body")),
         };
         self.report(
-            &plan,
+            &relay,
             start,
             &Report {
                 status,
@@ -388,18 +388,18 @@ impl FastPath {
     /// predictor, as pingora's path does for a request it bypassed on a prediction: a GET
     /// answered 200 that has become storable is stored (see [`Self::store`]); another storable
     /// answer is left to the next request ("deferred").
-    fn readmit(&self, plan: &Plan, key: &CacheKey, head: &upstream::Head) -> Readmitted {
+    fn readmit(&self, relay: &Relay, key: &CacheKey, head: &origin::ResponseHead) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
-        if let Some(reason) = policy::plainly_refused_raw(&plan.path, || head.iter()) {
+        if let Some(reason) = policy::plainly_refused_raw(&relay.path, || head.iter()) {
             self.predictor
                 .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
             return Readmitted::NotStored(reason.as_str());
         }
         let resp = stored_head(head);
-        match policy::admit(&plan.rule, &plan.path, &resp) {
+        match policy::admit(&relay.rule, &relay.path, &resp) {
             Ok(meta) => {
                 self.predictor.mark_cacheable(key);
-                if plan.method == Method::GET && head.status == http::StatusCode::OK {
+                if relay.method == Method::GET && head.status == http::StatusCode::OK {
                     Readmitted::Store(Box::new(meta))
                 } else {
                     Readmitted::NotStored("deferred")
@@ -418,7 +418,7 @@ impl FastPath {
     /// storage calls as pingora's cache fill; the `Cache-Status` store outcome.
     async fn store(
         &self,
-        plan: &Plan,
+        relay: &Relay,
         key: &CacheKey,
         meta: CacheMeta,
         body: BytesMut,
@@ -426,7 +426,8 @@ impl FastPath {
     ) -> Option<&'static str> {
         use pingora::cache::storage::Storage;
         let mut key = key.clone();
-        if let Some(variance) = key::variance(meta.headers(), &plan.rule, &request_headers(request))
+        if let Some(variance) =
+            key::variance(meta.headers(), &relay.rule, &request_headers(request))
         {
             key.set_variance_key(variance);
         }
@@ -445,7 +446,7 @@ impl FastPath {
     /// Answers 502 as pingora's `fail_to_proxy` does, and closes the connection.
     async fn bad_gateway(
         &self,
-        plan: &Plan,
+        relay: &Relay,
         client: &mut TimedHead,
         start: Instant,
         upstream: Option<std::net::SocketAddr>,
@@ -469,41 +470,41 @@ impl FastPath {
             error,
             store: None,
         };
-        self.report(plan, start, &report);
+        self.report(relay, start, &report);
         Forwarded::Done(Outcome::Closed)
     }
 
-    fn report(&self, plan: &Plan, start: Instant, r: &Report) {
+    fn report(&self, relay: &Relay, start: Instant, r: &Report) {
         let total = start.elapsed();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let (cache, bypass) = match &plan.kind {
-            Kind::Bypass(b) => ("bypass", Some(b.as_str())),
-            Kind::Predicted(_) => ("uncacheable", None),
+        let (cache, bypass) = match &relay.reason {
+            Reason::Bypass(b) => ("bypass", Some(b.as_str())),
+            Reason::Predicted(_) => ("uncacheable", None),
         };
         crate::telemetry::access(&crate::telemetry::AccessEvent {
-            site: &plan.site.name,
-            route: &plan.rule.name,
-            method: plan.method.as_str(),
-            path: &plan.path,
-            query: &plan.query,
+            site: &relay.site.name,
+            route: &relay.rule.name,
+            method: relay.method.as_str(),
+            path: &relay.path,
+            query: &relay.query,
             status: r.status,
             cache,
-            pool: &plan.pool,
+            pool: &relay.pool,
             upstream: r.upstream,
             upstream_ms: r.upstream_time.map_or(0.0, ms),
             total_ms: ms(total),
             bytes: r.bytes,
             error: r.error,
-            request_id: &plan.request_id,
+            request_id: &relay.request_id,
         });
         self.metrics
             .fast_passes
-            .with_label_values(&[&plan.site.name])
+            .with_label_values(&[&relay.site.name])
             .inc();
         self.metrics.request(&RequestEvent {
-            site: &plan.site.name,
-            route: &plan.rule.name,
-            pool: &plan.pool,
+            site: &relay.site.name,
+            route: &relay.rule.name,
+            pool: &relay.pool,
             cache,
             status: r.status,
             total,
@@ -518,15 +519,19 @@ impl FastPath {
 
 /// The response head for the client: the origin's headers but the internal ones and those
 /// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
-fn response_head(plan: &Plan, head: &upstream::Head, readmitted: Option<&Readmitted>) -> BytesMut {
+fn response_head(
+    relay: &Relay,
+    head: &origin::ResponseHead,
+    readmitted: Option<&Readmitted>,
+) -> BytesMut {
     let stored = match readmitted {
         Some(Readmitted::Store(meta)) => Some(meta),
         _ => None,
     };
     // A stored object gets the route's browser TTL, as on pingora's path.
-    let browser = stored.and_then(|_| headers::browser_cache_control(&plan.rule));
-    let tags = &plan.runtime.cache.tag_headers;
-    let mut out = wire::Head::response(head.status, head.head.len() + 256);
+    let browser = stored.and_then(|_| headers::browser_cache_control(&relay.rule));
+    let tags = &relay.runtime.cache.tag_headers;
+    let mut out = wire::HeadWriter::response(head.status, head.head.len() + 256);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     for (name, value) in head.iter() {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
@@ -549,14 +554,14 @@ fn response_head(plan: &Plan, head: &upstream::Head, readmitted: Option<&Readmit
     if head.framing == Framing::Close {
         line(b"Transfer-Encoding", b"chunked");
     }
-    line(b"x-request-id", plan.request_id.as_bytes());
+    line(b"x-request-id", relay.request_id.as_bytes());
     let name = headers::CACHE_NAME.as_bytes();
-    match &plan.kind {
-        Kind::Bypass(b) => out.line_of(
+    match &relay.reason {
+        Reason::Bypass(b) => out.line_of(
             b"cache-status",
             &[name, b"; fwd=bypass; detail=", b.as_str().as_bytes()],
         ),
-        Kind::Predicted(_) => match readmitted {
+        Reason::Predicted(_) => match readmitted {
             Some(Readmitted::Store(meta)) => out.line_of(
                 b"cache-status",
                 &[

@@ -1,7 +1,7 @@
 //! Response headers the edge writes: `Cache-Status` (RFC 9211), the browser TTL rewrite, and
 //! removal of internal headers that must not reach clients.
 
-use super::ctx::RequestCtx;
+use crate::proxy::hooks::ctx::RequestCtx;
 use http::header;
 use pingora::cache::{CachePhase, HttpCache, NoCacheReason};
 use pingora::http::ResponseHeader;

@@ -1,4 +1,4 @@
-//! The pass fast path's HTTP/1.1 client (see [`super::pass`]): idle origin connections,
+//! The pass fast path's HTTP/1.1 client (see [`super::relay`]): idle origin connections,
 //! reading an origin's response head, and relaying its body to the client in a framing the
 //! client can trust.
 //!
@@ -100,7 +100,7 @@ pub enum Framing {
 }
 
 /// A parsed response head: byte ranges into `head` for each field, so nothing is copied.
-pub struct Head {
+pub struct ResponseHead {
     pub status: http::StatusCode,
     pub head: bytes::Bytes,
     pub fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
@@ -109,7 +109,7 @@ pub struct Head {
     pub reusable: bool,
 }
 
-impl Head {
+impl ResponseHead {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.fields
             .iter()
@@ -126,7 +126,7 @@ pub enum BadHead {
 
 /// Parses a final response head at the start of `buf` (taking it out of `buf`); 1xx heads
 /// before it are dropped, as a client asked for none. `Err(Incomplete)`: read more.
-pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Head, BadHead> {
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead, BadHead> {
     loop {
         // Uninitialised slots: initialised ones cost an 8 KiB memset per response.
         let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() };
@@ -197,7 +197,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Head, BadHea
             Framing::Close
         };
         let head = buf.split_to(len).freeze();
-        return Ok(Head {
+        return Ok(ResponseHead {
             status,
             head,
             fields,

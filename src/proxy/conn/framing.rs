@@ -1,5 +1,5 @@
 //! Where an HTTP/1 request head ends: the one rule the head clock ([`super::headclock`]), the
-//! connection loop ([`super::fast`]) and pingora's parser (httparse) must agree on, or a client
+//! connection loop ([`super::serve_connection`]) and pingora's parser (httparse) must agree on, or a client
 //! can make them disagree about where one request stops and the next begins.
 //!
 //! RFC 9112 §2.2: a server should ignore empty lines received before the request line, and may

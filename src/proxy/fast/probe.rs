@@ -3,10 +3,11 @@
 //! it keeps) and pingora's (its request header type, every header, the raw target the
 //! connection loop keeps), each put through [`decide::plan`].
 
-use super::decide::{self, RequestView};
-use super::{fast, framing};
+use super::plain_request;
 use crate::config::Runtime;
 use crate::pools::switch::SiteState;
+use crate::proxy::conn::framing;
+use crate::proxy::decide::{self, RequestView};
 use std::collections::HashMap;
 
 /// The plan the fast transport would carry out for `head`; `None` when it leaves the request to
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8]) -> Option<String> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
-    let (method, target, headers) = fast::plain_request(&mut parsed, head, &rt.proxy.limits)?;
+    let (method, target, headers) = plain_request(&mut parsed, head, &rt.proxy.limits)?;
     let view = RequestView {
         method: &method,
         version: http::Version::HTTP_11,

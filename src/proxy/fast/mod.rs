@@ -1,5 +1,5 @@
-//! The fast paths: an HTTP/1 request that is a plain hit on a fresh stored object is
-//! answered here, and one that is a known pass is forwarded by [`super::pass`], before
+//! The HTTP/1.1 fast transport: an HTTP/1 request that is a plain hit on a fresh stored object is
+//! answered here, and one that is a known pass is forwarded by [`relay`], before
 //! pingora's proxy sees either; everything else goes to pingora untouched.
 //!
 //! pingora-proxy spends most of a hit's CPU on its own machinery (a ~14 KB request future moved
@@ -12,16 +12,20 @@
 //! response with the headers the proxy would have written (Age, Cache-Status, X-Request-Id, the
 //! browser TTL rewrite, internal headers removed, Date, Connection), then logs and counts the
 //! request like the proxy does (head and body in one write; a body kept in a memory file goes
-//! to a plain-TCP client by `sendfile`, [`super::sendfile`]). Otherwise the bytes it read are
+//! to a plain-TCP client by `sendfile`, [`sendfile`]). Otherwise the bytes it read are
 //! handed back to the connection and pingora reads the request as if nothing had happened.
 //! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
 
-use super::decide::{self, Caching, Plan as Decided, RequestView};
-use super::headclock::TimedHead;
-use super::headers;
-use super::pass::{self, Forwarded, Forwarding, Kind, Plan};
-use super::sendfile;
-use super::wire;
+pub mod as_pingora;
+mod handback;
+pub mod origin;
+pub mod probe;
+pub mod relay;
+mod sendfile;
+mod wire;
+
+use super::conn::headclock::TimedHead;
+use super::decide::{self, headers, Caching, Plan, RequestView};
 use crate::cache::body::Body;
 use crate::cache::key;
 use crate::cache::storage::EdgeStorage;
@@ -31,12 +35,10 @@ use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::CacheKey;
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::{GetSocketDigest, Peek, Ssl, UniqueID, ALPN};
-use pingora::server::ShutdownWatch;
+use pingora::protocols::GetSocketDigest;
+use relay::{Forwarded, Forwarding, Reason, Relay};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -58,8 +60,8 @@ pub struct FastPath {
 pub enum Outcome {
     /// Answered here; the connection can carry the next request.
     Served,
-    /// Not a plain hit: the bytes read were given back for pingora to read.
-    Pass,
+    /// Not the fast transport's: the bytes read were given back for pingora to read.
+    ToPingora,
     /// The client went away (or its head timed out and was answered 408).
     Closed,
 }
@@ -71,20 +73,20 @@ pub struct Conn {
     buf: BytesMut,
     /// The client's IP address as `X-Forwarded-For` gives it, once a pass needed it.
     peer: Option<String>,
-    /// Waits for room to `sendfile` a large body (`proxy::sendfile`).
+    /// Waits for room to `sendfile` a large body ([`sendfile`]).
     writable: sendfile::Writable,
 }
 
 /// What the fast path does with a request.
 enum Decision {
     /// A plain hit: the response to write, and what the logs need of it.
-    Hit(BytesMut, Answer),
-    /// A pass to forward (`proxy::pass`).
-    Pass(Plan),
+    Hit(BytesMut, HitAnswer),
+    /// A request to relay to the origin uncached ([`relay`]).
+    Relay(Relay),
 }
 
 /// A hit ready to write, and what the logs need of it.
-struct Answer {
+struct HitAnswer {
     body: Option<Body>,
     status: u16,
     site: Arc<str>,
@@ -144,11 +146,11 @@ impl FastPath {
         // What arrived while pingora had the previous request comes after what was read before.
         buf.extend_from_slice(&stream.unfence());
         let head_len = loop {
-            if let Some(len) = super::framing::head_len(buf) {
+            if let Some(len) = super::conn::framing::head_len(buf) {
                 break len;
             }
             if buf.len() > longest {
-                return self.pass(stream, buf);
+                return self.to_pingora(stream, buf);
             }
             buf.reserve(4096);
             match stream.read_buf(buf).await {
@@ -169,15 +171,15 @@ impl FastPath {
         };
         let (mut head, answer) = match decision {
             Some(Decision::Hit(head, answer)) => (head, answer),
-            Some(Decision::Pass(plan)) => {
+            Some(Decision::Relay(relay)) => {
                 let request = buf.split_to(head_len);
-                return match self.forward(plan, stream, start, &request).await {
+                return match self.forward(relay, stream, start, &request).await {
                     Forwarded::Done(outcome) => outcome,
                     Forwarded::Fallback => {
                         keep_raw_target(stream, &request);
                         stream.unread(request);
                         stream.fence();
-                        Outcome::Pass
+                        Outcome::ToPingora
                     }
                 };
             }
@@ -185,50 +187,52 @@ impl FastPath {
                 keep_raw_target(stream, &buf[..head_len]);
                 if !plain(&buf[..head_len]) {
                     // A body or an upgrade: pingora reads what follows the head itself.
-                    return self.pass(stream, buf);
+                    return self.to_pingora(stream, buf);
                 }
                 // pingora reads one request at a time and does not keep what follows it (it has
                 // pipelining off), so it gets this head only, fenced; pipelined requests after
                 // it stay here for the next turn of the loop.
                 stream.unread(buf.split_to(head_len));
                 stream.fence();
-                return Outcome::Pass;
+                return Outcome::ToPingora;
             }
         };
         let _ = buf.split_to(head_len);
         let sent = answer.body.as_ref().map_or(0, |b| b.len());
-        let written = match &answer.body {
-            Some(Body::Heap(body)) if body.len() <= APPEND_MAX => {
+        // The client's socket, for sendfile: a plain TCP stream only (TLS encrypts its bytes).
+        let socket = stream.tcp_fd();
+        let written = match (&answer.body, socket) {
+            (Some(Body::Heap(body)), _) if body.len() <= APPEND_MAX => {
                 head.extend_from_slice(body);
                 stream.write_all(&head).await
             }
             // Large bodies in a memory file go to a plain socket without a copy of ours.
-            Some(Body::File(file)) if !stream.is_tls() => match stream.flush().await {
-                Ok(()) => sendfile::send(stream.id(), &head, file, writable).await,
+            (Some(Body::File(file)), Some(fd)) => match stream.flush().await {
+                Ok(()) => sendfile::send(fd, &head, file, writable).await,
                 Err(e) => Err(e),
             },
             // Head and body in one vectored write: one segment boundary fewer.
-            Some(body) => {
+            (Some(body), _) => {
                 let body = body.bytes();
                 stream
                     .write_all_buf(&mut Buf::chain(&head[..], &body[..]))
                     .await
             }
-            None => stream.write_all(&head).await,
+            (None, _) => stream.write_all(&head).await,
         };
         if written.is_err() || stream.flush().await.is_err() {
             return Outcome::Closed;
         }
         self.log(&answer, start, sent);
-        super::handback::hit_served();
+        handback::hit_served();
         stream.rearm(limits.header_timeout, limits.keepalive_timeout);
         Outcome::Served
     }
 
     /// Gives everything read back to the connection, for pingora.
-    fn pass(&self, stream: &mut TimedHead, buf: &mut BytesMut) -> Outcome {
+    fn to_pingora(&self, stream: &mut TimedHead, buf: &mut BytesMut) -> Outcome {
         stream.unread(buf.split());
-        Outcome::Pass
+        Outcome::ToPingora
     }
 
     /// What to do with `head`: answer a plain hit, forward a known pass, or (`None`) leave it
@@ -259,7 +263,7 @@ impl FastPath {
             tls,
         };
         let states = self.release.current();
-        let Decided::Forward(f) = decide::plan(rt, &states, &view) else {
+        let Plan::Forward(f) = decide::plan(rt, &states, &view) else {
             return None;
         };
         let rule = &f.rule;
@@ -271,8 +275,8 @@ impl FastPath {
             return None;
         }
         let request_id = headers::request_id(headers.get("x-request-id"));
-        let kind = match &f.cache {
-            Caching::Bypass(b) => Kind::Bypass(*b),
+        let reason = match &f.cache {
+            Caching::Bypass(b) => Reason::Bypass(*b),
             Caching::Cacheable { primary, .. } => {
                 let hash = key::hash(primary);
                 let now = SystemTime::now();
@@ -298,7 +302,7 @@ impl FastPath {
                 if !passes || self.predictor.cacheable_prediction(&k) {
                     return None;
                 }
-                Kind::Predicted(k)
+                Reason::Predicted(k)
             }
         };
         if !passes {
@@ -316,15 +320,15 @@ impl FastPath {
             client: (!client.is_empty()).then_some(client.as_str()),
             tls,
             request_id: &request_id,
-            drop_cookies: matches!(kind, Kind::Predicted(_)),
+            drop_cookies: matches!(reason, Reason::Predicted(_)),
         };
-        let head = pass::upstream_head(&method, parsed.headers, rule, &forwarding);
-        Some(Decision::Pass(Plan {
+        let head = relay::upstream_head(&method, parsed.headers, rule, &forwarding);
+        Some(Decision::Relay(Relay {
             runtime: rt.clone(),
             site: f.site.clone(),
             rule: rule.clone(),
             pool: f.pool.clone(),
-            kind,
+            reason,
             head,
             request_id,
             method: method.clone(),
@@ -333,7 +337,7 @@ impl FastPath {
         }))
     }
 
-    fn log(&self, a: &Answer, start: Instant, bytes: usize) {
+    fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
         let total = start.elapsed();
         crate::telemetry::access(&crate::telemetry::AccessEvent {
             site: &a.site,
@@ -452,7 +456,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
         Body::Heap(b) if r.method == Method::GET && b.len() <= APPEND_MAX => b.len(),
         _ => 0,
     };
-    let mut out = wire::Head::response(status, 512 + appended);
+    let mut out = wire::HeadWriter::response(status, 512 + appended);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     if stored.has_case() {
         for (name, value) in stored.case_header_iter() {
@@ -483,7 +487,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
         out.line(b"Cache-Control", cc.as_bytes());
     }
     let out = out.finish_response();
-    let answer = Answer {
+    let answer = HitAnswer {
         body: (r.method == Method::GET).then_some(body),
         status: status.as_u16(),
         site: r.site.clone(),
@@ -500,7 +504,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
 /// Keeps the raw target of a head handed to pingora, whose parser rewrites a target it cannot
 /// hold: the decision reads the bytes the client sent.
 fn keep_raw_target(stream: &mut TimedHead, head: &[u8]) {
-    let target = super::framing::request_target(head);
+    let target = super::conn::framing::request_target(head);
     stream.set_raw_target(target.map(bytes::Bytes::copy_from_slice));
 }
 
@@ -517,69 +521,4 @@ fn plain(head: &[u8]) -> bool {
             || name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
     })
-}
-
-/// Serves one client connection: HTTP/2 goes to pingora's app as a whole; HTTP/1 requests are
-/// framed here one by one (whether or not the fast paths are on, so both transports see the
-/// same requests), tried on the fast path, and the others handed to pingora one request at a
-/// time (what pingora's own connection loop does, with the same keep-alive settings carried
-/// between requests).
-pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
-    fast: &FastPath,
-    app: &Arc<A>,
-    mut stream: Box<TimedHead>,
-    shutdown: &ShutdownWatch,
-) {
-    use pingora::apps::ServerApp;
-    let h2c = app.server_options().is_some_and(|o| o.h2c);
-    let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-    let mut http1 = !h2;
-    if http1 && h2c && !stream.is_tls() {
-        let mut preface = [0u8; 24];
-        match stream.try_peek(&mut preface).await {
-            Ok(_) => http1 = &preface != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            Err(_) => return,
-        }
-    }
-    if !http1 {
-        let mut next = app.process_new(stream, shutdown).await;
-        while let Some(s) = next {
-            next = app.process_new(s, shutdown).await;
-        }
-        return;
-    }
-    let mut settings: Option<HttpPersistentSettings> = None;
-    let mut conn = Conn::default();
-    loop {
-        let quitting = *shutdown.borrow();
-        match fast.serve(&mut stream, &mut conn, quitting).await {
-            Outcome::Served => continue,
-            Outcome::Closed => return,
-            Outcome::Pass => {}
-        }
-        let mut session = ServerSession::new_http1(stream);
-        match settings.take() {
-            Some(s) => s.apply_to_session(&mut session),
-            None => {
-                // What pingora's loop sets on a connection's first session.
-                session.set_keepalive(if *shutdown.borrow() {
-                    None
-                } else {
-                    Some(super::as_pingora::FIRST_KEEPALIVE_SECS)
-                });
-                session.set_keepalive_reuses_remaining(
-                    app.server_options().and_then(|o| o.keepalive_request_limit),
-                );
-            }
-        }
-        let Some(reused) = app.process_new_http(session, shutdown).await else {
-            return;
-        };
-        let (next, persistent) = reused.consume();
-        settings = persistent;
-        match next.into_any().downcast::<TimedHead>() {
-            Ok(s) => stream = s,
-            Err(_) => return,
-        }
-    }
 }

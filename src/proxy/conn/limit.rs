@@ -1,6 +1,6 @@
 //! Connection limits on the proxy listeners: at most `proxy.max_connections` client
 //! connections at once, and at most `proxy.max_connections_per_client` from one IP address
-//! (nginx's `limit_conn`), and each request head within `proxy.header_timeout` (`headclock`).
+//! (nginx's `limit_conn`), and each request head within `proxy.header_timeout` (`super::headclock`).
 //! Together they keep one slow client from holding every connection.
 //!
 //! It wraps pingora's HTTP proxy app: a connection over a limit is closed at once, before
@@ -8,10 +8,10 @@
 //! runs inside one call, so it is counted exactly once. Limits are read from the running config
 //! at each accept, so a reload changes them.
 
-use super::fast::{self, FastPath};
 use super::headclock::TimedHead;
 use crate::config::Runtime;
 use crate::metrics::Metrics;
+use crate::proxy::fast::FastPath;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -115,7 +115,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> 
             }
         };
         let stream = TimedHead::new(session, self.runtime.load().proxy.limits.header_timeout);
-        fast::serve_connection(&self.fast, &self.inner, stream, shutdown).await;
+        super::serve_connection(&self.fast, &self.inner, stream, shutdown).await;
         None
     }
 

@@ -4,11 +4,13 @@
 //! sends one byte a minute would otherwise hold a connection for ever (slowloris); nginx's
 //! `client_header_timeout` and Apache's `mod_reqtimeout` close that gap the same way.
 //!
-//! The clock is armed before each HTTP/1 request on the connection (by the connection loop in
-//! `connlimit`, which sees one call per request) and disarmed when the bytes read contain the
-//! end of the head (`\r\n\r\n`). For the first request it runs from accept; for later requests
-//! on a kept-alive connection from their first byte, so idle keep-alive time stays governed by
-//! the keep-alive timeout. A head that misses the deadline is answered `408` (best effort, one
+//! The clock is armed before each HTTP/1 request on the connection (by the connection loop,
+//! [`super::serve_connection`], which sees one call per request) and disarmed when the loop has
+//! a complete head, or when the bytes read hold the end of one as [`super::framing`] finds it
+//! (empty lines before a head do not end it). For the first request it runs from accept; for
+//! later requests on a kept-alive connection from their first byte, so idle keep-alive time stays
+//! governed by the keep-alive timeout. A head that misses the deadline is answered `408` (best
+//! effort, one
 //! write) and the read fails, which closes the connection. An h2 connection disarms the clock
 //! with its preface; h2 streams are bounded by h2's own flow control and idle timeout.
 
@@ -117,6 +119,17 @@ impl TimedHead {
     pub fn unread(&mut self, mut bytes: BytesMut) {
         bytes.extend_from_slice(&self.rewound);
         self.rewound = bytes;
+    }
+
+    /// The descriptor of the client's socket when the connection is plain TCP (found by the
+    /// stream's type, not assumed from its id).
+    pub fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let io: &dyn pingora::protocols::IO = &*self.inner;
+        let tcp = io
+            .as_any()
+            .downcast_ref::<pingora::protocols::l4::stream::Stream>()?;
+        Some(tcp.as_raw_fd())
     }
 
     /// Whether the connection is TLS.

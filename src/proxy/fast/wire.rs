@@ -1,4 +1,4 @@
-//! HTTP/1.1 heads written byte by byte by the fast paths ([`super::fast`], [`super::pass`]):
+//! HTTP/1.1 heads written byte by byte by the fast paths ([`super`], [`super::relay`]):
 //! a start line, header lines in the order given, and the end as pingora's writer frames a
 //! response (`Date` and `Connection` last).
 
@@ -6,28 +6,28 @@ use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 
 /// A message head being written.
-pub struct Head(BytesMut);
+pub struct HeadWriter(BytesMut);
 
-impl Head {
+impl HeadWriter {
     /// A response head: `HTTP/1.1 <code> <reason>`.
-    pub fn response(status: StatusCode, capacity: usize) -> Head {
+    pub fn response(status: StatusCode, capacity: usize) -> HeadWriter {
         let mut out = BytesMut::with_capacity(capacity);
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(status.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
-        Head(out)
+        HeadWriter(out)
     }
 
     /// A request head: `<method> <target> HTTP/1.1`.
-    pub fn request(method: &http::Method, target: &str) -> Head {
+    pub fn request(method: &http::Method, target: &str) -> HeadWriter {
         let mut out = BytesMut::with_capacity(512);
         out.put_slice(method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(target.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        Head(out)
+        HeadWriter(out)
     }
 
     pub fn line(&mut self, name: &[u8], value: &[u8]) {

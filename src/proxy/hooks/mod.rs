@@ -1,0 +1,523 @@
+//! pingora's `ProxyHttp` for crossfade: the transport for every request the fast transport does not
+//! carry. Each hook is short and delegates:
+//! site and route matching to config/rules, cache decisions to `cache::policy`, keys to
+//! `cache::key`, response headers to [`headers`].
+//!
+//! Request path: site by host (unknown hosts are answered here, never forwarded) → route →
+//! bypass decision → key → cache lookup (pingora-cache) → on miss/pass the site's active pool →
+//! admission → `Cache-Status` and browser TTL → one access-log event.
+
+mod conditional;
+pub mod ctx;
+mod edge;
+mod invalidate;
+mod limits;
+
+use super::conn::headclock;
+use super::decide::{self, headers, sanitize, Answer, Plan, RequestView};
+use crate::cache::{key, policy, CacheCore};
+use crate::config::Runtime;
+use crate::fleet::Purger;
+use crate::metrics::{Metrics, RequestEvent};
+use crate::pools::switch::Release;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use ctx::RequestCtx;
+use http::header;
+use pingora::cache::key::HashBinary;
+use pingora::cache::ForcedFreshness;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::FailToProxy;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The crossfade proxy service logic.
+pub struct EdgeProxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    cache: CacheCore,
+    purger: Arc<Purger>,
+    release: Arc<Release>,
+    metrics: Arc<Metrics>,
+    /// Set when the process was told to quit (binary upgrade, SIGTERM): answers then close
+    /// their connection, so clients move to fresh connections (the new process) before
+    /// pingora drops idle keep-alive connections.
+    draining: Arc<AtomicBool>,
+}
+
+impl EdgeProxy {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        cache: CacheCore,
+        purger: Arc<Purger>,
+        release: Arc<Release>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        EdgeProxy {
+            runtime,
+            cache,
+            purger,
+            release,
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The flag that makes every answer close its connection.
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    /// The server this request was sent to, for health bookkeeping.
+    fn server<'a>(
+        &self,
+        ctx: &'a RequestCtx,
+    ) -> Option<(&'a crate::pools::Pool, &'a crate::pools::Server)> {
+        let pool = ctx.site.as_ref()?.pool(ctx.pool.as_deref()?)?;
+        Some((pool, pool.server(ctx.upstream_addr?)?))
+    }
+}
+
+/// HTTP/1.1 keeps a connection open unless told otherwise, HTTP/1.0 only when asked
+/// (pingora keeps both; `Connection: close` it handles itself).
+fn wants_keepalive(req: &RequestHeader) -> bool {
+    req.version != http::Version::HTTP_10
+        || req.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+            })
+        })
+}
+
+/// Answers a refused request and closes its connection (what follows it on the connection
+/// cannot be trusted to be framed the way the client meant).
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
+    ctx.edge_answer = Some(r.detail);
+    session.set_keepalive(None);
+    edge::send(session, &Answer::text(r.status, r.detail, r.message)).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let rt = self.runtime.load_full();
+        if self.draining.load(Ordering::Relaxed) || !wants_keepalive(session.req_header()) {
+            session.set_keepalive(None);
+        } else {
+            // pingora's own is 60 s; carried to the next request on the connection.
+            session.set_keepalive(Some(rt.proxy.limits.keepalive_timeout.as_secs().max(1)));
+        }
+        ctx.request_id = headers::request_id(session.req_header().headers.get("x-request-id"));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Some(refused) = limits::check_head(session, &rt.proxy.limits) {
+            ctx.runtime = Some(rt);
+            return refuse(session, ctx, refused).await;
+        }
+        session.set_read_timeout(Some(rt.proxy.limits.body_timeout));
+        let states = self.release.current();
+        // pingora's parsed (and even its raw) head escapes bytes it cannot hold and files targets
+        // it cannot classify under `/`; the decision must see what the client sent, which the
+        // connection loop kept (HTTP/2's `:path` pingora keeps as sent).
+        let raw = headclock::raw_target(session);
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            version: req.version,
+            target: raw.as_deref().unwrap_or(req.raw_path()),
+            authority: req.uri.authority().map(|a| a.as_str()),
+            headers: &req.headers,
+            tls: ctx.tls,
+        };
+        let forward = match decide::plan(&rt, &states, &view) {
+            Plan::Answer(answer) => {
+                ctx.edge_answer = Some(answer.detail);
+                ctx.runtime = Some(rt);
+                edge::send(session, &answer).await?;
+                return Ok(true);
+            }
+            Plan::Purge { host } => {
+                ctx.edge_answer = Some("purge");
+                ctx.runtime = Some(rt.clone());
+                return invalidate::purge_method(&self.purger, &rt, session, &host).await;
+            }
+            Plan::Forward(f) => f,
+        };
+        // The routed form is what every later hook, the log and the origin see.
+        let routed = match forward.query {
+            Some(q) => format!("{}?{q}", forward.path),
+            None => forward.path.to_string(),
+        };
+        let rewrite = req.raw_path() != routed.as_bytes();
+        ctx.upstream_uri = Some(forward.upstream_target().into_owned());
+        ctx.bypass = forward.bypass();
+        if let decide::Caching::Cacheable { primary, .. } = forward.cache {
+            ctx.primary = primary;
+        }
+        ctx.pool = Some(forward.pool);
+        ctx.new_cohort = forward.new_cohort;
+        ctx.maintenance_cached = forward.maintenance_cached;
+        ctx.host = forward.host;
+        let rule = forward.rule;
+        ctx.site = Some(forward.site);
+        ctx.runtime = Some(rt);
+        if rewrite {
+            let uri = routed.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "routed target does not parse", e)
+            })?;
+            session.req_header_mut().set_uri(uri);
+        }
+        let max_body = rule.max_body;
+        ctx.rule = Some(rule);
+        if let Some(refused) = limits::declared_body_over(session, max_body) {
+            return refuse(session, ctx, refused).await;
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        match &ctx.rule {
+            Some(rule) if ctx.body_bytes > rule.max_body => Error::e_explain(
+                ErrorType::HTTPStatus(limits::TOO_LARGE.status),
+                "request body over the route's max_body",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        if ctx.bypass.is_some() || ctx.site.is_none() {
+            return Ok(());
+        }
+        let c = &self.cache;
+        session
+            .cache
+            .enable(c.storage, None, Some(c.predictor), Some(c.lock), None);
+        session.cache.set_max_file_size_bytes(c.max_object_size);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let site = ctx.site.as_ref().map_or("", |s| &s.name);
+        let mut k = CacheKey::new(ctx.primary.clone(), site);
+        k.set_primary_bin_override(key::hash(&ctx.primary));
+        Ok(k)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let rule = ctx.rule.as_deref()?;
+        key::variance(meta.headers(), rule, &req.headers)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        let Some(rule) = &ctx.rule else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        // pingora merges only a few headers of a 304 into the stored ones; RFC 9111 §4.3.4
+        // wants all of them (but framing), so the stored object is refreshed completely.
+        let merged = ctx
+            .not_modified
+            .take()
+            .map(|fresh| policy::merge_not_modified(resp, &fresh));
+        let path = session.req_header().uri.path();
+        Ok(
+            match policy::admit(rule, path, merged.as_ref().unwrap_or(resp)) {
+                Ok(meta) => RespCacheable::Cacheable(meta),
+                Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
+            },
+        )
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(site), Some(rt)) = (&ctx.site, &ctx.runtime) else {
+            return Error::e_explain(ErrorType::InternalError, "no site selected");
+        };
+        let Some(pool) = ctx.pool.as_deref().and_then(|p| site.pool(p)) else {
+            return Error::e_explain(ErrorType::InternalError, "no pool selected");
+        };
+        // A retry after a failed connect picks again; release the previous pick first.
+        if let Some(prev) = ctx.upstream_addr.take().and_then(|a| pool.server(a)) {
+            prev.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        let Some(server) = pool.pick() else {
+            ctx.no_server = true;
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some(format!("pool {:?} has no healthy server", pool.name).into()),
+                None,
+            ));
+        };
+        server.inflight.fetch_add(1, Ordering::Relaxed);
+        let mut peer = HttpPeer::new(server.addr, false, String::new());
+        let o = &rt.origin;
+        peer.options.connection_timeout = Some(pool.connect_timeout.unwrap_or(o.connect_timeout));
+        peer.options.read_timeout = Some(pool.read_timeout.unwrap_or(o.read_timeout));
+        peer.options.write_timeout = Some(o.write_timeout);
+        peer.options.idle_timeout = Some(o.idle_timeout);
+        if pool.http2 {
+            peer.options.set_http_version(2, 2);
+        }
+        ctx.upstream_addr = Some(server.addr);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some((pool, server)) = self.server(ctx) {
+            server.connect_failed(pool.passive_down);
+        }
+        // Nothing was sent yet, so another server may take the request.
+        e.set_retry(true);
+        e
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        if !ctx.maintenance_cached {
+            return Ok(true);
+        }
+        ctx.edge_answer = Some("maintenance");
+        if let Some(rt) = ctx.runtime.clone() {
+            edge::send(session, &Answer::maintenance(&rt)).await?;
+        }
+        Ok(false)
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        Ok(conditional::not_modified(session.req_header(), resp))
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::proxy::RangeType {
+        conditional::range(session.req_header(), resp)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut pingora::cache::storage::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        // In maintenance with cached copies allowed, a stale copy beats the maintenance page.
+        Ok((ctx.maintenance_cached && !is_fresh).then_some(ForcedFreshness::ForceFresh))
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ if ctx.no_server => 503,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A body that stopped arriving (proxy.body_timeout).
+                    ErrorType::ReadTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 503 && ctx.no_server {
+            ctx.edge_answer = Some("no-healthy-server");
+            if let Some(rt) = ctx.runtime.clone() {
+                let page = Answer::unavailable(
+                    "no-healthy-server",
+                    &rt.release.maintenance_page,
+                    rt.release.retry_after,
+                );
+                let _ = edge::send(session, &page).await;
+            }
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(uri) = &ctx.upstream_uri {
+            upstream.set_uri(uri.parse().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "upstream target does not parse",
+                    e,
+                )
+            })?);
+        }
+        if ctx.bypass.is_none() {
+            // Cacheable request: the origin sees only the cookies that are part of the key, so
+            // nothing unkeyed can shape a response that others will receive.
+            let kept: Vec<String> = match &ctx.rule {
+                Some(rule) if !rule.key_cookies.is_empty() => key::cookies(&upstream.headers)
+                    .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            upstream.remove_header(&header::COOKIE);
+            if !kept.is_empty() {
+                upstream.insert_header(header::COOKIE, kept.join("; "))?;
+            }
+        }
+        sanitize::sanitize(upstream, ctx.rule.as_deref());
+        // The host the key was built from, never the client's spelling of it (port, case,
+        // trailing dot): a page built for another Host must not be stored under this one.
+        upstream.insert_header(header::HOST, ctx.host.as_str())?;
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            upstream.insert_header("x-forwarded-for", addr.ip().to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::NOT_MODIFIED
+            && session.cache.phase() == pingora::cache::CachePhase::Stale
+        {
+            ctx.not_modified = Some(upstream_response.headers.clone());
+        }
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
+        if let Some((pool, server)) = self.server(ctx) {
+            server.answered(upstream_response.status.as_u16(), pool.passive_down);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.ttfb = Some(ctx.start.elapsed());
+        ctx.store = headers::store_decision(&session.cache, ctx);
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
+        if let (Some(bucket), Some(rt)) = (ctx.new_cohort, &ctx.runtime) {
+            let cookie = format!(
+                "{}={bucket}; Path=/; Max-Age=86400; SameSite=Lax",
+                rt.release.cohort_cookie
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
+        }
+        headers::finish_response(&session.cache, ctx, resp)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        match error {
+            // stale-while-revalidate: pingora has already checked the object's window.
+            None => true,
+            Some(e) => {
+                let origin_failed = e.esource() == &ErrorSource::Upstream
+                    || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+                ctx.stale_on_error |= origin_failed;
+                origin_failed
+            }
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        if let Some((_, server)) = self.server(ctx) {
+            server.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        let rt = ctx
+            .runtime
+            .clone()
+            .unwrap_or_else(|| self.runtime.load_full());
+        let limits = &rt.proxy.limits;
+        headclock::rearm(session, limits.header_timeout, limits.keepalive_timeout);
+        crate::telemetry::access_log(session, e, ctx);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics.request(&RequestEvent {
+            site: ctx.site.as_ref().map_or("-", |s| &s.name),
+            route: ctx.rule.as_ref().map_or("-", |r| &r.name),
+            pool: ctx.pool.as_deref().unwrap_or("-"),
+            cache: headers::cache_label(&session.cache, ctx),
+            status,
+            total: ctx.start.elapsed(),
+            upstream: ctx.upstream_time,
+            ttfb: ctx.ttfb,
+            bytes: session.body_bytes_sent(),
+            bypass: ctx.bypass.map(|b| b.as_str()),
+            store: ctx.store,
+        });
+    }
+}
