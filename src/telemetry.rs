@@ -1,13 +1,11 @@
 //! Logging: tracing with a bridge for pingora's `log` records, and the access log — one
 //! structured event per request on the `crossfade::access` target (stdout; diagnostics go to
-//! stderr).
+//! stderr), made with the request metrics from one record ([`Finished`]) by every transport.
 
 use crate::config::{LogFormat, LogSettings};
-use crate::proxy::decide::headers::cache_label;
-use crate::proxy::hooks::ctx::RequestCtx;
-use pingora::proxy::Session;
-use pingora::Error;
+use crate::metrics::{Metrics, RequestEvent};
 use std::io::IsTerminal;
+use std::time::Duration;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::prelude::*;
 
@@ -72,48 +70,87 @@ pub fn init(settings: &LogSettings) {
     .ok();
 }
 
-/// One finished request, as the access log writes it.
-pub struct AccessEvent<'a> {
+/// One finished request, as every transport reports it: the access-log event and the request
+/// metrics are both made from this one record, so the two transports cannot log or count a
+/// request differently.
+pub struct Finished<'a> {
     pub site: &'a str,
     pub route: &'a str,
+    pub pool: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
     pub status: u16,
-    pub cache: &'a str,
-    pub pool: &'a str,
+    /// Cache outcome label (`hit`, `miss`, `bypass`, `edge`, …; see `hooks::status::cache_label`).
+    pub cache: &'static str,
+    /// Why the cache was bypassed, when it was.
+    pub bypass: Option<&'static str>,
+    /// `Some(None)`: stored; `Some(Some(reason))`: not stored; `None`: no storage decision.
+    pub store: Option<Option<&'static str>>,
     pub upstream: Option<std::net::SocketAddr>,
-    pub upstream_ms: f64,
-    pub total_ms: f64,
+    pub upstream_time: Option<Duration>,
+    pub ttfb: Option<Duration>,
+    pub total: Duration,
     pub bytes: usize,
+    /// The failure's label (`pingora::ErrorType::as_str`), empty when none.
     pub error: &'a str,
     pub request_id: &'a str,
 }
 
-/// Emits the access-log event for one request that went through pingora's proxy.
-pub fn access_log(session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
-    let req = session.req_header();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+/// Logs and counts one finished request.
+pub fn finished(metrics: &Metrics, f: &Finished) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     access(&AccessEvent {
-        site: ctx.site.as_ref().map_or("-", |s| &*s.name),
-        route: ctx.rule.as_ref().map_or("-", |r| &*r.name),
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        query: req.uri.query().unwrap_or(""),
-        status: session.response_written().map_or(0, |r| r.status.as_u16()),
-        cache: cache_label(&session.cache, ctx),
-        pool: ctx.pool.as_deref().unwrap_or("-"),
-        upstream: ctx.upstream_addr,
-        upstream_ms: ctx.upstream_time.map_or(0.0, ms),
-        total_ms: ms(ctx.start.elapsed()),
-        bytes: session.body_bytes_sent(),
-        error: error.map(|e| e.etype().as_str()).unwrap_or(""),
-        request_id: ctx.request_id.as_str(),
+        site: f.site,
+        route: f.route,
+        method: f.method,
+        path: f.path,
+        query: f.query,
+        status: f.status,
+        cache: f.cache,
+        pool: f.pool,
+        upstream: f.upstream,
+        upstream_ms: f.upstream_time.map_or(0.0, ms),
+        total_ms: ms(f.total),
+        bytes: f.bytes,
+        error: f.error,
+        request_id: f.request_id,
+    });
+    metrics.request(&RequestEvent {
+        site: f.site,
+        route: f.route,
+        pool: f.pool,
+        cache: f.cache,
+        status: f.status,
+        total: f.total,
+        upstream: f.upstream_time,
+        ttfb: f.ttfb,
+        bytes: f.bytes,
+        bypass: f.bypass,
+        store: f.store,
     });
 }
 
+/// The access log's fields.
+struct AccessEvent<'a> {
+    site: &'a str,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    status: u16,
+    cache: &'a str,
+    pool: &'a str,
+    upstream: Option<std::net::SocketAddr>,
+    upstream_ms: f64,
+    total_ms: f64,
+    bytes: usize,
+    error: &'a str,
+    request_id: &'a str,
+}
+
 /// Emits one access-log event.
-pub fn access(e: &AccessEvent) {
+fn access(e: &AccessEvent) {
     tracing::info!(
         target: ACCESS_TARGET,
         site = e.site,

@@ -1,7 +1,7 @@
 //! The differential corpus: the same raw requests, in the same order, to a crossfade with the
 //! fast transport on and one with it off (every request through pingora's proxy path), in front
 //! of one recording origin. What each client received and what the origin received must be the
-//! same, but for the documented exceptions below (each asserted, so a change shows).
+//! same, and so must each one's access log (and so its metrics, made from the same record).
 
 mod common;
 use common::*;
@@ -33,6 +33,9 @@ fn corpus() -> Vec<(&'static str, String)> {
         ("bypass", get("/page/1", "Cookie: session=42; theme=dark\r\n")),
         ("pass route", get("/account/me?b=2&a=1", "Cookie: theme=dark\r\n")),
         ("pass route again (predicted)", get("/account/me?b=2&a=1", "Cookie: theme=dark\r\n")),
+        ("private page", get("/private/1?b=2&a=1", "Cookie: theme=dark\r\n")),
+        ("private page again (predicted)", get("/private/1?b=2&a=1", "Cookie: theme=dark\r\n")),
+        ("private page, HEAD (predicted)", format!("HEAD /private/1 HTTP/1.1\r\n{h}\r\n")),
         ("untrusted headers", get("/account/x", "X-Forwarded-Host: evil.test\r\nX-Original-URL: /admin\r\nForwarded: for=1.2.3.4\r\n")),
         ("hop-by-hop", get("/account/x", "TE: trailers\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\n")),
         ("host with port and case", "GET /page/2 HTTP/1.1\r\nHost: WWW.Shop.Test:6666\r\n\r\n".into()),
@@ -79,7 +82,7 @@ async fn origin() -> Origin {
                 .collect();
             return reply(200, &refs, body);
         }
-        let cc = if path.starts_with("/account") {
+        let cc = if path.starts_with("/account") || path.starts_with("/private") {
             "private"
         } else {
             "public, max-age=60"
@@ -209,6 +212,26 @@ fn seen(origin: &Origin) -> Vec<String> {
         .collect()
 }
 
+/// The access-log events on `stdout`, without the fields that differ between any two runs
+/// (timings, the request id).
+fn access_log(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once("crossfade::access: request ").map(|(_, f)| f))
+        .map(|fields| {
+            fields
+                .split(' ')
+                .filter(|f| {
+                    !["upstream_ms=", "total_ms=", "request_id="]
+                        .iter()
+                        .any(|p| f.starts_with(p))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
     let origin = origin().await;
@@ -226,11 +249,12 @@ async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
             upstream.push((name, seen(&origin)));
         }
         let fast = proxy_counter(&proxy, "crossfade_fast_path_hits_total").await;
-        runs.push((client, upstream, fast));
+        runs.push((client, upstream, fast, access_log(&proxy.stdout())));
     }
     let (fast, slow) = (&runs[0], &runs[1]);
     assert_ne!(fast.2, "0", "the fast transport served hits");
     assert_eq!(slow.2, "0", "the other proxy served none");
+    assert!(fast.3.len() >= corpus().len(), "access log: {:?}", fast.3);
     let mut differences = Vec::new();
     for (i, (name, _)) in corpus().iter().enumerate() {
         if fast.0[i].1 != slow.0[i].1 {
@@ -245,6 +269,13 @@ async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
                 fast.1[i].1, slow.1[i].1
             ));
         }
+    }
+    if fast.3 != slow.3 {
+        differences.push(format!(
+            "access log:\n--- fast\n{}\n--- pingora\n{}",
+            fast.3.join("\n"),
+            slow.3.join("\n")
+        ));
     }
     assert!(differences.is_empty(), "{}", differences.join("\n\n"));
 }

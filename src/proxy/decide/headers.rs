@@ -1,11 +1,8 @@
-//! Response headers the edge writes: `Cache-Status` (RFC 9211), the browser TTL rewrite, and
-//! removal of internal headers that must not reach clients.
+//! The response headers crossfade sets, built once for every transport: `Cache-Status`
+//! (RFC 9211) as a value each path fills in and renders the same way, the request id, the
+//! browser TTL rewrite, and which origin fields are internal (never sent to clients).
 
-use crate::proxy::hooks::ctx::RequestCtx;
-use http::header;
-use pingora::cache::{CachePhase, HttpCache, NoCacheReason};
-use pingora::http::ResponseHeader;
-use pingora::Result;
+use bytes::BufMut;
 use std::time::SystemTime;
 
 /// The name crossfade uses in `Cache-Status`.
@@ -14,43 +11,120 @@ pub const CACHE_NAME: &str = "crossfade";
 /// Headers the origin sends to the edge only (surrogate keys, edge-only cache control).
 pub const INTERNAL_HEADERS: [&str; 3] = ["surrogate-key", "cache-tag", "surrogate-control"];
 
-/// A fixed-vocabulary summary of what the cache did, for logs (and later metrics labels).
-pub fn cache_label(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
-    if ctx.edge_answer.is_some() {
-        return "edge";
+/// Whether a response field named `name` stays inside the edge: [`INTERNAL_HEADERS`] and the
+/// configured surrogate-key headers (`tags`, lowercase).
+pub fn is_internal(name: &[u8], tags: &[String]) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    INTERNAL_HEADERS.iter().any(|n| is(n)) || tags.iter().any(|n| is(n))
+}
+
+/// What the cache did for one answer, as `Cache-Status` says it (RFC 9211): either a hit or a
+/// forward, then the parameters in a fixed order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStatus<'a> {
+    /// Served from the cache (`hit`).
+    pub hit: bool,
+    /// Why the request went forward (`miss`, `stale`, `bypass`, `method`).
+    pub fwd: Option<&'static str>,
+    /// The origin's status for a forwarded request.
+    pub fwd_status: Option<u16>,
+    /// The answer was stored.
+    pub stored: bool,
+    /// Until when the object is fresh (`ttl`, negative once stale).
+    pub fresh_until: Option<SystemTime>,
+    /// The request waited for another one's fill (request coalescing).
+    pub collapsed: bool,
+    /// A fixed label (a reason not stored, a bypass, an edge answer); never user input.
+    pub detail: Option<&'a str>,
+}
+
+impl CacheStatus<'_> {
+    /// Appends the field value (`crossfade; ...`) to `out`.
+    pub fn write(&self, out: &mut impl BufMut) {
+        out.put_slice(CACHE_NAME.as_bytes());
+        if self.hit {
+            out.put_slice(b"; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            out.put_slice(b"; fwd=");
+            out.put_slice(fwd.as_bytes());
+        }
+        if let Some(status) = self.fwd_status {
+            out.put_slice(b"; fwd-status=");
+            put_int(out, i64::from(status));
+        }
+        if self.stored {
+            out.put_slice(b"; stored");
+        }
+        if let Some(until) = self.fresh_until {
+            out.put_slice(b"; ttl=");
+            put_int(out, ttl_secs(until, SystemTime::now()));
+        }
+        if self.collapsed {
+            out.put_slice(b"; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            out.put_slice(b"; detail=");
+            out.put_slice(detail.as_bytes());
+        }
     }
-    if ctx.bypass.is_some() {
-        return "bypass";
+
+    /// The field value as a string (pingora's header map takes one).
+    pub fn to_value(&self) -> String {
+        let mut out = Vec::with_capacity(64);
+        self.write(&mut out);
+        // Only ASCII was written: fixed labels and digits.
+        String::from_utf8(out).unwrap_or_default()
     }
-    match cache.phase() {
-        CachePhase::Hit => "hit",
-        CachePhase::Stale | CachePhase::StaleUpdating if ctx.stale_on_error => "stale-if-error",
-        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
-        CachePhase::Miss => "miss",
-        CachePhase::Expired => "expired",
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
-        CachePhase::Bypass => "predicted-uncacheable",
-        _ => "uncacheable",
+
+    /// A request that bypassed the cache (`fwd=method` for a method the cache does not serve).
+    pub fn bypass(why: crate::cache::policy::Bypass) -> CacheStatus<'static> {
+        let fwd = if why == crate::cache::policy::Bypass::Method {
+            "method"
+        } else {
+            "bypass"
+        };
+        CacheStatus {
+            fwd: Some(fwd),
+            detail: Some(why.as_str()),
+            ..Default::default()
+        }
+    }
+
+    /// An answer the edge gave by itself.
+    pub fn edge(detail: &str) -> CacheStatus<'_> {
+        CacheStatus {
+            detail: Some(detail),
+            ..Default::default()
+        }
     }
 }
 
-/// The storage decision for a response that came from the origin: `Some(None)` stored,
-/// `Some(Some(reason))` not stored, `None` when no decision was made (hit, bypass, edge).
-pub fn store_decision(cache: &HttpCache, ctx: &RequestCtx) -> Option<Option<&'static str>> {
-    if ctx.bypass.is_some() || ctx.edge_answer.is_some() {
-        return None;
+/// Whole seconds until `until` from `now`, negative once past (RFC 9211 `ttl`).
+fn ttl_secs(until: SystemTime, now: SystemTime) -> i64 {
+    match until.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
     }
-    match cache.phase() {
-        CachePhase::Miss | CachePhase::Expired | CachePhase::Revalidated => Some(None),
-        CachePhase::Disabled(NoCacheReason::NeverEnabled) => None,
-        CachePhase::Disabled(reason) | CachePhase::RevalidatedNoCache(reason) => {
-            Some(Some(match reason {
-                NoCacheReason::Custom(s) => s,
-                other => other.as_str(),
-            }))
+}
+
+/// Writes `n` in decimal without an allocation.
+fn put_int(out: &mut impl BufMut, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
-        _ => None,
     }
+    if n < 0 {
+        out.put_u8(b'-');
+    }
+    out.put_slice(&digits[i..]);
 }
 
 /// A well-formed `X-Request-Id` from the client (1–128 of `A-Za-z0-9-_.:`), else a new one.
@@ -102,135 +176,6 @@ fn new_request_id() -> String {
     out
 }
 
-/// Whether the response the client gets is (or becomes) a stored object.
-fn is_cached_object(phase: CachePhase) -> bool {
-    matches!(
-        phase,
-        CachePhase::Hit
-            | CachePhase::Stale
-            | CachePhase::StaleUpdating
-            | CachePhase::Miss
-            | CachePhase::Expired
-            | CachePhase::Revalidated
-    )
-}
-
-/// Builds the RFC 9211 `Cache-Status` value for this response.
-pub fn cache_status(cache: &HttpCache, ctx: &RequestCtx) -> String {
-    let mut v = String::from(CACHE_NAME);
-    if let Some(bypass) = ctx.bypass {
-        let fwd = if bypass == crate::cache::policy::Bypass::Method {
-            "method"
-        } else {
-            "bypass"
-        };
-        v.push_str(&format!("; fwd={fwd}; detail={}", bypass.as_str()));
-        return v;
-    }
-    let phase = cache.phase();
-    let fwd_status = ctx
-        .upstream_status
-        .map(|s| format!("; fwd-status={s}"))
-        .unwrap_or_default();
-    let ttl = || cache.maybe_cache_meta().map(|m| ttl_param(m.fresh_until()));
-    match phase {
-        CachePhase::Hit => {
-            v.push_str("; hit");
-            v.push_str(&ttl().unwrap_or_default());
-            if cache.lock_duration().is_some() {
-                v.push_str("; collapsed");
-            }
-        }
-        CachePhase::Stale | CachePhase::StaleUpdating => {
-            if ctx.stale_on_error {
-                v.push_str(&format!("; fwd=stale{fwd_status}"));
-                v.push_str(&ttl().unwrap_or_default());
-                v.push_str("; detail=stale-if-error");
-            } else {
-                v.push_str("; hit");
-                v.push_str(&ttl().unwrap_or_default());
-                v.push_str("; detail=stale-while-revalidate");
-            }
-        }
-        CachePhase::Miss => {
-            v.push_str(&format!("; fwd=miss{fwd_status}; stored"));
-            v.push_str(&ttl().unwrap_or_default());
-        }
-        CachePhase::Expired => {
-            v.push_str(&format!("; fwd=stale{fwd_status}; stored"));
-            v.push_str(&ttl().unwrap_or_default());
-        }
-        CachePhase::Revalidated => {
-            v.push_str(&format!("; fwd=stale{fwd_status}; stored"));
-            v.push_str(&ttl().unwrap_or_default());
-        }
-        CachePhase::RevalidatedNoCache(reason) => {
-            v.push_str(&format!(
-                "; fwd=stale{fwd_status}; detail={}",
-                reason_str(reason)
-            ));
-        }
-        CachePhase::Bypass => {
-            v.push_str(&format!(
-                "; fwd=miss{fwd_status}; detail=predicted-uncacheable"
-            ));
-        }
-        CachePhase::Disabled(reason) => {
-            v.push_str(&format!(
-                "; fwd=miss{fwd_status}; detail={}",
-                reason_str(reason)
-            ));
-        }
-        _ => v.push_str(&format!("; fwd=miss{fwd_status}")),
-    }
-    v
-}
-
-/// pingora's reasons are CamelCase words; ours (in `Custom`) are already tokens.
-fn reason_str(reason: NoCacheReason) -> String {
-    match reason {
-        NoCacheReason::Custom(s) => s.to_string(),
-        other => other.as_str().to_ascii_lowercase(),
-    }
-}
-
-/// Applies the edge's header policy to a response on its way to the client.
-pub fn finish_response(
-    cache: &HttpCache,
-    ctx: &RequestCtx,
-    resp: &mut ResponseHeader,
-) -> Result<()> {
-    let tags = ctx
-        .runtime
-        .as_ref()
-        .map(|rt| rt.cache.tag_headers.as_slice());
-    remove_internal(resp, tags.unwrap_or_default());
-    if ctx.edge_answer.is_none() {
-        resp.insert_header("cache-status", cache_status(cache, ctx))?;
-    }
-    let Some(rule) = &ctx.rule else { return Ok(()) };
-    if is_cached_object(cache.phase()) && ctx.bypass.is_none() {
-        browser_ttl(rule, resp)?;
-    }
-    Ok(())
-}
-
-/// Removes the origin-to-edge headers (`INTERNAL_HEADERS` and the configured tag headers).
-pub fn remove_internal(resp: &mut ResponseHeader, tags: &[String]) {
-    for name in super::sanitize::names_in(&resp.headers, &INTERNAL_HEADERS, tags) {
-        resp.remove_header(&name);
-    }
-}
-
-/// The route's `browser_ttl` rewrite of `Cache-Control` for a response that is a cached object.
-pub fn browser_ttl(rule: &crate::rules::Rule, resp: &mut ResponseHeader) -> Result<()> {
-    if let Some(value) = browser_cache_control(rule) {
-        resp.insert_header(header::CACHE_CONTROL, value)?;
-        resp.remove_header(&header::EXPIRES);
-    }
-    Ok(())
-}
-
 /// The `Cache-Control` a route's `browser_ttl` gives cached objects (and `Expires` goes).
 pub fn browser_cache_control(rule: &crate::rules::Rule) -> Option<String> {
     let ttl = rule.browser_ttl?;
@@ -243,10 +188,68 @@ pub fn browser_cache_control(rule: &crate::rules::Rule) -> Option<String> {
     })
 }
 
-/// `; ttl=N` for an object fresh until `until` (negative once stale).
-pub fn ttl_param(until: SystemTime) -> String {
-    match until.duration_since(SystemTime::now()) {
-        Ok(d) => format!("; ttl={}", d.as_secs()),
-        Err(e) => format!("; ttl=-{}", e.duration().as_secs()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn cache_status_renders_its_parameters_in_one_order() {
+        let soon = SystemTime::now() + Duration::from_millis(60_500);
+        let cases = [
+            (
+                CacheStatus {
+                    hit: true,
+                    fresh_until: Some(soon),
+                    collapsed: true,
+                    ..Default::default()
+                },
+                "crossfade; hit; ttl=60; collapsed",
+            ),
+            (
+                CacheStatus {
+                    fwd: Some("miss"),
+                    fwd_status: Some(200),
+                    stored: true,
+                    fresh_until: Some(soon),
+                    ..Default::default()
+                },
+                "crossfade; fwd=miss; fwd-status=200; stored; ttl=60",
+            ),
+            (
+                CacheStatus {
+                    fwd: Some("stale"),
+                    fwd_status: Some(503),
+                    fresh_until: Some(SystemTime::now() - Duration::from_millis(4_500)),
+                    detail: Some("stale-if-error"),
+                    ..Default::default()
+                },
+                "crossfade; fwd=stale; fwd-status=503; ttl=-4; detail=stale-if-error",
+            ),
+            (
+                CacheStatus {
+                    fwd: Some("bypass"),
+                    detail: Some("logged-in"),
+                    ..Default::default()
+                },
+                "crossfade; fwd=bypass; detail=logged-in",
+            ),
+            (
+                CacheStatus::edge("maintenance"),
+                "crossfade; detail=maintenance",
+            ),
+        ];
+        for (status, want) in cases {
+            assert_eq!(status.to_value(), want);
+        }
+    }
+
+    #[test]
+    fn internal_fields_are_the_fixed_ones_and_the_configured_tags() {
+        let tags = ["x-tags".to_string()];
+        for name in ["Surrogate-Key", "cache-tag", "SURROGATE-CONTROL", "X-Tags"] {
+            assert!(is_internal(name.as_bytes(), &tags), "{name}");
+        }
+        assert!(!is_internal(b"cache-control", &tags));
     }
 }

@@ -25,12 +25,13 @@ mod sendfile;
 mod wire;
 
 use super::conn::headclock::TimedHead;
-use super::decide::{self, headers, Caching, Plan, RequestView};
+use super::decide::headers::{self, CacheStatus};
+use super::decide::{self, Caching, Plan, RequestView};
 use crate::cache::body::Body;
 use crate::cache::key;
 use crate::cache::storage::EdgeStorage;
 use crate::config::Runtime;
-use crate::metrics::{Metrics, RequestEvent};
+use crate::metrics::Metrics;
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
@@ -339,36 +340,29 @@ impl FastPath {
 
     fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
         let total = start.elapsed();
-        crate::telemetry::access(&crate::telemetry::AccessEvent {
-            site: &a.site,
-            route: &a.route,
-            method: a.method.as_str(),
-            path: &a.path,
-            query: &a.query,
-            status: a.status,
-            cache: "hit",
-            pool: &a.pool,
-            upstream: None,
-            upstream_ms: 0.0,
-            total_ms: total.as_secs_f64() * 1000.0,
-            bytes,
-            error: "",
-            request_id: &a.request_id,
-        });
         self.metrics.fast_hits.with_label_values(&[&a.site]).inc();
-        self.metrics.request(&RequestEvent {
-            site: &a.site,
-            route: &a.route,
-            pool: &a.pool,
-            cache: "hit",
-            status: a.status,
-            total,
-            upstream: None,
-            ttfb: Some(total),
-            bytes,
-            bypass: None,
-            store: None,
-        });
+        crate::telemetry::finished(
+            &self.metrics,
+            &crate::telemetry::Finished {
+                site: &a.site,
+                route: &a.route,
+                pool: &a.pool,
+                method: a.method.as_str(),
+                path: &a.path,
+                query: &a.query,
+                status: a.status,
+                cache: "hit",
+                bypass: None,
+                store: None,
+                upstream: None,
+                upstream_time: None,
+                ttfb: Some(total),
+                total,
+                bytes,
+                error: "",
+                request_id: &a.request_id,
+            },
+        );
     }
 }
 
@@ -445,8 +439,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     let skip = |name: &[u8]| {
         let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         REPLACED.iter().any(|n| lower(n))
-            || headers::INTERNAL_HEADERS.iter().any(|n| lower(n))
-            || tags.iter().any(|n| lower(n))
+            || headers::is_internal(name, tags)
             || browser.is_some() && (lower("cache-control") || lower("expires"))
     };
     let status = stored.status;
@@ -478,11 +471,12 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
         line(b"Accept-Ranges", b"bytes");
     }
     line(b"x-request-id", r.request_id.as_bytes());
-    let ttl = headers::ttl_param(meta.fresh_until());
-    out.line_of(
-        b"cache-status",
-        &[headers::CACHE_NAME.as_bytes(), b"; hit", ttl.as_bytes()],
-    );
+    let cache_status = CacheStatus {
+        hit: true,
+        fresh_until: Some(meta.fresh_until()),
+        ..Default::default()
+    };
+    out.line_with(b"cache-status", |v| cache_status.write(v));
     if let Some(cc) = &browser {
         out.line(b"Cache-Control", cc.as_bytes());
     }

@@ -19,9 +19,8 @@ use super::{as_pingora, wire, FastPath, Outcome};
 use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
-use crate::metrics::RequestEvent;
 use crate::proxy::conn::headclock::TimedHead;
-use crate::proxy::decide::headers;
+use crate::proxy::decide::headers::{self, CacheStatus};
 use crate::proxy::decide::sanitize::UNTRUSTED;
 use crate::rules::Rule;
 use bytes::BytesMut;
@@ -475,45 +474,38 @@ impl FastPath {
     }
 
     fn report(&self, relay: &Relay, start: Instant, r: &Report) {
-        let total = start.elapsed();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let (cache, bypass) = match &relay.reason {
-            Reason::Bypass(b) => ("bypass", Some(b.as_str())),
-            Reason::Predicted(_) => ("uncacheable", None),
+        // The labels pingora's path gives the same request (`hooks::status::cache_label`).
+        let (cache, bypass) = match (&relay.reason, r.store) {
+            (Reason::Bypass(b), _) => ("bypass", Some(b.as_str())),
+            (Reason::Predicted(_), Some(None)) => ("miss", None),
+            (Reason::Predicted(_), _) => ("uncacheable", None),
         };
-        crate::telemetry::access(&crate::telemetry::AccessEvent {
-            site: &relay.site.name,
-            route: &relay.rule.name,
-            method: relay.method.as_str(),
-            path: &relay.path,
-            query: &relay.query,
-            status: r.status,
-            cache,
-            pool: &relay.pool,
-            upstream: r.upstream,
-            upstream_ms: r.upstream_time.map_or(0.0, ms),
-            total_ms: ms(total),
-            bytes: r.bytes,
-            error: r.error,
-            request_id: &relay.request_id,
-        });
         self.metrics
             .fast_passes
             .with_label_values(&[&relay.site.name])
             .inc();
-        self.metrics.request(&RequestEvent {
-            site: &relay.site.name,
-            route: &relay.rule.name,
-            pool: &relay.pool,
-            cache,
-            status: r.status,
-            total,
-            upstream: r.upstream_time,
-            ttfb: r.ttfb,
-            bytes: r.bytes,
-            bypass,
-            store: r.store,
-        });
+        crate::telemetry::finished(
+            &self.metrics,
+            &crate::telemetry::Finished {
+                site: &relay.site.name,
+                route: &relay.rule.name,
+                pool: &relay.pool,
+                method: relay.method.as_str(),
+                path: &relay.path,
+                query: &relay.query,
+                status: r.status,
+                cache,
+                bypass,
+                store: r.store,
+                upstream: r.upstream,
+                upstream_time: r.upstream_time,
+                ttfb: r.ttfb,
+                total: start.elapsed(),
+                bytes: r.bytes,
+                error: r.error,
+                request_id: &relay.request_id,
+            },
+        );
     }
 }
 
@@ -540,8 +532,7 @@ fn response_head(
         let reframed = head.framing == Framing::Chunked && is("content-length");
         if replaced
             || reframed
-            || headers::INTERNAL_HEADERS.iter().any(|n| is(n))
-            || tags.iter().any(|n| is(n))
+            || headers::is_internal(name, tags)
             || browser.is_some() && (is("cache-control") || is("expires"))
         {
             continue;
@@ -555,35 +546,23 @@ fn response_head(
         line(b"Transfer-Encoding", b"chunked");
     }
     line(b"x-request-id", relay.request_id.as_bytes());
-    let name = headers::CACHE_NAME.as_bytes();
-    match &relay.reason {
-        Reason::Bypass(b) => out.line_of(
-            b"cache-status",
-            &[name, b"; fwd=bypass; detail=", b.as_str().as_bytes()],
-        ),
-        Reason::Predicted(_) => match readmitted {
-            Some(Readmitted::Store(meta)) => out.line_of(
-                b"cache-status",
-                &[
-                    name,
-                    b"; fwd=miss; fwd-status=",
-                    head.status.as_str().as_bytes(),
-                    b"; stored",
-                    headers::ttl_param(meta.fresh_until()).as_bytes(),
-                ],
-            ),
-            Some(Readmitted::NotStored(reason)) => out.line_of(
-                b"cache-status",
-                &[
-                    name,
-                    b"; fwd=miss; fwd-status=",
-                    head.status.as_str().as_bytes(),
-                    b"; detail=",
-                    reason.as_bytes(),
-                ],
-            ),
-            None => unreachable!("a predicted key is always readmitted"),
+    let status = match (&relay.reason, readmitted) {
+        (Reason::Bypass(b), _) => CacheStatus::bypass(*b),
+        (Reason::Predicted(_), Some(Readmitted::Store(meta))) => CacheStatus {
+            fwd: Some("miss"),
+            fwd_status: Some(head.status.as_u16()),
+            stored: true,
+            fresh_until: Some(meta.fresh_until()),
+            ..Default::default()
         },
-    }
+        (Reason::Predicted(_), Some(Readmitted::NotStored(reason))) => CacheStatus {
+            fwd: Some("miss"),
+            fwd_status: Some(head.status.as_u16()),
+            detail: Some(reason),
+            ..Default::default()
+        },
+        (Reason::Predicted(_), None) => unreachable!("a predicted key is always readmitted"),
+    };
+    out.line_with(b"cache-status", |v| status.write(v));
     out.finish_response()
 }

@@ -31,16 +31,14 @@ impl HeadWriter {
     }
 
     pub fn line(&mut self, name: &[u8], value: &[u8]) {
-        self.line_of(name, &[value]);
+        self.line_with(name, |out| out.put_slice(value));
     }
 
-    /// A header line whose value is written in pieces (no `format!` per request).
-    pub fn line_of(&mut self, name: &[u8], value: &[&[u8]]) {
+    /// A header line whose value `value` writes (no `format!` per request).
+    pub fn line_with(&mut self, name: &[u8], value: impl FnOnce(&mut BytesMut)) {
         self.0.put_slice(name);
         self.0.put_slice(b": ");
-        for piece in value {
-            self.0.put_slice(piece);
-        }
+        value(&mut self.0);
         self.0.put_slice(b"\r\n");
     }
 

@@ -1,7 +1,8 @@
-//! Writes an edge answer ([`super::decide::Answer`]) on pingora's session. Each carries
+//! Writes an edge answer ([`crate::proxy::decide::Answer`]) on pingora's session. Each carries
 //! `Cache-Status` with its fixed `detail` label.
 
-use super::decide::Answer;
+use crate::proxy::decide::headers::CacheStatus;
+use crate::proxy::decide::Answer;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -10,10 +11,7 @@ use pingora::Result;
 /// Sends `answer` as the whole response.
 pub async fn send(session: &mut Session, answer: &Answer) -> Result<()> {
     let mut resp = ResponseHeader::build(answer.status, Some(6))?;
-    resp.insert_header(
-        "cache-status",
-        format!("crossfade; detail={}", answer.detail),
-    )?;
+    resp.insert_header("cache-status", CacheStatus::edge(answer.detail).to_value())?;
     if !answer.body.is_empty() {
         resp.insert_header(header::CONTENT_TYPE, answer.content_type)?;
     }

@@ -12,13 +12,14 @@ pub mod ctx;
 mod edge;
 mod invalidate;
 mod limits;
+pub mod status;
 
 use super::conn::headclock;
 use super::decide::{self, headers, sanitize, Answer, Plan, RequestView};
 use crate::cache::{key, policy, CacheCore};
 use crate::config::Runtime;
 use crate::fleet::Purger;
-use crate::metrics::{Metrics, RequestEvent};
+use crate::metrics::Metrics;
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -463,7 +464,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.ttfb = Some(ctx.start.elapsed());
-        ctx.store = headers::store_decision(&session.cache, ctx);
+        ctx.store = status::store_decision(&session.cache, ctx);
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
         if let (Some(bucket), Some(rt)) = (ctx.new_cohort, &ctx.runtime) {
@@ -473,7 +474,7 @@ impl ProxyHttp for EdgeProxy {
             );
             resp.append_header(header::SET_COOKIE, cookie)?;
         }
-        headers::finish_response(&session.cache, ctx, resp)
+        status::finish_response(&session.cache, ctx, resp)
     }
 
     fn should_serve_stale(
@@ -504,20 +505,28 @@ impl ProxyHttp for EdgeProxy {
             .unwrap_or_else(|| self.runtime.load_full());
         let limits = &rt.proxy.limits;
         headclock::rearm(session, limits.header_timeout, limits.keepalive_timeout);
-        crate::telemetry::access_log(session, e, ctx);
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics.request(&RequestEvent {
-            site: ctx.site.as_ref().map_or("-", |s| &s.name),
-            route: ctx.rule.as_ref().map_or("-", |r| &r.name),
-            pool: ctx.pool.as_deref().unwrap_or("-"),
-            cache: headers::cache_label(&session.cache, ctx),
-            status,
-            total: ctx.start.elapsed(),
-            upstream: ctx.upstream_time,
-            ttfb: ctx.ttfb,
-            bytes: session.body_bytes_sent(),
-            bypass: ctx.bypass.map(|b| b.as_str()),
-            store: ctx.store,
-        });
+        let req = session.req_header();
+        crate::telemetry::finished(
+            &self.metrics,
+            &crate::telemetry::Finished {
+                site: ctx.site.as_ref().map_or("-", |s| &s.name),
+                route: ctx.rule.as_ref().map_or("-", |r| &r.name),
+                pool: ctx.pool.as_deref().unwrap_or("-"),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                query: req.uri.query().unwrap_or(""),
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                cache: status::cache_label(&session.cache, ctx),
+                bypass: ctx.bypass.map(|b| b.as_str()),
+                store: ctx.store,
+                upstream: ctx.upstream_addr,
+                upstream_time: ctx.upstream_time,
+                ttfb: ctx.ttfb,
+                total: ctx.start.elapsed(),
+                bytes: session.body_bytes_sent(),
+                error: e.map_or("", |e| e.etype().as_str()),
+                request_id: &ctx.request_id,
+            },
+        );
     }
 }
