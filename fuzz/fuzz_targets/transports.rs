@@ -2,7 +2,7 @@
 //! path reads it must lead to the same plan whenever the fast transport takes the request.
 #![no_main]
 use crossfade::pools::switch::{Release, SiteState};
-use crossfade::proxy::probe;
+use crossfade::proxy::fast::probe;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -39,7 +39,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::CacheKey;
 use pingora::protocols::GetSocketDigest;
-use relay::{Forwarded, Forwarding, Reason, Relay};
+use relay::{Forwarded, Reason, Relay};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -268,6 +268,8 @@ impl FastPath {
             return None;
         };
         let rule = &f.rule;
+        // Plans this transport does not carry: a cohort cookie to set, cached-only maintenance
+        // (pingora's stale handling), keyed cookies or headers (variants).
         if f.maintenance_cached
             || f.new_cohort.is_some()
             || !rule.key_headers.is_empty()
@@ -280,23 +282,13 @@ impl FastPath {
             Caching::Bypass(b) => Reason::Bypass(*b),
             Caching::Cacheable { primary, .. } => {
                 let hash = key::hash(primary);
-                let now = SystemTime::now();
-                if let Some((meta, body)) = self
-                    .storage
-                    .fresh_hit(u128::from_be_bytes(hash), now)
-                    .filter(|_| hits)
-                {
-                    let request = Request {
-                        rt,
-                        site: &f.site.name,
-                        rule,
-                        method: method.clone(),
-                        pool: f.pool.clone(),
-                        request_id,
-                        path: &f.path,
-                        query: f.query,
-                    };
-                    return hit(request, &meta, body);
+                if hits {
+                    let now = SystemTime::now();
+                    if let Some((meta, body)) =
+                        self.storage.fresh_hit(u128::from_be_bytes(hash), now)
+                    {
+                        return hit(rt, &f, method.clone(), request_id, &meta, body);
+                    }
                 }
                 let mut k = CacheKey::new(primary.clone(), &*f.site.name);
                 k.set_primary_bin_override(hash);
@@ -315,27 +307,19 @@ impl FastPath {
             let ip = addr.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
             ip.map_or(String::new(), |ip| ip.to_string())
         });
-        let forwarding = Forwarding {
-            target: &f.upstream_target(),
-            host: &f.host,
+        let from = relay::From {
+            fields: parsed.headers,
             client: (!client.is_empty()).then_some(client.as_str()),
             tls,
-            request_id: &request_id,
-            drop_cookies: matches!(reason, Reason::Predicted(_)),
         };
-        let head = relay::upstream_head(&method, parsed.headers, rule, &forwarding);
-        Some(Decision::Relay(Relay {
-            runtime: rt.clone(),
-            site: f.site.clone(),
-            rule: rule.clone(),
-            pool: f.pool.clone(),
+        Some(Decision::Relay(Relay::new(
+            rt,
+            &f,
             reason,
-            head,
             request_id,
-            method: method.clone(),
-            path: f.path.to_string(),
-            query: f.query.unwrap_or("").to_string(),
-        }))
+            method.clone(),
+            &from,
+        )))
     }
 
     fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
@@ -364,18 +348,6 @@ impl FastPath {
             },
         );
     }
-}
-
-/// What a hit answer needs of its request.
-struct Request<'a> {
-    rt: &'a Runtime,
-    site: &'a Arc<str>,
-    rule: &'a crate::rules::Rule,
-    method: Method,
-    pool: String,
-    request_id: String,
-    path: &'a str,
-    query: Option<&'a str>,
 }
 
 /// Reads `head` as the fast transport can carry it: a complete HTTP/1.1 GET or HEAD within the
@@ -427,12 +399,19 @@ pub fn plain_request<'h>(
 }
 
 /// The hit answer: the stored response with the headers the proxy path would write.
-fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decision> {
+fn hit(
+    rt: &Runtime,
+    f: &decide::Forward,
+    method: Method,
+    request_id: String,
+    meta: &pingora::cache::CacheMeta,
+    body: Body,
+) -> Option<Decision> {
     let stored = meta.response_header();
     // Without a length pingora would chunk the body; leave that to it.
     let length = stored.headers.get(header::CONTENT_LENGTH)?;
-    let browser = headers::browser_cache_control(r.rule);
-    let tags = &r.rt.cache.tag_headers;
+    let browser = headers::browser_cache_control(&f.rule);
+    let tags = &rt.cache.tag_headers;
     // The stored headers, but those this answer sets itself and the internal ones, in their
     // stored order and case; then what pingora's hit path (Age, Accept-Ranges from its range
     // filter), the response hooks and pingora's writer would add.
@@ -446,7 +425,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     // Room for the body only when `serve` appends it to the head; a large body is written
     // from where it is stored, and a 1 MiB buffer per hit would go unused.
     let appended = match &body {
-        Body::Heap(b) if r.method == Method::GET && b.len() <= APPEND_MAX => b.len(),
+        Body::Heap(b) if method == Method::GET && b.len() <= APPEND_MAX => b.len(),
         _ => 0,
     };
     let mut out = wire::HeadWriter::response(status, 512 + appended);
@@ -470,7 +449,7 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     {
         line(b"Accept-Ranges", b"bytes");
     }
-    line(b"x-request-id", r.request_id.as_bytes());
+    line(b"x-request-id", request_id.as_bytes());
     let cache_status = CacheStatus {
         hit: true,
         fresh_until: Some(meta.fresh_until()),
@@ -482,15 +461,15 @@ fn hit(r: Request, meta: &pingora::cache::CacheMeta, body: Body) -> Option<Decis
     }
     let out = out.finish_response();
     let answer = HitAnswer {
-        body: (r.method == Method::GET).then_some(body),
+        body: (method == Method::GET).then_some(body),
         status: status.as_u16(),
-        site: r.site.clone(),
-        route: r.rule.name.clone(),
-        pool: r.pool,
-        request_id: r.request_id,
-        method: r.method,
-        path: r.path.to_string(),
-        query: r.query.unwrap_or("").to_string(),
+        site: f.site.name.clone(),
+        route: f.rule.name.clone(),
+        pool: f.pool.clone(),
+        request_id,
+        method,
+        path: f.path.to_string(),
+        query: f.query.unwrap_or("").to_string(),
     };
     Some(Decision::Hit(out, answer))
 }

@@ -57,6 +57,51 @@ pub struct Relay {
     pub query: String,
 }
 
+/// What the relay takes from the client connection besides the plan.
+pub struct From<'a, 'h> {
+    /// The client's header fields, in order and case.
+    pub fields: &'a [httparse::Header<'h>],
+    /// The client's IP address.
+    pub client: Option<&'a str>,
+    pub tls: bool,
+}
+
+impl Relay {
+    /// The relay of a planned forward: the request head the origin gets (the client's fields
+    /// but those it must not see, the plan's target and host, the forwarding headers).
+    pub fn new(
+        rt: &Arc<Runtime>,
+        f: &crate::proxy::decide::Forward,
+        reason: Reason,
+        request_id: String,
+        method: Method,
+        from: &From,
+    ) -> Relay {
+        let forwarding = Forwarding {
+            target: &f.upstream_target(),
+            host: &f.host,
+            client: from.client,
+            tls: from.tls,
+            request_id: &request_id,
+            // A cacheable key: the origin gets no cookies (a cookie must not shape a shared page).
+            drop_cookies: matches!(reason, Reason::Predicted(_)),
+        };
+        let head = upstream_head(&method, from.fields, &f.rule, &forwarding);
+        Relay {
+            runtime: rt.clone(),
+            site: f.site.clone(),
+            rule: f.rule.clone(),
+            pool: f.pool.clone(),
+            reason,
+            head,
+            request_id,
+            method,
+            path: f.path.to_string(),
+            query: f.query.unwrap_or("").to_string(),
+        }
+    }
+}
+
 /// What the request head sent upstream holds, besides the client's own headers.
 pub struct Forwarding<'a> {
     pub target: &'a str,
