@@ -6,7 +6,7 @@
 pub mod origin;
 
 use crate::config::Runtime;
-use origin::Release;
+use origin::DemoRelease;
 
 /// Starts the demo store for every pool of every site, prints what to try, and serves.
 pub fn run(runtime: Runtime) -> ! {
@@ -16,9 +16,8 @@ pub fn run(runtime: Runtime) -> ! {
             for server in &pool.servers {
                 let addr = server.addr;
                 match std::net::TcpListener::bind(addr) {
-                    Ok(l) => {
-                        listeners.push((l, Release::new(&format!("{}-{}", site.name, pool.name))))
-                    }
+                    Ok(l) => listeners
+                        .push((l, DemoRelease::new(&format!("{}-{}", site.name, pool.name)))),
                     Err(e) => {
                         eprintln!("demo: cannot listen on {addr} for pool {}: {e}", pool.name);
                         std::process::exit(1);

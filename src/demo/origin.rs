@@ -17,18 +17,18 @@ use tokio::net::TcpListener;
 
 /// A release of the demo store: its name and the hash its static assets live under.
 #[derive(Debug, Clone)]
-pub struct Release {
+pub struct DemoRelease {
     pub name: String,
     pub asset_hash: String,
 }
 
-impl Release {
+impl DemoRelease {
     pub fn new(name: &str) -> Self {
         // A stable fingerprint of the release name stands in for a hash of the asset bytes.
         let digest = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
-        Release {
+        DemoRelease {
             name: name.to_string(),
             asset_hash: format!("{:08x}", digest as u32),
         }
@@ -36,12 +36,12 @@ impl Release {
 }
 
 struct State {
-    release: Release,
+    release: DemoRelease,
     requests: AtomicU64,
 }
 
 /// Serves the demo store on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, release: Release) {
+pub async fn serve(listener: TcpListener, release: DemoRelease) {
     let state = Arc::new(State {
         release,
         requests: AtomicU64::new(0),

@@ -14,22 +14,22 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// What one check found.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Answer {
+struct HealthAnswer {
     ok: bool,
     release: Option<String>,
     asset_hash: Option<String>,
 }
 
-fn parse_head(head: &str) -> Answer {
+fn parse_head(head: &str) -> HealthAnswer {
     let mut lines = head.split("\r\n");
     let ok = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
         .is_some_and(|s| (200..300).contains(&s));
-    let mut answer = Answer {
+    let mut answer = HealthAnswer {
         ok,
-        ..Answer::default()
+        ..HealthAnswer::default()
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -45,7 +45,7 @@ fn parse_head(head: &str) -> Answer {
     answer
 }
 
-async fn check(server: &Server, hc: &HealthCheck) -> Answer {
+async fn check(server: &Server, hc: &HealthCheck) -> HealthAnswer {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.ok()?;
         let request = format!(
@@ -143,7 +143,7 @@ mod tests {
         let a = parse_head("HTTP/1.1 200 OK\r\nX-Release: 2026.11.2\r\nx-asset-hash: abc123");
         assert_eq!(
             a,
-            Answer {
+            HealthAnswer {
                 ok: true,
                 release: Some("2026.11.2".into()),
                 asset_hash: Some("abc123".into())

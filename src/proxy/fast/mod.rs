@@ -267,14 +267,7 @@ impl FastPath {
         let Plan::Forward(f) = decide::plan(rt, &states, &view) else {
             return None;
         };
-        let rule = &f.rule;
-        // Plans this transport does not carry: a cohort cookie to set, cached-only maintenance
-        // (pingora's stale handling), keyed cookies or headers (variants).
-        if f.maintenance_cached
-            || f.new_cohort.is_some()
-            || !rule.key_headers.is_empty()
-            || !rule.key_cookies.is_empty()
-        {
+        if !carried(&f) {
             return None;
         }
         let request_id = headers::request_id(headers.get("x-request-id"));
@@ -301,15 +294,10 @@ impl FastPath {
         if !passes {
             return None;
         }
-        // Formatted once per connection ("" when the client has no IP address).
-        let client = peer.get_or_insert_with(|| {
-            let addr = stream.get_socket_digest();
-            let ip = addr.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-            ip.map_or(String::new(), |ip| ip.to_string())
-        });
+        let client = client_ip(peer, stream);
         let from = relay::From {
             fields: parsed.headers,
-            client: (!client.is_empty()).then_some(client.as_str()),
+            client: (!client.is_empty()).then_some(client),
             tls,
         };
         Some(Decision::Relay(Relay::new(
@@ -472,6 +460,25 @@ fn hit(
         query: f.query.unwrap_or("").to_string(),
     };
     Some(Decision::Hit(out, answer))
+}
+
+/// Whether this transport carries a forward: not one with a cohort cookie to set, cached-only
+/// maintenance (pingora's stale handling) or keyed cookies or headers (variants).
+fn carried(f: &decide::Forward) -> bool {
+    !f.maintenance_cached
+        && f.new_cohort.is_none()
+        && f.rule.key_headers.is_empty()
+        && f.rule.key_cookies.is_empty()
+}
+
+/// The client's IP address for `X-Forwarded-For`, formatted once per connection ("" when the
+/// client has none).
+fn client_ip<'a>(peer: &'a mut Option<String>, stream: &TimedHead) -> &'a str {
+    peer.get_or_insert_with(|| {
+        let addr = stream.get_socket_digest();
+        let ip = addr.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        ip.map_or(String::new(), |ip| ip.to_string())
+    })
 }
 
 /// Keeps the raw target of a head handed to pingora, whose parser rewrites a target it cannot
