@@ -3,7 +3,7 @@
 //! it keeps) and pingora's (its request header type, every header, the raw target the
 //! connection loop keeps), each put through [`decide::plan`].
 
-use super::plain_request;
+use super::{carried, plain_request};
 use crate::config::Runtime;
 use crate::pools::switch::SiteState;
 use crate::proxy::conn::framing;
@@ -11,7 +11,7 @@ use crate::proxy::decide::{self, RequestView};
 use std::collections::HashMap;
 
 /// The plan the fast transport would carry out for `head`; `None` when it leaves the request to
-/// pingora's path.
+/// pingora's path (which then decides, and writes any edge answer, itself).
 pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8]) -> Option<String> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
@@ -24,7 +24,11 @@ pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8])
         headers: &headers,
         tls: false,
     };
-    Some(decide::plan(rt, states, &view).summary())
+    let plan = decide::plan(rt, states, &view);
+    match &plan {
+        decide::Plan::Forward(f) if carried(f) => Some(plan.summary()),
+        _ => None,
+    }
 }
 
 /// The plan pingora's path takes for `head`, read as pingora reads a request (its
