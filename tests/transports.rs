@@ -393,3 +393,64 @@ async fn empty_ranges_and_if_none_match_star_follow_rfc_9110() {
     assert_eq!(star.status, 304);
     assert_eq!(origin.hits(), 1);
 }
+
+#[tokio::test]
+async fn origin_failures_get_crossfade_pages_that_close_the_connection() {
+    // Garbage for `/…/broken`, silence for `/…/silent` (the origin holds the connection).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).contains("/broken") {
+                    let _ = sock.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+                } else {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            });
+        }
+    });
+    let extra = "[origin]\nread_timeout = \"1s\"\n";
+    let proxy = Proxy::single_addr(addr, RULES, extra).await;
+    for (path, cookie, status, detail) in [
+        (
+            "/account/broken",
+            "Cookie: session=1\r\n",
+            502,
+            "bad-gateway",
+        ),
+        ("/page/broken", "", 502, "bad-gateway"),
+        (
+            "/account/silent",
+            "Cookie: session=1\r\n",
+            504,
+            "gateway-timeout",
+        ),
+        ("/page/silent", "", 504, "gateway-timeout"),
+    ] {
+        let mut sock = connect(proxy.addr).await;
+        sock.write_all(get(path, cookie).as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut raw))
+            .await
+            .expect("the connection is closed after the answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(
+            text.starts_with(&format!("http/1.1 {status} ")),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains(&format!("cache-status: crossfade; detail={detail}\r\n")),
+            "{path}: {text}"
+        );
+        assert!(text.contains("connection: close\r\n"), "{path}: {text}");
+        assert!(!text.contains("server: pingora"), "{path}: {text}");
+        assert!(text.contains("crossfade: the origin"), "{path}: {text}");
+    }
+}

@@ -3,6 +3,7 @@
 //! Each carries a fixed `Cache-Status` detail (a label, never user input); a transport writes it.
 
 use bytes::Bytes;
+use pingora::ErrorType;
 use std::time::Duration;
 
 /// One edge answer.
@@ -90,6 +91,37 @@ impl Answer {
         Self::text(400, why.as_str(), why.message())
     }
 
+    /// A request crossfade could not carry to the end: crossfade's own page, never pingora's
+    /// (`Server: Pingora`, no `Cache-Status`).
+    pub fn error(status: u16) -> Answer {
+        let (detail, body) = match status {
+            400 => ("bad-request", "crossfade: bad request\n"),
+            408 => (
+                "request-timeout",
+                "crossfade: the request did not arrive in time\n",
+            ),
+            413 => ("body-too-large", "crossfade: request body too large\n"),
+            502 => (
+                "bad-gateway",
+                "crossfade: the origin's answer could not be used\n",
+            ),
+            504 => (
+                "gateway-timeout",
+                "crossfade: the origin did not answer in time\n",
+            ),
+            _ => ("internal-error", "crossfade: internal error\n"),
+        };
+        let status = if detail == "internal-error" {
+            500
+        } else {
+            status
+        };
+        Answer {
+            cache_control: "private, no-store",
+            ..Self::text(status, detail, body)
+        }
+    }
+
     /// `OPTIONS *`: a question about the server, not a resource; nothing to forward.
     pub fn server_options() -> Answer {
         Answer {
@@ -116,5 +148,14 @@ impl Answer {
                 "crossfade: this site is served over HTTPS\n",
             )
         })
+    }
+}
+
+/// The status for an origin that failed before its answer began: 504 when it ran out of time
+/// (connect, write or read), else 502.
+pub fn origin_failure_status(e: &ErrorType) -> u16 {
+    match e {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => 502,
     }
 }

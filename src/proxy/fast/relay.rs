@@ -20,6 +20,7 @@ use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::proxy::conn::headclock::TimedHead;
+use crate::proxy::decide::answer::{self, Answer};
 use crate::proxy::decide::headers::{self, CacheStatus};
 use crate::proxy::decide::sanitize::UNTRUSTED;
 use crate::rules::Rule;
@@ -227,7 +228,7 @@ impl Drop for InFlight<'_> {
 struct Failed {
     /// The request may be sent again on a new connection (a reused one was found closed).
     retry: bool,
-    error: &'static str,
+    error: ErrorType,
 }
 
 /// Sends the request head and reads the final response head (body bytes after it stay in
@@ -245,51 +246,28 @@ async fn exchange(
     let written = match up.try_write(&relay.head) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
+        Err(_) => return Err(fail(true, ErrorType::WriteError)),
     };
     if written < relay.head.len() {
         match tokio::time::timeout(write_limit, up.write_all(&relay.head[written..])).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(fail(true, as_pingora::error_label(ErrorType::WriteError))),
-            Err(_) => {
-                return Err(fail(
-                    false,
-                    as_pingora::error_label(ErrorType::WriteTimedout),
-                ))
-            }
+            Ok(Err(_)) => return Err(fail(true, ErrorType::WriteError)),
+            Err(_) => return Err(fail(false, ErrorType::WriteTimedout)),
         }
     }
     loop {
         match origin::parse_head(buf, relay.method == Method::HEAD) {
             Ok(head) => return Ok(head),
-            Err(BadHead::Invalid(_)) => {
-                return Err(fail(
-                    false,
-                    as_pingora::error_label(ErrorType::InvalidHTTPHeader),
-                ))
-            }
+            Err(BadHead::Invalid(_)) => return Err(fail(false, ErrorType::InvalidHTTPHeader)),
             Err(BadHead::Incomplete) => {}
         }
         match origin::read_more(up, buf, read_limit).await {
-            Ok(0) => {
-                return Err(fail(
-                    buf.is_empty(),
-                    as_pingora::error_label(ErrorType::ConnectionClosed),
-                ))
-            }
+            Ok(0) => return Err(fail(buf.is_empty(), ErrorType::ConnectionClosed)),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(fail(
-                    false,
-                    as_pingora::error_label(ErrorType::ReadTimedout),
-                ))
+                return Err(fail(false, ErrorType::ReadTimedout))
             }
-            Err(_) => {
-                return Err(fail(
-                    buf.is_empty(),
-                    as_pingora::error_label(ErrorType::ReadError),
-                ))
-            }
+            Err(_) => return Err(fail(buf.is_empty(), ErrorType::ReadError)),
         }
     }
 }
@@ -352,7 +330,9 @@ impl FastPath {
                 Err(f) if f.retry && reused => fresh_only = true,
                 Err(f) => {
                     let addr = Some(server.addr);
-                    return self.bad_gateway(&relay, client, start, addr, f.error).await;
+                    return self
+                        .origin_failed(&relay, client, start, addr, f.error)
+                        .await;
                 }
             }
         };
@@ -487,31 +467,26 @@ impl FastPath {
         }
     }
 
-    /// Answers 502 as pingora's `fail_to_proxy` does, and closes the connection.
-    async fn bad_gateway(
+    /// Answers an origin failure as pingora's path does (502, or 504 for a timeout: crossfade's
+    /// page, `Connection: close`), and closes the connection.
+    async fn origin_failed(
         &self,
         relay: &Relay,
         client: &mut TimedHead,
         start: Instant,
         upstream: Option<std::net::SocketAddr>,
-        error: &'static str,
+        error: ErrorType,
     ) -> Forwarded {
-        let answer = format!(
-            "HTTP/1.1 502 Bad Gateway\r\nServer: Pingora\r\nDate: {}\r\nContent-Length: 0\r\n\
-             Cache-Control: private, no-store\r\nConnection: close\r\n\r\n",
-            pingora::protocols::http::date::get_cached_date()
-                .to_str()
-                .unwrap_or_default()
-        );
-        let _ = client.write_all(answer.as_bytes()).await;
+        let answer = Answer::error(answer::origin_failure_status(&error));
+        let _ = client.write_all(&wire::answer(&answer)).await;
         let _ = client.flush().await;
         let report = Report {
-            status: 502,
+            status: answer.status,
             upstream,
             upstream_time: None,
             ttfb: Some(start.elapsed()),
             bytes: 0,
-            error,
+            error: as_pingora::error_label(error),
             store: None,
         };
         self.report(relay, start, &report);

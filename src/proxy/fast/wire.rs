@@ -2,6 +2,8 @@
 //! a start line, header lines in the order given, and the end as pingora's writer frames a
 //! response (`Date` and `Connection` last).
 
+use crate::proxy::decide::headers::CacheStatus;
+use crate::proxy::decide::Answer;
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 
@@ -53,9 +55,42 @@ impl HeadWriter {
         self.finish()
     }
 
+    /// Ends a response head after which the connection closes: the current `Date`,
+    /// `Connection: close`.
+    pub fn finish_closing(mut self) -> BytesMut {
+        self.line(
+            b"Date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        self.line(b"Connection", b"close");
+        self.finish()
+    }
+
     /// Ends the head as it is.
     pub fn finish(mut self) -> BytesMut {
         self.0.put_slice(b"\r\n");
         self.0
     }
+}
+
+/// An edge answer as bytes, head and body, with the headers pingora's path writes for it
+/// (`hooks::edge::send`); the connection closes after it.
+pub fn answer(a: &Answer) -> BytesMut {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = HeadWriter::response(status, 256 + a.body.len());
+    out.line_with(b"cache-status", |v| CacheStatus::edge(a.detail).write(v));
+    if !a.body.is_empty() {
+        out.line(b"content-type", a.content_type.as_bytes());
+    }
+    out.line(b"content-length", a.body.len().to_string().as_bytes());
+    out.line(b"cache-control", a.cache_control.as_bytes());
+    if let Some(location) = &a.location {
+        out.line(b"location", location.as_bytes());
+    }
+    if let Some(after) = a.retry_after {
+        out.line(b"retry-after", after.as_secs().to_string().as_bytes());
+    }
+    let mut bytes = out.finish_closing();
+    bytes.extend_from_slice(&a.body);
+    bytes
 }

@@ -366,7 +366,7 @@ impl ProxyHttp for EdgeProxy {
             ErrorType::HTTPStatus(code) => *code,
             _ if ctx.no_server => 503,
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => decide::answer::origin_failure_status(e.etype()),
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     // A body that stopped arriving (proxy.body_timeout).
@@ -376,7 +376,16 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code == 503 && ctx.no_server {
+        // The connection is not reused after a failure: the answer says so (`Connection:
+        // close`) rather than promising keep-alive to a client whose next request would fail.
+        session.set_keepalive(None);
+        // Once an answer has begun, only closing the connection can tell the client.
+        let begun = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational() || r.status == 101);
+        if begun {
+            // nothing more can be said
+        } else if code == 503 && ctx.no_server {
             ctx.edge_answer = Some("no-healthy-server");
             if let Some(rt) = ctx.runtime.clone() {
                 let page = Answer::unavailable(
@@ -387,7 +396,7 @@ impl ProxyHttp for EdgeProxy {
                 let _ = edge::send(session, &page).await;
             }
         } else if code > 0 {
-            let _ = session.respond_error(code).await;
+            let _ = edge::send(session, &Answer::error(code)).await;
         }
         FailToProxy {
             error_code: code,
