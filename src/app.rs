@@ -19,6 +19,38 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use std::sync::Arc;
 
+/// A listening address crossfade cannot bind.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({key}): {source}; another process may hold it, or the address is not this machine's")]
+pub struct BindError {
+    /// The config key that names the address.
+    pub key: &'static str,
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds (and releases) every address the config listens on, before anything starts: pingora
+/// retries a listener it cannot bind, then panics that thread and leaves the rest of the process
+/// (the admin API included) up and looking healthy. Not for an upgrade, which takes the sockets
+/// over from the running process.
+pub fn check_listeners(runtime: &Runtime) -> Result<(), BindError> {
+    let proxy = runtime.proxy.listen.iter().map(|a| ("proxy.listen", a));
+    let tls = runtime
+        .tls
+        .iter()
+        .flat_map(|t| t.listen.iter().map(|a| ("tls.listen", a)));
+    let admin = runtime.admin.iter().map(|a| ("admin.listen", &a.listen));
+    for (key, addr) in proxy.chain(tls).chain(admin) {
+        std::net::TcpListener::bind(addr).map_err(|source| BindError {
+            key,
+            addr: *addr,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// Starts serving with `runtime`; never returns (Pingora owns the process from here).
 pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     raise_nofile(runtime.proxy.limits.max_connections);

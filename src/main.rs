@@ -18,6 +18,9 @@ fn main() -> Result<ExitCode> {
         Command::Run(args) => {
             let runtime = config::load(&args.config)?;
             telemetry::init(&runtime.log);
+            if !args.upgrade {
+                app::check_listeners(&runtime)?;
+            }
             app::run(runtime, args.upgrade)
         }
         Command::Check(args) => {

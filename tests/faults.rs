@@ -115,3 +115,50 @@ async fn a_flood_of_cache_busting_urls_does_not_flush_the_hot_set() {
         "only {hits} of 10 hot objects survived the flood"
     );
 }
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_stops_crossfade_with_the_address() {
+    // Held for the whole test: crossfade must not get it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), HONOR_ALL).unwrap();
+    let d = dir.path().display();
+    let config = format!(
+        "[server]\npid_file = \"{d}/pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
+         [proxy]\nlisten = [\"{addr}\"]\n\
+         [admin]\nlisten = \"127.0.0.1:{}\"\n\
+         [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\
+         [[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"rules.toml\"\n\
+         [sites.pools.blue]\nservers = [\"127.0.0.1:9\"]\n",
+        free_port()
+    );
+    std::fs::write(dir.path().join("crossfade.toml"), config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("crossfade.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(std::time::Duration::from_secs(10), || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited,
+        "still running 10 s after it could not bind: {stderr}"
+    );
+    assert!(!out.status.success(), "exited {:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (proxy.listen)")),
+        "{stderr}"
+    );
+    drop(taken);
+}

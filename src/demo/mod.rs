@@ -10,6 +10,10 @@ use origin::DemoRelease;
 
 /// Starts the demo store for every pool of every site, prints what to try, and serves.
 pub fn run(runtime: Runtime) -> ! {
+    if let Err(e) = crate::app::check_listeners(&runtime) {
+        eprintln!("crossfade demo: {e}");
+        std::process::exit(1);
+    }
     let mut listeners = Vec::new();
     for site in &runtime.sites.list {
         for pool in &site.pools {
