@@ -298,8 +298,9 @@ async fn a_hundred_pipelined_misses_are_all_answered_in_order() {
     assert_eq!(origin.hits(), 100);
 }
 
-/// An origin speaking raw bytes: `answer(path)` is the whole response to a request for `path`.
-async fn raw_origin(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
+/// An origin speaking raw bytes: `answer(path)` is the whole response to a request for `path`;
+/// `None` holds the connection without a word.
+async fn raw_origin(answer: fn(&str) -> Option<Vec<u8>>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -315,7 +316,11 @@ async fn raw_origin(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
                         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                        if sock.write_all(&answer(&path)).await.is_err() {
+                        let Some(bytes) = answer(&path) else {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            return;
+                        };
+                        if sock.write_all(&bytes).await.is_err() {
                             return;
                         }
                     }
@@ -346,7 +351,7 @@ async fn origin_heads_have_the_same_limits_on_both_transports() {
             head.extend_from_slice(format!("x-large: {}\r\n", "l".repeat(300_000)).as_bytes());
         }
         head.extend_from_slice(b"\r\nok");
-        head
+        Some(head)
     })
     .await;
     let proxy = Proxy::single_addr(addr, RULES, "").await;
@@ -397,24 +402,11 @@ async fn empty_ranges_and_if_none_match_star_follow_rfc_9110() {
 #[tokio::test]
 async fn origin_failures_get_crossfade_pages_that_close_the_connection() {
     // Garbage for `/…/broken`, silence for `/…/silent` (the origin holds the connection).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                if String::from_utf8_lossy(&buf[..n]).contains("/broken") {
-                    let _ = sock.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
-                } else {
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                }
-            });
-        }
-    });
+    let addr = raw_origin(|path| {
+        path.ends_with("/broken")
+            .then(|| b"NOT HTTP AT ALL\r\n\r\n".to_vec())
+    })
+    .await;
     let extra = "[origin]\nread_timeout = \"1s\"\n";
     let proxy = Proxy::single_addr(addr, RULES, extra).await;
     for (path, cookie, status, detail) in [

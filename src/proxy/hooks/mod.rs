@@ -83,6 +83,15 @@ impl EdgeProxy {
     }
 }
 
+/// Whether `raw` is `path`, or `path?query`, byte for byte.
+fn is_target(raw: &[u8], (path, query): (&str, Option<&str>)) -> bool {
+    match (raw.strip_prefix(path.as_bytes()), query) {
+        (Some(rest), None) => rest.is_empty(),
+        (Some(rest), Some(q)) => rest.first() == Some(&b'?') && &rest[1..] == q.as_bytes(),
+        (None, _) => false,
+    }
+}
+
 /// HTTP/1.1 keeps a connection open unless told otherwise, HTTP/1.0 only when asked
 /// (pingora keeps both; `Connection: close` it handles itself).
 fn wants_keepalive(req: &RequestHeader) -> bool {
@@ -156,11 +165,13 @@ impl ProxyHttp for EdgeProxy {
             Plan::Forward(f) => f,
         };
         // The routed form is what every later hook, the log and the origin see.
-        let routed = match forward.query {
-            Some(q) => format!("{}?{q}", forward.path),
-            None => forward.path.to_string(),
-        };
-        let rewrite = req.raw_path() != routed.as_bytes();
+        // Compared piece by piece: most targets need no rewrite, and need no string for it.
+        let routed = (&*forward.path, forward.query);
+        let rewrite = !is_target(req.raw_path(), routed);
+        let routed = rewrite.then(|| match routed {
+            (path, Some(q)) => format!("{path}?{q}"),
+            (path, None) => path.to_string(),
+        });
         ctx.upstream_uri = Some(forward.upstream_target().into_owned());
         ctx.bypass = forward.bypass();
         if let decide::Caching::Cacheable { primary, .. } = forward.cache {
@@ -173,7 +184,7 @@ impl ProxyHttp for EdgeProxy {
         let rule = forward.rule;
         ctx.site = Some(forward.site);
         ctx.runtime = Some(rt);
-        if rewrite {
+        if let Some(routed) = routed {
             let uri = routed.parse().map_err(|e| {
                 Error::because(ErrorType::InternalError, "routed target does not parse", e)
             })?;
@@ -383,9 +394,7 @@ impl ProxyHttp for EdgeProxy {
         let begun = session
             .response_written()
             .is_some_and(|r| !r.status.is_informational() || r.status == 101);
-        if begun {
-            // nothing more can be said
-        } else if code == 503 && ctx.no_server {
+        if !begun && code == 503 && ctx.no_server {
             ctx.edge_answer = Some("no-healthy-server");
             if let Some(rt) = ctx.runtime.clone() {
                 let page = Answer::unavailable(
@@ -395,7 +404,7 @@ impl ProxyHttp for EdgeProxy {
                 );
                 let _ = edge::send(session, &page).await;
             }
-        } else if code > 0 {
+        } else if !begun && code > 0 {
             let _ = edge::send(session, &Answer::error(code)).await;
         }
         FailToProxy {
@@ -537,5 +546,20 @@ impl ProxyHttp for EdgeProxy {
                 request_id: &ctx.request_id,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_target_is_compared_piece_by_piece() {
+        let t = super::is_target;
+        assert!(t(b"/a", ("/a", None)));
+        assert!(t(b"/a?b=1", ("/a", Some("b=1"))));
+        assert!(!t(b"/a?b=1", ("/a", None)));
+        assert!(!t(b"/a", ("/a", Some(""))));
+        assert!(!t(b"/ab", ("/a", None)));
+        assert!(!t(b"http://h/a", ("/a", None)));
+        assert!(!t(b"/%61", ("/a", None)));
     }
 }
