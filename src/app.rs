@@ -51,6 +51,9 @@ pub fn check_listeners(runtime: &Runtime) -> Result<(), BindError> {
     Ok(())
 }
 
+/// Attempts pingora makes at one request: the first and one retry.
+pub const MAX_TRIES: usize = 2;
+
 /// Starts serving with `runtime`; never returns (Pingora owns the process from here).
 pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     raise_nofile(runtime.proxy.limits.max_connections);
@@ -64,6 +67,11 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         // cross-thread wake-ups on hits, but pingora then parks pooled upstream connections on a
         // random thread, so passes hop threads; on 2 cores the full bench showed no difference.
         work_stealing: runtime.server.work_stealing,
+        // Tries per request: the first and at most one retry (`EdgeProxy::error_while_proxy`
+        // says which failures may be retried). Pingora's 16 let one GET become 16 origin
+        // requests when an origin closed connections without answering: a retry storm on an
+        // origin already in trouble.
+        max_retries: MAX_TRIES,
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -163,6 +171,12 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     server.add_service(pingora::services::background::background_service(
         "drain on quit",
         DrainOnSignal(proxy.draining()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "idle origin connections",
+        crate::proxy::fast::origin::IdleSweep {
+            runtime: runtime.clone(),
+        },
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",

@@ -41,6 +41,8 @@ pub struct RequestEvent<'a> {
     pub bypass: Option<&'static str>,
     /// `Some(None)`: stored; `Some(Some(reason))`: not stored; `None`: no storage decision.
     pub store: Option<Option<&'static str>>,
+    /// What the pool's server did with the request.
+    pub origin: crate::stats::Asked,
 }
 
 /// The per-request metric children of one label set, as a thread keeps them. `ttfb` and
@@ -98,6 +100,12 @@ pub struct Metrics {
     pub fast_hits: IntCounterVec,
     /// Passes forwarded by the pass fast path (`proxy::fast::relay`).
     pub fast_passes: IntCounterVec,
+    /// Requests sent to the origin a second time after a failure (at most once each).
+    pub origin_retries: IntCounterVec,
+    /// Requests that waited for one of a pool's `max_inflight` slots.
+    pub pool_waits: IntCounterVec,
+    /// Requests a full pool did not take (`answer`: `stale` or `unavailable`).
+    pub pool_shed: IntCounterVec,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -318,6 +326,9 @@ impl Metrics {
             connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
             fast_hits: counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),
             fast_passes: counter(&r, "crossfade_fast_path_passes_total", "Passes (bypass or predicted uncacheable) forwarded by crossfade's own HTTP/1 client instead of pingora's proxy path.", &["site"]),
+            origin_retries: counter(&r, "crossfade_origin_retries_total", "Requests sent to an origin a second time after the first attempt failed before any answer (at most one retry, idempotent requests only).", &["site", "pool"]),
+            pool_waits: counter(&r, "crossfade_pool_waits_total", "Requests that waited for a free slot of a pool's max_inflight.", &["site", "pool"]),
+            pool_shed: counter(&r, "crossfade_pool_shed_total", "Requests a pool at max_inflight did not take within max_wait, by what the client got instead (stale or unavailable).", &["site", "pool", "answer"]),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
@@ -372,10 +383,14 @@ impl Metrics {
                 .with_label_values(&[e.site, e.route, reason])
                 .inc();
         }
-        let error = e.status >= 500 || e.status == 0;
-        let hit = matches!(e.cache, "hit" | "stale");
-        self.stats
-            .record((e.site, e.route, e.pool), error, hit, e.total, e.upstream);
+        let sample = crate::stats::Sample {
+            error: e.status >= 500 || e.status == 0,
+            hit: matches!(e.cache, "hit" | "stale"),
+            total: e.total,
+            upstream: e.upstream,
+            origin: e.origin,
+        };
+        self.stats.record((e.site, e.route, e.pool), &sample);
         if let Some(s) = &self.statsd {
             s.request(e);
         }
@@ -422,10 +437,13 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 26] = [
+        let collectors: [&dyn Collector; 29] = [
             &self.connections_open,
             &self.fast_hits,
             &self.fast_passes,
+            &self.origin_retries,
+            &self.pool_waits,
+            &self.pool_shed,
             &self.tls_handshakes,
             &self.connections_refused,
             &self.requests,
@@ -522,6 +540,7 @@ mod tests {
             bytes: 1234,
             bypass: None,
             store: None,
+            origin: crate::stats::Asked::No,
         });
         let text = m.render();
         assert!(text.contains(r#"crossfade_requests_total{cache="hit",pool="blue",route="home",site="shop",status_class="2xx"} 1"#), "{text}");
@@ -543,6 +562,7 @@ mod tests {
             bytes: 10,
             bypass: None,
             store: None,
+            origin: crate::stats::Asked::No,
         };
         let (a, b) = (Metrics::new(None), Metrics::new(None));
         for _ in 0..3 {

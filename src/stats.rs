@@ -27,12 +27,48 @@ fn bucket_upper_ms(i: usize) -> f64 {
     0.1 * 1.2f64.powi(i as i32)
 }
 
+/// What a request's pool did with it: the canary judge compares pools on this, not on what
+/// the client got (a hit or an edge answer says nothing of the pool behind it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The request never reached a server (a hit, an edge answer, no healthy server).
+    No,
+    /// A server answered with this status.
+    Answered(u16),
+    /// The exchange with the server failed (refused, reset, timed out, cut short).
+    Failed,
+}
+
+impl Asked {
+    /// A failure of the pool: a 5xx answer or no answer.
+    fn failed(self) -> bool {
+        match self {
+            Asked::No => false,
+            Asked::Answered(status) => status >= 500,
+            Asked::Failed => true,
+        }
+    }
+}
+
+/// One request, as the statistics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// A 5xx (or no answer) to the client.
+    pub error: bool,
+    pub hit: bool,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+    pub origin: Asked,
+}
+
 #[derive(Clone)]
 struct Second {
     at: u64,
     requests: u64,
     hits: u64,
     errors: u64,
+    origin_requests: u64,
+    origin_errors: u64,
     upstream_count: u64,
     upstream_ms: f64,
     latency: [u32; LATENCY_BUCKETS],
@@ -45,6 +81,8 @@ impl Second {
             requests: 0,
             hits: 0,
             errors: 0,
+            origin_requests: 0,
+            origin_errors: 0,
             upstream_count: 0,
             upstream_ms: 0.0,
             latency: [0; LATENCY_BUCKETS],
@@ -58,7 +96,12 @@ pub struct Summary {
     pub requests: u64,
     pub rate_per_second: f64,
     pub hit_ratio: f64,
+    /// 5xx answers to clients, edge answers included.
     pub error_rate: f64,
+    /// Requests a server of the pool was asked.
+    pub origin_requests: u64,
+    /// Of those, the share the pool failed (5xx or no answer).
+    pub origin_error_rate: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -88,15 +131,15 @@ pub struct Filter<'a> {
 }
 
 impl Stats {
-    /// Records one request. `error`: a 5xx (or no answer) to the client.
-    pub fn record(
-        &self,
-        key: (&str, &str, &str),
-        error: bool,
-        hit: bool,
-        total: Duration,
-        upstream: Option<Duration>,
-    ) {
+    /// Records one request.
+    pub fn record(&self, key: (&str, &str, &str), sample: &Sample) {
+        let Sample {
+            error,
+            hit,
+            total,
+            upstream,
+            origin,
+        } = *sample;
         let now = now_secs();
         let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let series = match all.iter_mut().find(|(k, _)| (&*k.0, &*k.1, &*k.2) == key) {
@@ -115,6 +158,8 @@ impl Stats {
         s.requests += 1;
         s.hits += hit as u64;
         s.errors += error as u64;
+        s.origin_requests += (origin != Asked::No) as u64;
+        s.origin_errors += origin.failed() as u64;
         if let Some(u) = upstream {
             s.upstream_count += 1;
             s.upstream_ms += u.as_secs_f64() * 1000.0;
@@ -140,6 +185,8 @@ impl Stats {
                 total.requests += s.requests;
                 total.hits += s.hits;
                 total.errors += s.errors;
+                total.origin_requests += s.origin_requests;
+                total.origin_errors += s.origin_errors;
                 total.upstream_count += s.upstream_count;
                 total.upstream_ms += s.upstream_ms;
                 for (t, x) in total.latency.iter_mut().zip(s.latency.iter()) {
@@ -165,6 +212,12 @@ impl Stats {
             rate_per_second: n as f64 / (end - start) as f64,
             hit_ratio: ratio(total.hits),
             error_rate: ratio(total.errors),
+            origin_requests: total.origin_requests,
+            origin_error_rate: if total.origin_requests == 0 {
+                0.0
+            } else {
+                total.origin_errors as f64 / total.origin_requests as f64
+            },
             p50_ms: if n == 0 { 0.0 } else { pct(0.50) },
             p95_ms: if n == 0 { 0.0 } else { pct(0.95) },
             p99_ms: if n == 0 { 0.0 } else { pct(0.99) },
@@ -197,21 +250,29 @@ mod tests {
         let stats = Stats::default();
         for i in 0..100 {
             let d = Duration::from_millis(if i < 98 { 10 } else { 500 });
-            stats.record(
-                ("shop", "home", "blue"),
-                i % 10 == 0,
-                i % 2 == 0,
-                d,
-                Some(Duration::from_millis(4)),
-            );
+            // Half are hits; of the 50 the pool answered, every fifth failed.
+            let origin = match i % 2 {
+                0 => Asked::No,
+                _ if i % 10 == 1 => Asked::Answered(503),
+                _ => Asked::Answered(200),
+            };
+            let sample = Sample {
+                error: i % 10 == 0,
+                hit: i % 2 == 0,
+                total: d,
+                upstream: Some(Duration::from_millis(4)),
+                origin,
+            };
+            stats.record(("shop", "home", "blue"), &sample);
         }
-        stats.record(
-            ("shop", "home", "green"),
-            true,
-            false,
-            Duration::from_millis(1),
-            None,
-        );
+        let edge = Sample {
+            error: true,
+            hit: false,
+            total: Duration::from_millis(1),
+            upstream: None,
+            origin: Asked::No,
+        };
+        stats.record(("shop", "home", "green"), &edge);
         let blue = stats.summary(
             Filter {
                 site: Some("shop"),
@@ -226,6 +287,8 @@ mod tests {
         assert!(blue.p50_ms >= 10.0 && blue.p50_ms < 12.5, "{blue:?}");
         assert!(blue.p99_ms >= 500.0 && blue.p99_ms < 620.0, "{blue:?}");
         assert!((blue.origin_ms - 4.0).abs() < 1e-9);
+        assert_eq!(blue.origin_requests, 50);
+        assert!((blue.origin_error_rate - 0.2).abs() < 1e-9, "{blue:?}");
         let all = stats.summary(Filter::default(), Duration::from_secs(60), None);
         assert_eq!(all.requests, 101);
         let before = stats.summary(

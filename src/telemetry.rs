@@ -94,6 +94,8 @@ pub struct Finished<'a> {
     pub bytes: usize,
     /// The failure's label (`pingora::ErrorType::as_str`), empty when none.
     pub error: &'a str,
+    /// What the pool's server did with the request.
+    pub origin: crate::stats::Asked,
     pub request_id: &'a str,
 }
 
@@ -128,6 +130,7 @@ pub fn finished(metrics: &Metrics, f: &Finished) {
         bytes: f.bytes,
         bypass: f.bypass,
         store: f.store,
+        origin: f.origin,
     });
 }
 

@@ -36,7 +36,7 @@ use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::judge::Verdicts;
-use crate::pools::switch::{Change, Release};
+use crate::pools::switch::{Change, ChangeError, Release, Save};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use auth::{authorize, Denied};
@@ -266,7 +266,7 @@ impl AdminApp {
                 )
             }
         };
-        match self.release.apply(rt, &change) {
+        match self.release.apply(rt, &change, Save::Required) {
             Ok(state) => {
                 tracing::warn!(token = %token, ?change, "release change applied");
                 self.metrics
@@ -280,6 +280,7 @@ impl AdminApp {
                 )
             }
             Err(e) if e.is_conflict() => error(StatusCode::CONFLICT, e),
+            Err(e @ ChangeError::NotSaved { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
     }

@@ -82,8 +82,9 @@ pub enum NotStored {
     NoCache,
     /// `Vary: *` can never be matched by a later request.
     VaryStar,
-    /// Honor route, and the origin gave neither freshness (max-age, s-maxage, Expires) nor a
-    /// validator (ETag, Last-Modified); RFC 9111 allows no default TTL here.
+    /// Honor route, and the origin gave no freshness (max-age, s-maxage, Expires), and no
+    /// validator (ETag, Last-Modified) on a heuristically cacheable or `public` response;
+    /// RFC 9111 allows no default TTL here.
     NoFreshness,
     /// The status is not stored under this rule (e.g. 5xx on an override route, 206, 304).
     Status,
@@ -174,9 +175,14 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
             if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
                 return Err(NotStored::NoCache);
             }
+            // Without explicit freshness, RFC 9111 §3 lets a cache store only a status that is
+            // heuristically cacheable or a response marked `public`; it is stored stale, to be
+            // revalidated on every use. An error page with only an ETag is never stored.
+            let storable_stale = has_validator(resp)
+                && (heuristically_cacheable(status) || cc.as_ref().is_some_and(|c| c.public()));
             let ttl = match origin_freshness(cc.as_ref(), resp, now) {
                 Some(ttl) => ttl,
-                None if has_validator(resp) => Duration::ZERO,
+                None if storable_stale => Duration::ZERO,
                 None => return Err(NotStored::NoFreshness),
             };
             let swr = cc
@@ -297,6 +303,20 @@ fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotS
 
 fn secs(d: Option<Duration>) -> u32 {
     d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32)
+}
+
+/// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether a stored response with `status` may be served stale when the origin fails
+/// (stale-if-error): an error is never the stale copy served for an error.
+pub fn serves_for_an_error(status: StatusCode) -> bool {
+    !status.is_server_error()
 }
 
 fn has_validator(resp: &ResponseHeader) -> bool {

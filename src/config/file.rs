@@ -171,6 +171,12 @@ pub struct PoolFile {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub passive_down: Option<String>,
+    /// Failed exchanges in a row (reset, closed, timed out) that take a server out.
+    pub passive_failures: Option<u32>,
+    /// Origin protection: requests at the pool's servers at once.
+    pub max_inflight: Option<usize>,
+    /// How long a request waits for one of the `max_inflight` slots.
+    pub max_wait: Option<String>,
 }
 
 /// `[tls]`: HTTPS listeners and their certificates.

@@ -3,7 +3,7 @@
 
 use super::file::{PoolFile, ReleaseFile, SiteFile};
 use super::units::parse_duration;
-use crate::pools::{HealthCheck, Pool};
+use crate::pools::{HealthCheck, Limit, Pool};
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -239,6 +239,27 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<Pool> {
     *pool.release.get_mut().unwrap_or_else(|e| e.into_inner()) = p.release.clone();
     *pool.asset_hash.get_mut().unwrap_or_else(|e| e.into_inner()) = p.asset_hash.clone();
     pool.health = health;
+    pool.passive_failures = p.passive_failures.unwrap_or(3);
+    let max_wait = duration(
+        &format!("{key}.max_wait"),
+        &p.max_wait,
+        Duration::from_secs(1),
+        push,
+    );
+    match p.max_inflight {
+        Some(0) => push(
+            format!("{key}.max_inflight"),
+            "must be at least 1 (leave it out for no limit)".into(),
+        ),
+        Some(max) => pool
+            .limit
+            .store(Some(std::sync::Arc::new(Limit::new(max, max_wait)))),
+        None if p.max_wait.is_some() => push(
+            format!("{key}.max_wait"),
+            "applies only with max_inflight".into(),
+        ),
+        None => {}
+    }
     pool.passive_down = duration(
         &format!("{key}.passive_down"),
         &p.passive_down,

@@ -3,7 +3,7 @@
 //! configured thresholds, with enough requests to judge, roll the site back, record why, and
 //! say so in metrics, logs and `/pools`. Off unless `[release.judge]` is configured.
 
-use super::switch::{Change, Release};
+use super::switch::{Change, Release, Save};
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
@@ -78,11 +78,12 @@ impl Judge {
                 &Change::Rollback {
                     site: site.name.to_string(),
                 },
+                Save::BestEffort,
             ) {
                 Ok(new_state) => {
                     tracing::error!(
                         site = %site.name, canary = %canary.pool, reason,
-                        canary_error_rate = c.error_rate, stable_error_rate = s.error_rate,
+                        canary_error_rate = c.origin_error_rate, stable_error_rate = s.origin_error_rate,
                         canary_p99_ms = c.p99_ms, stable_p99_ms = s.p99_ms,
                         "canary judged worse than the stable pool: rolled back"
                     );
@@ -123,9 +124,14 @@ fn judge(
     s: &crate::stats::Summary,
     cfg: &crate::config::pools::JudgeSettings,
 ) -> Option<&'static str> {
+    // Errors are judged on what the pools' servers answered: hits and the edge's own answers
+    // (maintenance, no healthy server) say nothing of a release, and diluted a canary that
+    // failed 30% of its origin requests to 5.5%.
     if c.requests < cfg.min_requests {
         None
-    } else if c.error_rate - s.error_rate > cfg.max_error_rate_increase {
+    } else if c.origin_requests >= cfg.min_requests
+        && c.origin_error_rate - s.origin_error_rate > cfg.max_error_rate_increase
+    {
         Some("error-rate")
     } else if s.requests >= cfg.min_requests
         && s.p99_ms > 0.0
@@ -144,10 +150,11 @@ mod tests {
     use crate::stats::Summary;
     use std::time::Duration;
 
-    fn summary(requests: u64, error_rate: f64, p99_ms: f64) -> Summary {
+    fn summary(requests: u64, origin_error_rate: f64, p99_ms: f64) -> Summary {
         Summary {
             requests,
-            error_rate,
+            origin_requests: requests,
+            origin_error_rate,
             p99_ms,
             ..Summary::default()
         }

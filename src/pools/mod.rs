@@ -4,7 +4,12 @@
 //!
 //! Within a pool, healthy servers are used round-robin. A server is unhealthy when its active
 //! check failed `fall` times in a row (until it passes `rise` times), or for `passive_down`
-//! after a connection failure or three 5xx answers in a row.
+//! after a failed connect or `passive_failures` failed exchanges in a row (reset, closed or
+//! timed out before its answer was read). An answer, whatever its status, is the
+//! application's: a 500 is passed through and counted, never a reason to eject (one broken
+//! endpoint must not take a site down). Passive marks are the edge's guess, so they never
+//! empty a pool: when every server that passes its active check is passively marked, all of
+//! them are used (Envoy's "panic" mode, at a threshold of zero).
 
 pub mod health;
 pub mod judge;
@@ -12,11 +17,8 @@ pub mod switch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Consecutive 5xx answers that take a server out of rotation.
-const PASSIVE_5XX_LIMIT: u32 = 3;
 
 /// Active health check settings of a pool.
 #[derive(Debug, Clone)]
@@ -40,7 +42,8 @@ pub struct Server {
     streak: AtomicU32,
     /// Passively marked down until this time (ms since the Unix epoch).
     down_until_ms: AtomicU64,
-    consecutive_5xx: AtomicU32,
+    /// Failed exchanges in a row (see [`Server::exchange_failed`]).
+    failures: AtomicU32,
     /// Requests being proxied to this server now.
     pub inflight: AtomicUsize,
 }
@@ -59,7 +62,7 @@ impl Server {
             checked_up: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
-            consecutive_5xx: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
             inflight: AtomicUsize::new(0),
         }
     }
@@ -67,6 +70,11 @@ impl Server {
     pub fn is_healthy(&self) -> bool {
         self.checked_up.load(Ordering::Acquire)
             && self.down_until_ms.load(Ordering::Acquire) <= now_ms()
+    }
+
+    /// Passes its active check (passive marks aside).
+    fn checked_up(&self) -> bool {
+        self.checked_up.load(Ordering::Acquire)
     }
 
     /// Records an active check result, applying the rise/fall thresholds.
@@ -94,22 +102,81 @@ impl Server {
             .store(old.down_until_ms.load(Ordering::Acquire), Ordering::Release);
     }
 
-    /// A connection to the server failed: out of rotation for `down`.
+    /// A connection to the server could not be made (refused, unreachable, timed out): nothing
+    /// is listening there, and the next request would fail the same way, so the server is out
+    /// of rotation for `down` at once.
     pub fn connect_failed(&self, down: Duration) {
         self.down_until_ms
             .store(now_ms() + down.as_millis() as u64, Ordering::Release);
     }
 
-    /// Records the status of an answer; repeated 5xx take the server out for `down`.
-    pub fn answered(&self, status: u16, down: Duration) {
-        if status >= 500 {
-            if self.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1 >= PASSIVE_5XX_LIMIT {
-                self.consecutive_5xx.store(0, Ordering::Release);
-                self.connect_failed(down);
-            }
-        } else {
-            self.consecutive_5xx.store(0, Ordering::Release);
+    /// An exchange on an open connection failed before or while its answer was read (reset,
+    /// closed, timed out): `limit` of them in a row take the server out for `down` (0: never).
+    pub fn exchange_failed(&self, limit: u32, down: Duration) {
+        if limit > 0 && self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= limit {
+            self.failures.store(0, Ordering::Release);
+            self.connect_failed(down);
         }
+    }
+
+    /// The server answered (any status: a 5xx is the application's answer, not a failure of
+    /// the server's transport).
+    pub fn answered(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A pool's origin protection (`max_inflight`, `max_wait`): at most `max` requests at its
+/// servers at once; a request waits up to `wait` for a slot, then is shed (a stale copy, or
+/// 503 with Retry-After). Cache hits never ask for a slot.
+#[derive(Debug)]
+pub struct Limit {
+    pub max: usize,
+    pub wait: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A held slot of a pool's [`Limit`]; freed when dropped.
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
+
+/// What asking a pool for a slot gave.
+pub enum Admission {
+    /// The pool has no limit.
+    Unlimited,
+    /// A slot; `waited` when none was free at once.
+    Slot { slot: Slot, waited: bool },
+    /// No slot came free within the wait.
+    Full,
+}
+
+impl Limit {
+    pub fn new(max: usize, wait: Duration) -> Limit {
+        Limit {
+            max,
+            wait,
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+        }
+    }
+
+    /// A slot, waiting up to `wait` for one.
+    pub async fn admit(&self) -> Admission {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Admission::Slot {
+                slot,
+                waited: false,
+            };
+        }
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Admission::Slot { slot, waited: true },
+            _ => Admission::Full,
+        }
+    }
+
+    /// Requests holding a slot now.
+    pub fn inflight(&self) -> usize {
+        self.max - self.slots.available_permits()
     }
 }
 
@@ -127,6 +194,11 @@ pub struct Pool {
     pub asset_hash: RwLock<Option<String>>,
     pub health: Option<HealthCheck>,
     pub passive_down: Duration,
+    /// Failed exchanges in a row that take a server out (0: never).
+    pub passive_failures: u32,
+    /// Origin protection; shared with the same pool of the previous config when unchanged,
+    /// so a reload neither frees nor forgets the slots in use.
+    pub limit: arc_swap::ArcSwapOption<Limit>,
     /// Speak HTTP/2 (h2c) to the servers.
     pub http2: bool,
     /// Per-pool overrides of `[origin]` timeouts.
@@ -163,24 +235,41 @@ impl Pool {
             asset_hash: RwLock::new(None),
             health: None,
             passive_down: Duration::from_secs(10),
+            passive_failures: 3,
+            limit: arc_swap::ArcSwapOption::empty(),
             http2: false,
             connect_timeout: None,
             read_timeout: None,
         }
     }
 
-    /// The next healthy server, weighted round-robin; `None` when no server is healthy.
+    /// The next healthy server, weighted round-robin. When passive marks have taken out every
+    /// server the active checks pass, those servers are used anyway (see the module doc);
+    /// `None` only when no server passes its active check.
     pub fn pick(&self) -> Option<&Server> {
         let n = self.schedule.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.servers[self.schedule[(start + i) % n]])
+        let mut order = (0..n).map(|i| &self.servers[self.schedule[(start + i) % n]]);
+        order
+            .clone()
             .find(|s| s.is_healthy())
+            .or_else(|| order.find(|s| s.checked_up()))
     }
 
-    /// Takes over health and announced release/asset hash from the same pool in a previous
-    /// config (config values win over announced ones).
+    /// Every server is out of rotation by passive marks and [`Pool::pick`] uses them anyway.
+    pub fn panicking(&self) -> bool {
+        self.healthy_servers() == 0 && self.servers.iter().any(|s| s.checked_up())
+    }
+
+    /// Takes over health, announced release/asset hash (config values win over announced
+    /// ones) and, when its settings are unchanged, the origin protection's slots from the same
+    /// pool in a previous config.
     pub fn inherit(&self, old: &Pool) {
+        if let (Some(new), Some(previous)) = (&*self.limit.load(), old.limit.load_full()) {
+            if (new.max, new.wait) == (previous.max, previous.wait) {
+                self.limit.store(Some(previous));
+            }
+        }
         for s in &self.servers {
             if let Some(o) = old.server(s.addr) {
                 s.inherit(o);
@@ -194,6 +283,14 @@ impl Pool {
         if hash.is_none() {
             *hash = old.asset_hash();
         }
+    }
+
+    /// A slot of the pool's origin protection, if it has one.
+    pub async fn admit(&self) -> Admission {
+        let Some(limit) = self.limit.load_full() else {
+            return Admission::Unlimited;
+        };
+        limit.admit().await
     }
 
     pub fn healthy_servers(&self) -> usize {
@@ -225,6 +322,9 @@ impl Pool {
             "release": self.release(),
             "asset_hash": self.asset_hash(),
             "healthy_servers": self.healthy_servers(),
+            "panic": self.panicking(),
+            "max_inflight": self.limit.load().as_ref().map(|l| l.max),
+            "slots_in_use": self.limit.load().as_ref().map(|l| l.inflight()),
             "servers": self.servers.iter().map(|s| serde_json::json!({
                 "addr": s.addr.to_string(),
                 "weight": s.weight,
@@ -262,12 +362,24 @@ mod tests {
         s.record_check(true, 2, 2);
         assert!(s.is_healthy());
         let t = &pool.servers[1];
-        for _ in 0..3 {
-            t.answered(503, Duration::from_secs(60));
+        for _ in 0..2 {
+            t.exchange_failed(3, Duration::from_secs(60));
         }
-        assert!(!t.is_healthy(), "three 5xx in a row");
+        t.answered();
+        t.exchange_failed(3, Duration::from_secs(60));
+        assert!(t.is_healthy(), "an answer ends a streak of failures");
+        t.exchange_failed(3, Duration::from_secs(60));
+        t.exchange_failed(3, Duration::from_secs(60));
+        assert!(!t.is_healthy(), "three failures in a row");
+        assert_eq!(pool.pick().unwrap().addr.port(), 1);
         s.connect_failed(Duration::from_secs(60));
-        assert!(pool.pick().is_none());
+        assert!(pool.panicking());
+        assert!(pool.pick().is_some(), "passive marks never empty the pool");
+        t.record_check(false, 1, 1);
+        assert_eq!(pool.pick().unwrap().addr.port(), 1);
+        s.record_check(false, 1, 1);
+        assert!(pool.pick().is_none(), "no server passes its active check");
+        assert!(!pool.panicking());
         assert_eq!(pool.healthy_servers(), 0);
     }
 

@@ -103,6 +103,25 @@ pub enum ChangeError {
     CanaryIsActive(String),
     #[error("site {0:?} has nothing to roll back to")]
     NothingToRollBack(String),
+    #[error(
+        "the release state cannot be saved to {file}: {source}; nothing was changed (a change \
+         that is not saved would be undone by the next restart)"
+    )]
+    NotSaved {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Whether a change must be saved to the state file to be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Save {
+    /// An operator's change: refused when it cannot be saved, so no one believes in a flip
+    /// that a restart would undo.
+    Required,
+    /// The canary judge's rollback: applied even unsaved (logged), since a failing canary
+    /// serving visitors is worse than a rollback a restart could undo.
+    BestEffort,
 }
 
 impl ChangeError {
@@ -199,7 +218,12 @@ impl Release {
     }
 
     /// Validates and applies a change, persists it, and returns the site's new state.
-    pub fn apply(&self, rt: &Runtime, change: &Change) -> Result<SiteState, ChangeError> {
+    pub fn apply(
+        &self,
+        rt: &Runtime,
+        change: &Change,
+        save: Save,
+    ) -> Result<SiteState, ChangeError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let site_name = change.site();
         let site = rt
@@ -303,25 +327,32 @@ impl Release {
                 }
             }
         };
-        self.set(site_name, next.clone());
+        self.set(site_name, next.clone(), save)?;
         Ok(next)
     }
 
-    /// Installs a state received from another node (already validated there).
+    /// Installs a state received from another node (already validated and saved there).
     pub fn install(&self, site: &str, state: SiteState) {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.set(site, state);
+        let _ = self.set(site, state, Save::BestEffort);
     }
 
-    fn set(&self, site: &str, state: SiteState) {
+    fn set(&self, site: &str, state: SiteState, save: Save) -> Result<(), ChangeError> {
         let mut all = (*self.states.load_full()).clone();
         all.insert(site.to_string(), state);
         if let Some(file) = &self.file {
             if let Err(e) = persist(file, &all) {
-                tracing::error!(error = %e, file = %file.display(), "release state not persisted");
+                tracing::error!(error = %e, file = %file.display(), ?save, "release state not saved");
+                if save == Save::Required {
+                    return Err(ChangeError::NotSaved {
+                        file: file.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         self.states.store(Arc::new(all));
+        Ok(())
     }
 }
 

@@ -6,6 +6,10 @@ use bytes::Bytes;
 use pingora::ErrorType;
 use std::time::Duration;
 
+/// What a shed request's Retry-After says: a full pool frees its slots in seconds, and
+/// clients told to wait minutes (as for maintenance) would leave it idle.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// One edge answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -43,6 +47,19 @@ impl Answer {
             cache_control: "no-store",
             retry_after: Some(retry_after),
             location: None,
+        }
+    }
+
+    /// The pool is at its `max_inflight` and no slot came free within `max_wait` (and no stale
+    /// copy exists): the origin is protected, the client told to come back shortly.
+    pub fn busy() -> Answer {
+        Answer {
+            retry_after: Some(BUSY_RETRY_AFTER),
+            ..Self::text(
+                503,
+                "origin-busy",
+                "crossfade: the application is busy; please try again in a few seconds\n",
+            )
         }
     }
 

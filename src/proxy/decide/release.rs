@@ -1,5 +1,11 @@
 //! Which pool a request goes to: versioned assets to a pool serving their hash, otherwise the
 //! site's active pool or, during a canary, the visitor's cohort's pool.
+//!
+//! A pool with no healthy server is still chosen where nothing else can answer: an asset of a
+//! hash only it serves may be in the cache (a hit needs no server; a miss gets the 503 page
+//! with Retry-After, never a 404 for an asset that exists), and the active pool's own answer
+//! for that case is the same page. A canary's visitors are the exception: the stable pool can
+//! serve them, so they go there while the canary has no healthy server.
 
 use crate::cache::key;
 use crate::config::Site;
@@ -16,7 +22,7 @@ pub enum Choice {
     },
     /// A versioned asset served by this pool.
     Asset { pool: String },
-    /// A versioned asset whose hash no healthy pool serves.
+    /// A versioned asset whose hash no pool serves.
     UnknownAsset,
 }
 
@@ -30,16 +36,21 @@ pub fn choose(
     session_cookie: &str,
 ) -> Choice {
     if let Some(hash) = site.assets.as_ref().and_then(|a| a.hash_of(path)) {
-        // Prefer the active pool, then the canary, then any other pool serving the hash.
+        // Prefer the active pool, then the canary, then any other pool serving the hash; a
+        // healthy one first.
         let order = std::iter::once(state.active.as_str())
             .chain(state.canary.as_ref().map(|c| c.pool.as_str()))
             .chain(site.pools.iter().map(|p| p.name.as_str()));
-        return order
+        let mut serving = order
             .filter_map(|name| site.pool(name))
-            .find(|p| p.asset_hash().as_deref() == Some(hash) && p.healthy_servers() > 0)
-            .map_or(Choice::UnknownAsset, |p| Choice::Asset {
+            .filter(|p| p.asset_hash().as_deref() == Some(hash));
+        let first = serving.clone().next();
+        return serving.find(|p| p.healthy_servers() > 0).or(first).map_or(
+            Choice::UnknownAsset,
+            |p| Choice::Asset {
                 pool: p.name.clone(),
-            });
+            },
+        );
     }
     let Some(canary) = &state.canary else {
         return Choice::Pool {
@@ -61,7 +72,10 @@ pub fn choose(
     };
     // A visitor who was given a bucket keeps it: the cookie makes the choice sticky.
     let new_cohort = new_cohort.or_else(|| cookie(cohort_cookie).is_none().then_some(bucket));
-    let pool = if bucket < canary.percent {
+    let canary_up = site
+        .pool(&canary.pool)
+        .is_some_and(|p| p.healthy_servers() > 0);
+    let pool = if bucket < canary.percent && canary_up {
         canary.pool.clone()
     } else {
         state.active.clone()

@@ -333,6 +333,7 @@ impl FastPath {
                 bytes,
                 error: "",
                 request_id: &a.request_id,
+                origin: crate::stats::Asked::No,
             },
         );
     }

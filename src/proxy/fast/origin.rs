@@ -65,6 +65,37 @@ pub fn put_idle(addr: SocketAddr, stream: TcpStream, idle: Duration, now: Instan
     }
 }
 
+/// Closes every idle connection idle for `idle` or longer at `now`, and forgets origins left
+/// with none (a server removed by a reload, a pool flipped away from).
+fn sweep_idle(idle: Duration, now: Instant) {
+    idle_pool().retain(|_, conns| {
+        conns.retain(|(_, since)| now.saturating_duration_since(*since) < idle);
+        !conns.is_empty()
+    });
+}
+
+/// The background service that closes idle origin connections on time: `take_idle` and
+/// `put_idle` only look at an origin's connections when one is taken or returned, so after a
+/// flip the old pool's stayed open until the process ended.
+pub struct IdleSweep {
+    pub runtime: std::sync::Arc<arc_swap::ArcSwap<crate::config::Runtime>>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for IdleSweep {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        loop {
+            let idle = self.runtime.load().origin.idle_timeout;
+            // A connection closes at most a quarter of its idle timeout (or a second) late.
+            let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => sweep_idle(idle, Instant::now()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// A new connection to `addr`.
 pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(addr))

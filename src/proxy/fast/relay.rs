@@ -19,11 +19,13 @@ use super::{as_pingora, wire, FastPath, Outcome};
 use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
+use crate::pools::Admission;
 use crate::proxy::conn::headclock::TimedHead;
 use crate::proxy::decide::answer::{self, Answer};
 use crate::proxy::decide::headers::{self, CacheStatus};
 use crate::proxy::decide::sanitize::UNTRUSTED;
 use crate::rules::Rule;
+use crate::stats::Asked;
 use bytes::BytesMut;
 use http::Method;
 use pingora::cache::predictor::CacheablePredictor;
@@ -281,6 +283,7 @@ struct Report<'a> {
     bytes: usize,
     error: &'a str,
     store: Option<Option<&'static str>>,
+    origin: Asked,
 }
 
 impl FastPath {
@@ -299,6 +302,23 @@ impl FastPath {
         let o = &relay.runtime.origin;
         let connect_limit = pool.connect_timeout.unwrap_or(o.connect_timeout);
         let read_limit = pool.read_timeout.unwrap_or(o.read_timeout);
+        // Origin protection, as `upstream_peer` does it; a relayed request has no stale copy.
+        let labels = [&*relay.site.name, pool.name.as_str()];
+        let _slot = match pool.admit().await {
+            Admission::Unlimited => None,
+            Admission::Slot { slot, waited } => {
+                if waited {
+                    self.metrics.pool_waits.with_label_values(&labels).inc();
+                }
+                Some(slot)
+            }
+            Admission::Full => {
+                self.metrics.pool_waits.with_label_values(&labels).inc();
+                let shed = [labels[0], labels[1], "unavailable"];
+                self.metrics.pool_shed.with_label_values(&shed).inc();
+                return self.refused(&relay, client, start, Answer::busy()).await;
+            }
+        };
         let mut buf = BytesMut::with_capacity(16 << 10);
         let mut fresh_only = false;
         let (server, _inflight, mut up, head, upstream_time) = loop {
@@ -326,9 +346,16 @@ impl FastPath {
             match exchange(&mut up, &relay, &mut buf, o.write_timeout, read_limit).await {
                 Ok(head) => break (server, inflight, up, head, sent_at.elapsed()),
                 // An idle connection the origin closed as we took it: the request (a GET or
-                // HEAD without a body) goes again on a new one.
-                Err(f) if f.retry && reused => fresh_only = true,
+                // HEAD without a body) goes again, once, on a new one.
+                Err(f) if f.retry && reused => {
+                    fresh_only = true;
+                    self.metrics
+                        .origin_retries
+                        .with_label_values(&[&*relay.site.name, pool.name.as_str()])
+                        .inc();
+                }
                 Err(f) => {
+                    server.exchange_failed(pool.passive_failures, pool.passive_down);
                     let addr = Some(server.addr);
                     return self
                         .origin_failed(&relay, client, start, addr, f.error)
@@ -337,7 +364,7 @@ impl FastPath {
             }
         };
         let status = head.status.as_u16();
-        server.answered(status, pool.passive_down);
+        server.answered();
         let readmitted = match &relay.reason {
             Reason::Bypass(_) => None,
             Reason::Predicted(key) => Some(self.readmit(&relay, key, &head)),
@@ -364,21 +391,25 @@ impl FastPath {
             capture.as_mut(),
         )
         .await;
-        let (bytes, error, outcome) = match relayed {
+        let (bytes, error, outcome, asked) = match relayed {
             Ok((bytes, clean)) => {
                 if clean && head.reusable {
                     origin::put_idle(server.addr, up, o.idle_timeout, Instant::now());
                 }
                 let limits = &relay.runtime.proxy.limits;
                 client.rearm(limits.header_timeout, limits.keepalive_timeout);
-                (bytes, "", Outcome::Served)
+                (bytes, "", Outcome::Served, Asked::Answered(status))
             }
             // The response is cut short: only closing the connection tells the client.
-            Err(RelayError::Origin(e)) => (0, e, Outcome::Closed),
+            Err(RelayError::Origin(e)) => {
+                server.exchange_failed(pool.passive_failures, pool.passive_down);
+                (0, e, Outcome::Closed, Asked::Failed)
+            }
             Err(RelayError::Client) => (
                 0,
                 as_pingora::error_label(ErrorType::WriteError),
                 Outcome::Closed,
+                Asked::Answered(status),
             ),
         };
         let store = match (readmitted, capture) {
@@ -403,6 +434,7 @@ impl FastPath {
                 bytes,
                 error,
                 store,
+                origin: asked,
             },
         );
         Forwarded::Done(outcome)
@@ -488,6 +520,32 @@ impl FastPath {
             bytes: 0,
             error: as_pingora::error_label(error),
             store: None,
+            origin: Asked::Failed,
+        };
+        self.report(relay, start, &report);
+        Forwarded::Done(Outcome::Closed)
+    }
+
+    /// Answers with the edge's own `answer` before anything was sent to the origin, and closes
+    /// the connection.
+    async fn refused(
+        &self,
+        relay: &Relay,
+        client: &mut TimedHead,
+        start: Instant,
+        answer: Answer,
+    ) -> Forwarded {
+        let _ = client.write_all(&wire::answer(&answer)).await;
+        let _ = client.flush().await;
+        let report = Report {
+            status: answer.status,
+            upstream: None,
+            upstream_time: None,
+            ttfb: Some(start.elapsed()),
+            bytes: 0,
+            error: answer.detail,
+            store: None,
+            origin: Asked::No,
         };
         self.report(relay, start, &report);
         Forwarded::Done(Outcome::Closed)
@@ -524,6 +582,7 @@ impl FastPath {
                 bytes: r.bytes,
                 error: r.error,
                 request_id: &relay.request_id,
+                origin: r.origin,
             },
         );
     }

@@ -26,6 +26,8 @@ pub struct RequestCtx {
     pub edge_answer: Option<&'static str>,
     pub pool: Option<String>,
     pub upstream_addr: Option<SocketAddr>,
+    /// Attempts at the origin so far (see `app::MAX_TRIES`).
+    pub tries: usize,
     pub upstream_start: Option<Instant>,
     pub upstream_time: Option<Duration>,
     pub upstream_status: Option<u16>,
@@ -39,6 +41,10 @@ pub struct RequestCtx {
     pub maintenance_cached: bool,
     /// The chosen pool had no healthy server.
     pub no_server: bool,
+    /// A slot of the pool's `max_inflight`, held until the request ends.
+    pub slot: Option<crate::pools::Slot>,
+    /// The pool was at `max_inflight` for longer than `max_wait`.
+    pub shed: bool,
     /// The request came over TLS.
     pub tls: bool,
     /// The request id: the client's `X-Request-Id` when well-formed, else generated.
@@ -65,6 +71,7 @@ impl RequestCtx {
             edge_answer: None,
             pool: None,
             upstream_addr: None,
+            tries: 0,
             upstream_start: None,
             upstream_time: None,
             upstream_status: None,
@@ -73,6 +80,8 @@ impl RequestCtx {
             new_cohort: None,
             maintenance_cached: false,
             no_server: false,
+            slot: None,
+            shed: false,
             tls: false,
             request_id: String::new(),
             body_bytes: 0,

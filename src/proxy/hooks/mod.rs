@@ -21,6 +21,8 @@ use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::switch::Release;
+use crate::pools::Admission;
+use crate::stats::Asked;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ctx::RequestCtx;
@@ -279,9 +281,37 @@ impl ProxyHttp for EdgeProxy {
         let Some(pool) = ctx.pool.as_deref().and_then(|p| site.pool(p)) else {
             return Error::e_explain(ErrorType::InternalError, "no pool selected");
         };
-        // A retry after a failed connect picks again; release the previous pick first.
+        // Origin protection: a slot of the pool's `max_inflight` (kept for a retry).
+        if ctx.slot.is_none() {
+            let labels = [&*site.name, pool.name.as_str()];
+            match pool.admit().await {
+                Admission::Unlimited => {}
+                Admission::Slot { slot, waited } => {
+                    if waited {
+                        self.metrics.pool_waits.with_label_values(&labels).inc();
+                    }
+                    ctx.slot = Some(slot);
+                }
+                Admission::Full => {
+                    self.metrics.pool_waits.with_label_values(&labels).inc();
+                    ctx.shed = true;
+                    // An upstream error: a stale copy is served for it where one may be.
+                    return Err(Error::create(
+                        ErrorType::Custom("origin-busy"),
+                        ErrorSource::Upstream,
+                        Some(format!("pool {:?} is at max_inflight", pool.name).into()),
+                        None,
+                    ));
+                }
+            }
+        }
+        // A retry picks again; release the previous pick first.
         if let Some(prev) = ctx.upstream_addr.take().and_then(|a| pool.server(a)) {
             prev.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .origin_retries
+                .with_label_values(&[&*site.name, pool.name.as_str()])
+                .inc();
         }
         let Some(server) = pool.pick() else {
             ctx.no_server = true;
@@ -293,6 +323,7 @@ impl ProxyHttp for EdgeProxy {
             ));
         };
         server.inflight.fetch_add(1, Ordering::Relaxed);
+        ctx.tries += 1;
         let mut peer = HttpPeer::new(server.addr, false, String::new());
         let o = &rt.origin;
         peer.options.connection_timeout = Some(pool.connect_timeout.unwrap_or(o.connect_timeout));
@@ -319,6 +350,40 @@ impl ProxyHttp for EdgeProxy {
         }
         // Nothing was sent yet, so another server may take the request.
         e.set_retry(true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // pingora's policy, and `app::MAX_TRIES` bounds it to one retry: an idempotent request
+        // whose body is still whole, on a reused connection that failed before any answer
+        // (`decide_reuse` keeps only the `ReusedOnly` failures of reused connections).
+        let answered = ctx.upstream_status.is_some();
+        if answered
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        // A reused connection the origin had closed is a keep-alive race, not a sick server,
+        // unless the retry fails too; any other failure of the server's transport counts
+        // towards a passive mark.
+        let transport =
+            e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_));
+        if transport && (!e.retry() || ctx.tries >= crate::app::MAX_TRIES) {
+            if let Some((pool, server)) = self.server(ctx) {
+                server.exchange_failed(pool.passive_failures, pool.passive_down);
+            }
+        }
         e
     }
 
@@ -375,7 +440,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            _ if ctx.no_server => 503,
+            _ if ctx.no_server || ctx.shed => 503,
             _ => match e.esource() {
                 ErrorSource::Upstream => decide::answer::origin_failure_status(e.etype()),
                 ErrorSource::Downstream => match e.etype() {
@@ -404,6 +469,9 @@ impl ProxyHttp for EdgeProxy {
                 );
                 let _ = edge::send(session, &page).await;
             }
+        } else if !begun && code == 503 && ctx.shed {
+            ctx.edge_answer = Some("origin-busy");
+            let _ = edge::send(session, &Answer::busy()).await;
         } else if !begun && code > 0 {
             let _ = edge::send(session, &Answer::error(code)).await;
         }
@@ -469,8 +537,8 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
-        if let Some((pool, server)) = self.server(ctx) {
-            server.answered(upstream_response.status.as_u16(), pool.passive_down);
+        if let Some((_, server)) = self.server(ctx) {
+            server.answered();
         }
         Ok(())
     }
@@ -482,6 +550,11 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         ctx.ttfb = Some(ctx.start.elapsed());
+        if ctx.stale_on_error {
+            // pingora ends the client connection after any origin failure, a stale copy
+            // served for it included: the answer must say so, not promise keep-alive.
+            session.set_keepalive(None);
+        }
         ctx.store = status::store_decision(&session.cache, ctx);
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         invalidate::after_unsafe_method(&self.purger, session.req_header(), resp, ctx);
@@ -497,7 +570,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
         error: Option<&Error>,
     ) -> bool {
@@ -507,13 +580,28 @@ impl ProxyHttp for EdgeProxy {
             Some(e) => {
                 let origin_failed = e.esource() == &ErrorSource::Upstream
                     || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
-                ctx.stale_on_error |= origin_failed;
-                origin_failed
+                let stored = session.cache.maybe_cache_meta();
+                let serves =
+                    stored.is_some_and(|m| policy::serves_for_an_error(m.response_header().status));
+                ctx.stale_on_error |= origin_failed && serves;
+                origin_failed && serves
             }
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        ctx.slot = None;
+        if let (true, Some(site), Some(pool)) = (ctx.shed, &ctx.site, &ctx.pool) {
+            let answer = if ctx.stale_on_error {
+                "stale"
+            } else {
+                "unavailable"
+            };
+            self.metrics
+                .pool_shed
+                .with_label_values(&[&*site.name, pool.as_str(), answer])
+                .inc();
+        }
         if let Some((_, server)) = self.server(ctx) {
             server.inflight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -524,6 +612,15 @@ impl ProxyHttp for EdgeProxy {
         let limits = &rt.proxy.limits;
         headclock::rearm(session, limits.header_timeout, limits.keepalive_timeout);
         let req = session.req_header();
+        let upstream_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let client_left = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+        let origin = match (ctx.upstream_status, ctx.upstream_addr) {
+            (Some(_), _) if upstream_failed => Asked::Failed,
+            (Some(status), _) => Asked::Answered(status),
+            // A server was tried and gave no answer (an error, or a stale copy served for it).
+            (None, Some(_)) if !client_left => Asked::Failed,
+            (None, _) => Asked::No,
+        };
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
@@ -544,6 +641,7 @@ impl ProxyHttp for EdgeProxy {
                 bytes: session.body_bytes_sent(),
                 error: e.map_or("", |e| e.etype().as_str()),
                 request_id: &ctx.request_id,
+                origin,
             },
         );
     }
