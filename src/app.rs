@@ -51,8 +51,10 @@ pub fn check_listeners(runtime: &Runtime) -> Result<(), BindError> {
     Ok(())
 }
 
-/// Attempts pingora makes at one request: the first and one retry.
-pub const MAX_TRIES: usize = 2;
+/// Attempts pingora may make at one request. `EdgeProxy` decides which failures are retried:
+/// a request that may have reached a server is sent again at most once, a failed connect (the
+/// request went nowhere) is tried on another server, each server at most once.
+pub const MAX_TRIES: usize = 8;
 
 /// Starts serving with `runtime`; never returns (Pingora owns the process from here).
 pub fn run(runtime: Runtime, upgrade: bool) -> ! {
@@ -67,10 +69,9 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         // cross-thread wake-ups on hits, but pingora then parks pooled upstream connections on a
         // random thread, so passes hop threads; on 2 cores the full bench showed no difference.
         work_stealing: runtime.server.work_stealing,
-        // Tries per request: the first and at most one retry (`EdgeProxy::error_while_proxy`
-        // says which failures may be retried). Pingora's 16 let one GET become 16 origin
-        // requests when an origin closed connections without answering: a retry storm on an
-        // origin already in trouble.
+        // Pingora's 16, with its own policy, let one GET become 16 origin requests when an
+        // origin closed connections without answering: a retry storm on an origin already in
+        // trouble. See `MAX_TRIES`.
         max_retries: MAX_TRIES,
         ..ServerConf::default()
     };

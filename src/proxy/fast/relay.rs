@@ -510,7 +510,9 @@ impl FastPath {
         error: ErrorType,
     ) -> Forwarded {
         let answer = Answer::error(answer::origin_failure_status(&error));
-        let _ = client.write_all(&wire::answer(&answer)).await;
+        let _ = client
+            .write_all(&wire::answer(&answer, &relay.request_id))
+            .await;
         let _ = client.flush().await;
         let report = Report {
             status: answer.status,
@@ -535,7 +537,9 @@ impl FastPath {
         start: Instant,
         answer: Answer,
     ) -> Forwarded {
-        let _ = client.write_all(&wire::answer(&answer)).await;
+        let _ = client
+            .write_all(&wire::answer(&answer, &relay.request_id))
+            .await;
         let _ = client.flush().await;
         let report = Report {
             status: answer.status,

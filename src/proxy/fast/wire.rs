@@ -75,10 +75,13 @@ impl HeadWriter {
 
 /// An edge answer as bytes, head and body, with the headers pingora's path writes for it
 /// (`hooks::edge::send`); the connection closes after it.
-pub fn answer(a: &Answer) -> BytesMut {
+pub fn answer(a: &Answer, request_id: &str) -> BytesMut {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut out = HeadWriter::response(status, 256 + a.body.len());
     out.line_with(b"cache-status", |v| CacheStatus::edge(a.detail).write(v));
+    if !request_id.is_empty() {
+        out.line(b"x-request-id", request_id.as_bytes());
+    }
     if !a.body.is_empty() {
         out.line(b"content-type", a.content_type.as_bytes());
     }

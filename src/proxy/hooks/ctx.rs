@@ -28,6 +28,10 @@ pub struct RequestCtx {
     pub upstream_addr: Option<SocketAddr>,
     /// Attempts at the origin so far (see `app::MAX_TRIES`).
     pub tries: usize,
+    /// The request was sent to the origin again after a failed exchange (only once).
+    pub resent: bool,
+    /// Connects that failed (each server of the pool is tried once).
+    pub refused: usize,
     pub upstream_start: Option<Instant>,
     pub upstream_time: Option<Duration>,
     pub upstream_status: Option<u16>,
@@ -72,6 +76,8 @@ impl RequestCtx {
             pool: None,
             upstream_addr: None,
             tries: 0,
+            resent: false,
+            refused: 0,
             upstream_start: None,
             upstream_time: None,
             upstream_status: None,

@@ -1,5 +1,6 @@
 //! Writes an edge answer ([`crate::proxy::decide::Answer`]) on pingora's session. Each carries
-//! `Cache-Status` with its fixed `detail` label.
+//! `Cache-Status` with its fixed `detail` label and the request's `X-Request-Id` (the id the
+//! origin saw, when it saw the request: what a client quotes to support).
 
 use crate::proxy::decide::headers::CacheStatus;
 use crate::proxy::decide::Answer;
@@ -9,9 +10,12 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 /// Sends `answer` as the whole response.
-pub async fn send(session: &mut Session, answer: &Answer) -> Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(6))?;
+pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(answer.status, Some(7))?;
     resp.insert_header("cache-status", CacheStatus::edge(answer.detail).to_value())?;
+    if !request_id.is_empty() {
+        resp.insert_header("x-request-id", request_id)?;
+    }
     if !answer.body.is_empty() {
         resp.insert_header(header::CONTENT_TYPE, answer.content_type)?;
     }

@@ -111,7 +111,12 @@ fn wants_keepalive(req: &RequestHeader) -> bool {
 async fn refuse(session: &mut Session, ctx: &mut RequestCtx, r: limits::Refusal) -> Result<bool> {
     ctx.edge_answer = Some(r.detail);
     session.set_keepalive(None);
-    edge::send(session, &Answer::text(r.status, r.detail, r.message)).await?;
+    edge::send(
+        session,
+        &Answer::text(r.status, r.detail, r.message),
+        &ctx.request_id,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -156,7 +161,7 @@ impl ProxyHttp for EdgeProxy {
             Plan::Answer(answer) => {
                 ctx.edge_answer = Some(answer.detail);
                 ctx.runtime = Some(rt);
-                edge::send(session, &answer).await?;
+                edge::send(session, &answer, &ctx.request_id).await?;
                 return Ok(true);
             }
             Plan::Purge { host } => {
@@ -345,11 +350,17 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some((pool, server)) = self.server(ctx) {
-            server.connect_failed(pool.passive_down);
-        }
-        // Nothing was sent yet, so another server may take the request.
-        e.set_retry(true);
+        // Nothing was sent, so another server may take the request: each server once (the
+        // failed one is out of rotation now, so the next pick is another).
+        let servers = match self.server(ctx) {
+            Some((pool, server)) => {
+                server.connect_failed(pool.passive_down);
+                pool.servers.len()
+            }
+            None => 1,
+        };
+        ctx.refused += 1;
+        e.set_retry(ctx.refused < servers && ctx.tries < crate::app::MAX_TRIES);
         e
     }
 
@@ -362,11 +373,12 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // pingora's policy, and `app::MAX_TRIES` bounds it to one retry: an idempotent request
-        // whose body is still whole, on a reused connection that failed before any answer
-        // (`decide_reuse` keeps only the `ReusedOnly` failures of reused connections).
+        // pingora's policy, once: an idempotent request whose body is still whole, on a reused
+        // connection that failed before any answer (`decide_reuse` keeps only the
+        // `ReusedOnly` failures of reused connections), and not already sent again.
         let answered = ctx.upstream_status.is_some();
-        if answered
+        if ctx.resent
+            || answered
             || !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
         {
@@ -374,12 +386,13 @@ impl ProxyHttp for EdgeProxy {
         } else {
             e.retry.decide_reuse(client_reused);
         }
+        ctx.resent |= e.retry();
         // A reused connection the origin had closed is a keep-alive race, not a sick server,
-        // unless the retry fails too; any other failure of the server's transport counts
-        // towards a passive mark.
+        // unless the request sent again fails too; any other failure of the server's transport
+        // counts towards a passive mark.
         let transport =
             e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_));
-        if transport && (!e.retry() || ctx.tries >= crate::app::MAX_TRIES) {
+        if transport && !e.retry() {
             if let Some((pool, server)) = self.server(ctx) {
                 server.exchange_failed(pool.passive_failures, pool.passive_down);
             }
@@ -397,7 +410,7 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.edge_answer = Some("maintenance");
         if let Some(rt) = ctx.runtime.clone() {
-            edge::send(session, &Answer::maintenance(&rt)).await?;
+            edge::send(session, &Answer::maintenance(&rt), &ctx.request_id).await?;
         }
         Ok(false)
     }
@@ -467,13 +480,13 @@ impl ProxyHttp for EdgeProxy {
                     &rt.release.maintenance_page,
                     rt.release.retry_after,
                 );
-                let _ = edge::send(session, &page).await;
+                let _ = edge::send(session, &page, &ctx.request_id).await;
             }
         } else if !begun && code == 503 && ctx.shed {
             ctx.edge_answer = Some("origin-busy");
-            let _ = edge::send(session, &Answer::busy()).await;
+            let _ = edge::send(session, &Answer::busy(), &ctx.request_id).await;
         } else if !begun && code > 0 {
-            let _ = edge::send(session, &Answer::error(code)).await;
+            let _ = edge::send(session, &Answer::error(code), &ctx.request_id).await;
         }
         FailToProxy {
             error_code: code,
