@@ -3,7 +3,6 @@
 
 use crate::admin::AdminApp;
 use crate::cache::CacheCore;
-use crate::config::reload::{Reloader, SighupService};
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
@@ -12,6 +11,7 @@ use crate::pools::judge::{Judge, Verdicts};
 use crate::pools::switch::Release;
 use crate::proxy::conn::drain::DrainOnSignal;
 use crate::proxy::EdgeProxy;
+use crate::reload::{Reloader, SighupService};
 use crate::tls::{CertWatcher, HandshakeCounter, SniResolver};
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
@@ -95,6 +95,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     let admin = runtime.admin.clone();
     let tls = runtime.tls.clone();
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
+    let pools = Arc::new(crate::pools::Registry::new(&runtime.load()));
     let release = Arc::new(Release::load(
         &runtime.load(),
         runtime.load().release.state_file.clone(),
@@ -118,6 +119,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     let reloader = Arc::new(Reloader {
         runtime: runtime.clone(),
         release: release.clone(),
+        pools: pools.clone(),
         metrics: metrics.clone(),
     });
     server.add_service(pingora::services::background::background_service(
@@ -143,6 +145,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         let judge = Judge {
             runtime: runtime.clone(),
             release: release.clone(),
+            pools: pools.clone(),
             metrics: metrics.clone(),
             purger: purger.clone(),
             verdicts: verdicts.clone(),
@@ -158,6 +161,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         cache,
         purger,
         release.clone(),
+        pools.clone(),
         metrics.clone(),
     );
     let fast = crate::proxy::fast::FastPath {
@@ -166,6 +170,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         max_object_size: cache.max_object_size,
         predictor: cache.predictor,
         release,
+        pools: pools.clone(),
         metrics: metrics.clone(),
         draining: proxy.draining(),
     };
@@ -181,9 +186,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
-        HealthService {
-            runtime: runtime.clone(),
-        },
+        HealthService { pools },
     ));
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     app.server_options = Some(options);

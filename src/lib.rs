@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod pools;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod stats;
 pub mod telemetry;

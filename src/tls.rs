@@ -1,6 +1,7 @@
-//! TLS termination with rustls: certificates chosen by SNI, read from the files named in
-//! config, swapped on reload and when the files change, TLS 1.2 and 1.3 only, ALPN h2 and
-//! http/1.1. Also `crossfade certs dev`: a local CA and certificates for the demo and tests.
+//! TLS termination with rustls: certificates chosen by SNI (read and parsed by config
+//! validation, `config::tls`), swapped on reload and when the files change, TLS 1.2 and 1.3
+//! only, ALPN h2 and http/1.1. Also `crossfade certs dev`: a local CA and certificates for the
+//! demo and tests.
 
 use crate::config::Runtime;
 use arc_swap::ArcSwap;
@@ -9,78 +10,6 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// One certificate and the host names it serves.
-#[derive(Clone)]
-pub struct LoadedCert {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Lowercase host names; `*.example.test` serves any direct subdomain.
-    pub hosts: Vec<String>,
-    pub certified: Arc<CertifiedKey>,
-}
-
-impl std::fmt::Debug for LoadedCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedCert")
-            .field("cert", &self.cert)
-            .field("hosts", &self.hosts)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a certificate could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum CertError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0} holds no PEM certificate")]
-    NoCert(PathBuf),
-    #[error("{0} holds no PEM private key")]
-    NoKey(PathBuf),
-    #[error("unusable private key in {path}: {source}")]
-    Key {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-}
-
-/// Reads a PEM chain and key into a rustls `CertifiedKey`.
-pub fn load_cert(cert: &Path, key: &Path, hosts: Vec<String>) -> Result<LoadedCert, CertError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| CertError::Read {
-            path: p.into(),
-            source,
-        })
-    };
-    let chain: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(CertError::NoCert(cert.into()));
-    }
-    let private = rustls_pemfile::private_key(&mut read(key)?.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| CertError::NoKey(key.into()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|source| {
-        CertError::Key {
-            path: key.into(),
-            source,
-        }
-    })?;
-    Ok(LoadedCert {
-        cert: cert.into(),
-        key: key.into(),
-        hosts,
-        certified: Arc::new(CertifiedKey::new(chain, signing)),
-    })
-}
 
 fn serves(host: &str, name: &str) -> bool {
     match host.strip_prefix("*.") {
@@ -129,7 +58,7 @@ impl pingora::listeners::TlsAccept for HandshakeCounter {
 /// reloaded (which re-reads and validates every certificate).
 pub struct CertWatcher {
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub reloader: Arc<crate::config::reload::Reloader>,
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
 fn mtimes(rt: &Runtime) -> Vec<Option<SystemTime>> {
@@ -229,6 +158,7 @@ pub fn make_dev_certs(dir: &Path, hosts: &[String]) -> Result<Vec<PathBuf>, DevC
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tls::load_cert;
 
     #[test]
     fn wildcards_and_dev_certs() {

@@ -175,3 +175,80 @@ async fn reloads_and_a_binary_upgrade_under_load_fail_no_request() {
         "the new process serves"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_what_the_edge_learned_of_its_pools() {
+    // `/slow` holds its answer for 4 s; `/health` announces the release.
+    let origin = Origin::start(|seen| async move {
+        match seen.uri.path() {
+            "/health" => reply(200, &[("x-release", "r7")], "ok"),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                reply(200, &[], "slow")
+            }
+            _ => reply(200, &[("cache-control", "max-age=600")], "page"),
+        }
+    })
+    .await;
+    let site = |rules: &str| {
+        format!(
+            "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"{rules}\"\n\
+             [sites.pools.blue]\nservers = [\"{}\"]\nmax_inflight = 2\nmax_wait = \"200ms\"\n\
+             health_path = \"/health\"\nhealth_interval = \"100ms\"\n",
+            origin.addr
+        )
+    };
+    let other_rules =
+        format!("{HONOR_ALL}\n[[routes]]\nname = \"x\"\nprefix = \"/x/\"\nmode = \"pass\"\n");
+    let proxy = Proxy::start_toml(
+        &site("shop.rules.toml"),
+        &[("shop", HONOR_ALL), ("other", &other_rules)],
+        "",
+    )
+    .await;
+    let announced = eventually(Duration::from_secs(3), || async {
+        let (_, pools) = proxy
+            .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+            .await;
+        pools["sites"][0]["pools"][0]["release"] == "r7"
+    })
+    .await;
+    assert!(announced);
+    // Both slots taken, then a reload (another rules file) while they are held.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = proxy.client(&["www.shop.test"]);
+            let url = proxy.url("/slow");
+            tokio::spawn(async move { get(&c, &url, &[("cookie", "session=1")]).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = proxy.dir.path().join("crossfade.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("shop.rules.toml", "other.rules.toml")).unwrap();
+    proxy.hup();
+    let c = proxy.client(&["www.shop.test"]);
+    let reloaded = eventually(Duration::from_secs(3), || async {
+        proxy.stderr().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded);
+    let third = get(&c, &proxy.url("/slow"), &[("cookie", "session=1")]).await;
+    assert_eq!(
+        (third.status, third.header("cache-status")),
+        (503, "crossfade; detail=origin-busy"),
+        "the slots held before the reload still count after it"
+    );
+    let (_, pools) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+        .await;
+    let pool = &pools["sites"][0]["pools"][0];
+    assert_eq!(
+        pool["release"], "r7",
+        "the announced release is kept: {pool}"
+    );
+    assert_eq!(pool["slots_in_use"], 2, "{pool}");
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+}

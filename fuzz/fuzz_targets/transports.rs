@@ -2,6 +2,7 @@
 //! path reads it must lead to the same plan whenever the fast transport takes the request.
 #![no_main]
 use crossfade::pools::switch::{Release, SiteState};
+use crossfade::pools::Registry;
 use crossfade::proxy::fast::probe;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
@@ -40,8 +41,10 @@ mode = "override"
 edge_ttl = "1m"
 "#;
 
-fn runtime() -> &'static (crossfade::config::Runtime, HashMap<String, SiteState>) {
-    static RT: OnceLock<(crossfade::config::Runtime, HashMap<String, SiteState>)> = OnceLock::new();
+type Fixture = (crossfade::config::Runtime, Registry, HashMap<String, SiteState>);
+
+fn runtime() -> &'static Fixture {
+    static RT: OnceLock<Fixture> = OnceLock::new();
     RT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("crossfade-fuzz-transports-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -49,12 +52,13 @@ fn runtime() -> &'static (crossfade::config::Runtime, HashMap<String, SiteState>
         std::fs::write(dir.join("crossfade.toml"), CONFIG).unwrap();
         let rt = crossfade::config::load(&dir.join("crossfade.toml")).unwrap();
         let states = (*Release::load(&rt, None).all()).clone();
-        (rt, states)
+        let pools = Registry::new(&rt);
+        (rt, pools, states)
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (rt, states) = runtime();
+    let (rt, pools, states) = runtime();
     let mut head = data.to_vec();
     let len = match crossfade::proxy::conn::framing::head_len(&head) {
         Some(len) => len,
@@ -67,8 +71,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let head = &head[..len];
-    if let Some(fast) = probe::fast_plan(rt, states, head) {
-        let slow = probe::pingora_plan(rt, states, head);
+    if let Some(fast) = probe::fast_plan(rt, pools, states, head) {
+        let slow = probe::pingora_plan(rt, pools, states, head);
         assert_eq!(
             Some(&fast),
             slow.as_ref(),

@@ -31,12 +31,12 @@ pub mod dashboard;
 use crate::cache::purge::Purge;
 use crate::cache::storage::EdgeStorage;
 use crate::config::admin::Scope;
-use crate::config::reload::Reloader;
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::judge::Verdicts;
 use crate::pools::switch::{Change, ChangeError, Release, Save};
+use crate::reload::Reloader;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use auth::{authorize, Denied};
@@ -266,7 +266,10 @@ impl AdminApp {
                 )
             }
         };
-        match self.release.apply(rt, &change, Save::Required) {
+        match self
+            .release
+            .apply(rt, &self.reloader.pools, &change, Save::Required)
+        {
             Ok(state) => {
                 tracing::warn!(token = %token, ?change, "release change applied");
                 self.metrics
@@ -376,8 +379,8 @@ impl AdminApp {
         let states = self.release.all();
         for site in &rt.sites.list {
             let state = states.get(&*site.name);
-            for pool in &site.pools {
-                let labels = [&*site.name, pool.name.as_str()];
+            for pool in &self.reloader.pools.site(&site.name).list {
+                let labels = [&*site.name, pool.name()];
                 let inflight: usize = pool
                     .servers
                     .iter()
@@ -388,16 +391,16 @@ impl AdminApp {
                     .set(inflight as i64);
                 m.pool_active
                     .with_label_values(&labels)
-                    .set(state.is_some_and(|s| s.active == pool.name) as i64);
+                    .set(state.is_some_and(|s| s.active == pool.name()) as i64);
                 let canary = state
                     .and_then(|s| s.canary.as_ref())
-                    .filter(|c| c.pool == pool.name);
+                    .filter(|c| c.pool == pool.name());
                 m.pool_canary_percent
                     .with_label_values(&labels)
                     .set(canary.map_or(0, |c| c.percent as i64));
                 for server in &pool.servers {
                     let addr = server.addr.to_string();
-                    let labels = [&*site.name, pool.name.as_str(), addr.as_str()];
+                    let labels = [&*site.name, pool.name(), addr.as_str()];
                     m.server_healthy
                         .with_label_values(&labels)
                         .set(server.is_healthy() as i64);
@@ -428,7 +431,7 @@ impl AdminApp {
                     "site": &*s.name,
                     "state": states.get(&*s.name),
                     "canary_judgement": self.verdicts.get(&s.name),
-                    "pools": s.pools.iter().map(|p| p.describe()).collect::<Vec<_>>(),
+                    "pools": self.reloader.pools.site(&s.name).list.iter().map(|p| p.describe()).collect::<Vec<_>>(),
                 })
             })
             .collect();

@@ -8,12 +8,11 @@ pub mod admin;
 pub mod file;
 pub mod pools;
 pub mod proxy;
-pub mod reload;
 pub mod tls;
 pub mod units;
 pub mod validate;
 
-use crate::pools::Pool;
+use crate::config::pools::PoolSpec;
 use crate::rules::RouteTable;
 use std::fmt;
 use std::net::SocketAddr;
@@ -141,30 +140,13 @@ pub struct LogSettings {
     pub access_log: bool,
 }
 
-impl Runtime {
-    /// Carries what the running config learned (server health, announced releases and asset
-    /// hashes) over to a freshly loaded one, for the same sites, pools and servers.
-    pub fn inherit_state(&self, old: &Runtime) {
-        for site in &self.sites.list {
-            let Some(old_site) = old.sites.list.iter().find(|s| s.name == site.name) else {
-                continue;
-            };
-            for pool in &site.pools {
-                if let Some(old_pool) = old_site.pool(&pool.name) {
-                    pool.inherit(old_pool);
-                }
-            }
-        }
-    }
-}
-
 /// A set of host names served by one application, with its rules and pools.
 #[derive(Debug)]
 pub struct Site {
     pub name: Arc<str>,
     pub hosts: Vec<String>,
     pub routes: RouteTable,
-    pub pools: Vec<Pool>,
+    pub pools: Vec<PoolSpec>,
     /// The configured active pool (the release state may have moved on since).
     pub active_pool: usize,
     pub assets: Option<pools::AssetPattern>,
@@ -172,11 +154,11 @@ pub struct Site {
 }
 
 impl Site {
-    pub fn active_pool(&self) -> &Pool {
+    pub fn active_pool(&self) -> &PoolSpec {
         &self.pools[self.active_pool]
     }
 
-    pub fn pool(&self, name: &str) -> Option<&Pool> {
+    pub fn pool(&self, name: &str) -> Option<&PoolSpec> {
         self.pools.iter().find(|p| p.name == name)
     }
 }

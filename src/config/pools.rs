@@ -1,9 +1,9 @@
-//! Validation of pools (servers, health checks, release and asset hash), the asset path
-//! pattern, and `[release]` settings.
+//! Pools as configured ([`PoolSpec`]: servers, health checks, release and asset hash, origin
+//! protection), the asset path pattern, and `[release]` settings, with their validation.
 
 use super::file::{PoolFile, ReleaseFile, SiteFile};
 use super::units::parse_duration;
-use crate::pools::{HealthCheck, Limit, Pool};
+use std::net::SocketAddr;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +39,44 @@ impl AssetPattern {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         (valid && tail.starts_with(self.after.as_str())).then_some(hash)
     }
+}
+
+/// A pool as configured (`[sites.pools.<name>]`): what its servers are and how they are
+/// treated. What the edge learns of them while running (health, in-flight requests, announced
+/// release and asset hash) is the pools registry's (`crate::pools::Registry`), not config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub name: String,
+    /// Each server and its weight (its relative share of the pool's traffic).
+    pub servers: Vec<(SocketAddr, u32)>,
+    /// The release this pool runs, as configured (else its health check's `X-Release`).
+    pub release: Option<String>,
+    /// The static-asset hash it serves, as configured (else its health check's `X-Asset-Hash`).
+    pub asset_hash: Option<String>,
+    pub health: Option<HealthCheck>,
+    /// How long a passive mark keeps a server out.
+    pub passive_down: Duration,
+    /// Failed exchanges in a row that take a server out (0: never).
+    pub passive_failures: u32,
+    /// Speak HTTP/2 (h2c) to the servers.
+    pub http2: bool,
+    /// Per-pool overrides of `[origin]` timeouts.
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    /// Origin protection: requests at the pool's servers at once (`None`: no limit) …
+    pub max_inflight: Option<usize>,
+    /// … and how long a request waits for a slot.
+    pub max_wait: Duration,
+}
+
+/// Active health check settings of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 /// Validated `[release]`.
@@ -162,7 +200,7 @@ fn judge(j: super::file::JudgeFile, push: Push) -> JudgeSettings {
     }
 }
 
-fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<Pool> {
+fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<PoolSpec> {
     if p.servers.is_empty() {
         push(format!("{key}.servers"), "needs at least one server".into());
     }
@@ -228,48 +266,60 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<Pool> {
             vec![1; servers.len()]
         }
     };
-    let mut pool = Pool::weighted(name.to_string(), servers.into_iter().zip(weights).collect());
     let timeout = |k: &str, v: &Option<String>, push: Push| {
         v.as_ref()
             .map(|_| duration(&format!("{key}.{k}"), v, Duration::from_secs(1), push))
     };
-    pool.http2 = p.http2.unwrap_or(false);
-    pool.connect_timeout = timeout("connect_timeout", &p.connect_timeout, push);
-    pool.read_timeout = timeout("read_timeout", &p.read_timeout, push);
-    *pool.release.get_mut().unwrap_or_else(|e| e.into_inner()) = p.release.clone();
-    *pool.asset_hash.get_mut().unwrap_or_else(|e| e.into_inner()) = p.asset_hash.clone();
-    pool.health = health;
-    pool.passive_failures = p.passive_failures.unwrap_or(3);
     let max_wait = duration(
         &format!("{key}.max_wait"),
         &p.max_wait,
         Duration::from_secs(1),
         push,
     );
-    match p.max_inflight {
-        Some(0) => push(
-            format!("{key}.max_inflight"),
-            "must be at least 1 (leave it out for no limit)".into(),
+    let max_inflight = match p.max_inflight {
+        Some(0) => {
+            push(
+                format!("{key}.max_inflight"),
+                "must be at least 1 (leave it out for no limit)".into(),
+            );
+            None
+        }
+        None if p.max_wait.is_some() => {
+            push(
+                format!("{key}.max_wait"),
+                "applies only with max_inflight".into(),
+            );
+            None
+        }
+        max => max,
+    };
+    Some(PoolSpec {
+        name: name.to_string(),
+        servers: servers.into_iter().zip(weights).collect(),
+        release: p.release.clone(),
+        asset_hash: p.asset_hash.clone(),
+        health,
+        passive_down: duration(
+            &format!("{key}.passive_down"),
+            &p.passive_down,
+            Duration::from_secs(10),
+            push,
         ),
-        Some(max) => pool
-            .limit
-            .store(Some(std::sync::Arc::new(Limit::new(max, max_wait)))),
-        None if p.max_wait.is_some() => push(
-            format!("{key}.max_wait"),
-            "applies only with max_inflight".into(),
-        ),
-        None => {}
-    }
-    pool.passive_down = duration(
-        &format!("{key}.passive_down"),
-        &p.passive_down,
-        Duration::from_secs(10),
-        push,
-    );
-    Some(pool)
+        passive_failures: p.passive_failures.unwrap_or(3),
+        http2: p.http2.unwrap_or(false),
+        connect_timeout: timeout("connect_timeout", &p.connect_timeout, push),
+        read_timeout: timeout("read_timeout", &p.read_timeout, push),
+        max_inflight,
+        max_wait,
+    })
 }
 
-pub(super) fn pools(f: &SiteFile, at: &str, valid_name: fn(&str) -> bool, push: Push) -> Vec<Pool> {
+pub(super) fn pools(
+    f: &SiteFile,
+    at: &str,
+    valid_name: fn(&str) -> bool,
+    push: Push,
+) -> Vec<PoolSpec> {
     if f.pools.is_empty() {
         push(
             format!("{at}.pools"),

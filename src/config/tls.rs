@@ -3,9 +3,10 @@
 
 use super::file::TlsFile;
 use super::{relative_to, Sites};
-use crate::tls::{load_cert, LoadedCert};
+use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// HTTPS listeners and the certificates they choose from by SNI.
 #[derive(Debug, Clone)]
@@ -67,4 +68,76 @@ pub(super) fn tls(
         }
     }
     Some(TlsSettings { listen, certs })
+}
+
+/// One certificate and the host names it serves.
+#[derive(Clone)]
+pub struct LoadedCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Lowercase host names; `*.example.test` serves any direct subdomain.
+    pub hosts: Vec<String>,
+    pub certified: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCert")
+            .field("cert", &self.cert)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} holds no PEM certificate")]
+    NoCert(PathBuf),
+    #[error("{0} holds no PEM private key")]
+    NoKey(PathBuf),
+    #[error("unusable private key in {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Reads a PEM chain and key into a rustls `CertifiedKey`.
+pub fn load_cert(cert: &Path, key: &Path, hosts: Vec<String>) -> Result<LoadedCert, CertError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| CertError::Read {
+            path: p.into(),
+            source,
+        })
+    };
+    let chain: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(CertError::NoCert(cert.into()));
+    }
+    let private = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| CertError::NoKey(key.into()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|source| {
+        CertError::Key {
+            path: key.into(),
+            source,
+        }
+    })?;
+    Ok(LoadedCert {
+        cert: cert.into(),
+        key: key.into(),
+        hosts,
+        certified: Arc::new(CertifiedKey::new(chain, signing)),
+    })
 }

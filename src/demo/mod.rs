@@ -17,8 +17,7 @@ pub fn run(runtime: Runtime) -> ! {
     let mut listeners = Vec::new();
     for site in &runtime.sites.list {
         for pool in &site.pools {
-            for server in &pool.servers {
-                let addr = server.addr;
+            for &(addr, _) in &pool.servers {
                 match std::net::TcpListener::bind(addr) {
                     Ok(l) => listeners
                         .push((l, DemoRelease::new(&format!("{}-{}", site.name, pool.name)))),

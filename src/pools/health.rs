@@ -3,9 +3,8 @@
 //! The answer's `X-Release` and `X-Asset-Hash` headers, when present, update what the pool
 //! announces (so a deploy can change them without a config change).
 
-use super::{HealthCheck, Pool, Server};
-use crate::config::Runtime;
-use arc_swap::ArcSwap;
+use super::{Pool, Registry, Server};
+use crate::config::pools::HealthCheck;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -79,20 +78,24 @@ async fn check_pool(pool: &Pool, hc: &HealthCheck) {
         let answer = check(server, hc).await;
         server.record_check(answer.ok, hc.rise, hc.fall);
         if answer.ok {
+            let announced = &pool.announced;
             if let Some(r) = answer.release {
-                *pool.release.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                *announced.release.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
             }
             if let Some(h) = answer.asset_hash {
-                *pool.asset_hash.write().unwrap_or_else(|e| e.into_inner()) = Some(h);
+                *announced
+                    .asset_hash
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(h);
             }
         }
     }
 }
 
-/// The pingora background service running every pool's checks. It follows the running
-/// config, so pools added or changed by a reload are checked too.
+/// The pingora background service running every pool's checks. It follows the registry, so
+/// pools added or changed by a reload are checked too.
 pub struct HealthService {
-    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub pools: Arc<Registry>,
 }
 
 /// How often the service looks for checks that are due.
@@ -106,20 +109,25 @@ impl pingora::services::background::BackgroundService for HealthService {
         let mut due: HashMap<(String, String), Instant> = HashMap::new();
         let mut running = tokio::task::JoinSet::new();
         loop {
-            let rt = self.runtime.load_full();
             let now = Instant::now();
-            for site in &rt.sites.list {
-                for (i, pool) in site.pools.iter().enumerate() {
-                    let Some(hc) = pool.health.clone() else {
+            let all = self.pools.all();
+            // Pools a reload removed are forgotten.
+            due.retain(|(site, pool), _| {
+                all.get(site.as_str())
+                    .is_some_and(|s| s.get(pool).is_some())
+            });
+            for (site, pools) in all.iter() {
+                for pool in &pools.list {
+                    let Some(hc) = pool.spec.health.clone() else {
                         continue;
                     };
-                    let key = (site.name.to_string(), pool.name.clone());
+                    let key = (site.to_string(), pool.name().to_string());
                     if due.get(&key).is_some_and(|t| *t > now) {
                         continue;
                     }
                     due.insert(key, now + hc.interval);
-                    let site = site.clone();
-                    running.spawn(async move { check_pool(&site.pools[i], &hc).await });
+                    let pool = pool.clone();
+                    running.spawn(async move { check_pool(&pool, &hc).await });
                 }
             }
             while running.try_join_next().is_some() {}

@@ -37,6 +37,7 @@ impl Verdicts {
 pub struct Judge {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub release: Arc<Release>,
+    pub pools: Arc<super::Registry>,
     pub metrics: Arc<Metrics>,
     pub purger: Arc<Purger>,
     pub verdicts: Arc<Verdicts>,
@@ -75,6 +76,7 @@ impl Judge {
             let Some(reason) = reason else { continue };
             match self.release.apply(
                 &rt,
+                &self.pools,
                 &Change::Rollback {
                     site: site.name.to_string(),
                 },

@@ -1,5 +1,8 @@
-//! Upstream pools: named groups of application servers (blue, green, …), their health, and the
-//! choice of server per request. Which pool a request goes to is the release state's decision
+//! Upstream pools as the edge runs them: named groups of application servers (blue, green, …),
+//! their live state (health, requests in flight, announced release and asset hash, origin
+//! protection), and the choice of server per request. The config says what a pool is
+//! (`config::pools::PoolSpec`); the [`registry`] builds the live pools from it and keeps their
+//! state across reloads. Which pool a request goes to is the release state's decision
 //! ([`switch`]); health checks run in [`health`].
 //!
 //! Within a pool, healthy servers are used round-robin. A server is unhealthy when its active
@@ -13,29 +16,37 @@
 
 pub mod health;
 pub mod judge;
+pub mod registry;
 pub mod switch;
 
+use crate::config::pools::PoolSpec;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Active health check settings of a pool.
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
+pub use registry::{Registry, SitePools};
 
-/// One application server and what the edge knows about it.
+/// One application server of a pool: its address and weight (config) and what the edge knows
+/// about it (live, shared by every config that has the same server in the same pool).
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
     /// Relative share of the pool's traffic.
     pub weight: u32,
+    state: Arc<ServerState>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServerState;
+    fn deref(&self) -> &ServerState {
+        &self.state
+    }
+}
+
+/// What the edge knows about a server: health and requests in flight.
+#[derive(Debug)]
+pub struct ServerState {
     /// Active-check verdict (true until a check says otherwise).
     checked_up: AtomicBool,
     /// Consecutive active-check results in the current direction (for rise/fall).
@@ -54,11 +65,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Server {
-    pub fn new(addr: SocketAddr, weight: u32) -> Self {
-        Server {
-            addr,
-            weight: weight.max(1),
+impl Default for ServerState {
+    fn default() -> Self {
+        ServerState {
             checked_up: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
@@ -66,7 +75,9 @@ impl Server {
             inflight: AtomicUsize::new(0),
         }
     }
+}
 
+impl ServerState {
     pub fn is_healthy(&self) -> bool {
         self.checked_up.load(Ordering::Acquire)
             && self.down_until_ms.load(Ordering::Acquire) <= now_ms()
@@ -88,18 +99,8 @@ impl Server {
         if streak >= if up { fall } else { rise } {
             self.checked_up.store(ok, Ordering::Release);
             self.streak.store(0, Ordering::Release);
-            tracing::warn!(server = %self.addr, healthy = ok, "health check changed a server's state");
+            tracing::warn!(healthy = ok, "health check changed a server's state");
         }
-    }
-
-    /// Takes over the health state of the same server in a previous config.
-    pub fn inherit(&self, old: &Server) {
-        self.checked_up
-            .store(old.checked_up.load(Ordering::Acquire), Ordering::Release);
-        self.streak
-            .store(old.streak.load(Ordering::Acquire), Ordering::Release);
-        self.down_until_ms
-            .store(old.down_until_ms.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// A connection to the server could not be made (refused, unreachable, timed out): nothing
@@ -180,44 +181,42 @@ impl Limit {
     }
 }
 
-/// A named group of application servers serving one release.
+/// What a pool's health checks announced (`X-Release`, `X-Asset-Hash`); kept across reloads.
+#[derive(Debug, Default)]
+pub struct Announced {
+    pub release: RwLock<Option<String>>,
+    pub asset_hash: RwLock<Option<String>>,
+}
+
+/// A pool as the edge runs it: its [`PoolSpec`] and the live state of its servers, announced
+/// release and origin protection, built by the [`Registry`] from the config.
 #[derive(Debug)]
 pub struct Pool {
-    pub name: String,
+    pub spec: PoolSpec,
     pub servers: Vec<Server>,
     /// Server indices in weighted, interleaved order (a server of weight 3 appears 3 times).
     schedule: Vec<usize>,
     next: AtomicUsize,
-    /// The release this pool runs (config, or the health check's `X-Release` header).
-    pub release: RwLock<Option<String>>,
-    /// The static-asset hash this pool serves (config, or the health check's `X-Asset-Hash`).
-    pub asset_hash: RwLock<Option<String>>,
-    pub health: Option<HealthCheck>,
-    pub passive_down: Duration,
-    /// Failed exchanges in a row that take a server out (0: never).
-    pub passive_failures: u32,
-    /// Origin protection; shared with the same pool of the previous config when unchanged,
-    /// so a reload neither frees nor forgets the slots in use.
-    pub limit: arc_swap::ArcSwapOption<Limit>,
-    /// Speak HTTP/2 (h2c) to the servers.
-    pub http2: bool,
-    /// Per-pool overrides of `[origin]` timeouts.
-    pub connect_timeout: Option<Duration>,
-    pub read_timeout: Option<Duration>,
+    pub announced: Arc<Announced>,
+    /// Origin protection (`max_inflight`), when configured.
+    pub limit: Option<Arc<Limit>>,
 }
 
 impl Pool {
-    /// A pool of equally weighted servers.
-    pub fn new(name: String, servers: Vec<SocketAddr>) -> Self {
-        let weighted = servers.into_iter().map(|a| (a, 1)).collect();
-        Self::weighted(name, weighted)
-    }
-
-    /// A pool of servers with weights.
-    pub fn weighted(name: String, servers: Vec<(SocketAddr, u32)>) -> Self {
-        let servers: Vec<Server> = servers
-            .into_iter()
-            .map(|(a, w)| Server::new(a, w))
+    /// The live pool for `spec`, taking over the state `previous` (the same pool in the
+    /// running config) holds: its servers' health and in-flight counts, what its health
+    /// checks announced, and its origin protection's slots when the limit is unchanged.
+    pub fn build(spec: &PoolSpec, previous: Option<&Pool>) -> Pool {
+        let servers: Vec<Server> = spec
+            .servers
+            .iter()
+            .map(|&(addr, weight)| Server {
+                addr,
+                weight: weight.max(1),
+                state: previous
+                    .and_then(|p| p.server(addr))
+                    .map_or_else(Arc::default, |s| s.state.clone()),
+            })
             .collect();
         let max = servers.iter().map(|s| s.weight).max().unwrap_or(1);
         let schedule = (1..=max)
@@ -226,21 +225,24 @@ impl Pool {
                 (0..servers.len()).filter(move |&i| servers[i].weight >= round)
             })
             .collect();
+        let limit = spec.max_inflight.map(|max| {
+            previous
+                .and_then(|p| p.limit.clone())
+                .filter(|l| (l.max, l.wait) == (max, spec.max_wait))
+                .unwrap_or_else(|| Arc::new(Limit::new(max, spec.max_wait)))
+        });
         Pool {
-            name,
+            spec: spec.clone(),
             servers,
             schedule,
             next: AtomicUsize::new(0),
-            release: RwLock::new(None),
-            asset_hash: RwLock::new(None),
-            health: None,
-            passive_down: Duration::from_secs(10),
-            passive_failures: 3,
-            limit: arc_swap::ArcSwapOption::empty(),
-            http2: false,
-            connect_timeout: None,
-            read_timeout: None,
+            announced: previous.map_or_else(Arc::default, |p| p.announced.clone()),
+            limit,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
     /// The next healthy server, weighted round-robin. When passive marks have taken out every
@@ -261,36 +263,12 @@ impl Pool {
         self.healthy_servers() == 0 && self.servers.iter().any(|s| s.checked_up())
     }
 
-    /// Takes over health, announced release/asset hash (config values win over announced
-    /// ones) and, when its settings are unchanged, the origin protection's slots from the same
-    /// pool in a previous config.
-    pub fn inherit(&self, old: &Pool) {
-        if let (Some(new), Some(previous)) = (&*self.limit.load(), old.limit.load_full()) {
-            if (new.max, new.wait) == (previous.max, previous.wait) {
-                self.limit.store(Some(previous));
-            }
-        }
-        for s in &self.servers {
-            if let Some(o) = old.server(s.addr) {
-                s.inherit(o);
-            }
-        }
-        let mut release = self.release.write().unwrap_or_else(|e| e.into_inner());
-        if release.is_none() {
-            *release = old.release();
-        }
-        let mut hash = self.asset_hash.write().unwrap_or_else(|e| e.into_inner());
-        if hash.is_none() {
-            *hash = old.asset_hash();
-        }
-    }
-
     /// A slot of the pool's origin protection, if it has one.
     pub async fn admit(&self) -> Admission {
-        let Some(limit) = self.limit.load_full() else {
-            return Admission::Unlimited;
-        };
-        limit.admit().await
+        match &self.limit {
+            None => Admission::Unlimited,
+            Some(limit) => limit.admit().await,
+        }
     }
 
     pub fn healthy_servers(&self) -> usize {
@@ -301,30 +279,28 @@ impl Pool {
         self.servers.iter().find(|s| s.addr == addr)
     }
 
+    /// The asset hash it serves: configured, else announced by its health check.
     pub fn asset_hash(&self) -> Option<String> {
-        self.asset_hash
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let announced = || self.announced.asset_hash.read().ok()?.clone();
+        self.spec.asset_hash.clone().or_else(announced)
     }
 
+    /// The release it runs: configured, else announced by its health check.
     pub fn release(&self) -> Option<String> {
-        self.release
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let announced = || self.announced.release.read().ok()?.clone();
+        self.spec.release.clone().or_else(announced)
     }
 
     /// A JSON view for `/pools` and `/status`.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "name": self.name,
+            "name": self.spec.name,
             "release": self.release(),
             "asset_hash": self.asset_hash(),
             "healthy_servers": self.healthy_servers(),
             "panic": self.panicking(),
-            "max_inflight": self.limit.load().as_ref().map(|l| l.max),
-            "slots_in_use": self.limit.load().as_ref().map(|l| l.inflight()),
+            "max_inflight": self.limit.as_ref().map(|l| l.max),
+            "slots_in_use": self.limit.as_ref().map(|l| l.inflight()),
             "servers": self.servers.iter().map(|s| serde_json::json!({
                 "addr": s.addr.to_string(),
                 "weight": s.weight,
@@ -336,17 +312,35 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A pool spec of `servers` (address, weight) with the defaults of the config.
+    pub(crate) fn spec(name: &str, servers: &[(&str, u32)]) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            servers: servers
+                .iter()
+                .map(|(a, w)| (a.parse().unwrap(), *w))
+                .collect(),
+            release: None,
+            asset_hash: None,
+            health: None,
+            passive_down: Duration::from_secs(10),
+            passive_failures: 3,
+            http2: false,
+            connect_timeout: None,
+            read_timeout: None,
+            max_inflight: None,
+            max_wait: Duration::from_secs(1),
+        }
+    }
 
     #[test]
     fn health_thresholds_and_passive_marks() {
-        let pool = Pool::new(
-            "blue".into(),
-            vec![
-                "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap(),
-            ],
+        let pool = Pool::build(
+            &spec("blue", &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]),
+            None,
         );
         let s = &pool.servers[0];
         s.record_check(false, 2, 2);
@@ -385,11 +379,38 @@ mod tests {
 
     #[test]
     fn weights_share_traffic() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let pool = Pool::weighted("blue".into(), vec![(a, 3), (b, 1)]);
+        let pool = Pool::build(
+            &spec("blue", &[("127.0.0.1:1", 3), ("127.0.0.1:2", 1)]),
+            None,
+        );
         let picks: Vec<u16> = (0..8).map(|_| pool.pick().unwrap().addr.port()).collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
         assert_eq!(picks.iter().filter(|p| **p == 2).count(), 2);
+    }
+
+    #[test]
+    fn a_rebuilt_pool_shares_what_the_edge_learned() {
+        let mut old_spec = spec("blue", &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]);
+        old_spec.max_inflight = Some(4);
+        let old = Pool::build(&old_spec, None);
+        old.servers[1].connect_failed(Duration::from_secs(60));
+        *old.announced.release.write().unwrap() = Some("r2".into());
+        let mut new_spec = spec("blue", &[("127.0.0.1:2", 5), ("127.0.0.1:3", 1)]);
+        new_spec.max_inflight = Some(4);
+        let new = Pool::build(&new_spec, Some(&old));
+        assert!(
+            !new.servers[0].is_healthy(),
+            "the same server, the same health"
+        );
+        assert_eq!(new.servers[0].weight, 5, "with its new weight");
+        assert!(new.servers[1].is_healthy());
+        assert_eq!(new.release().as_deref(), Some("r2"));
+        assert!(Arc::ptr_eq(
+            new.limit.as_ref().unwrap(),
+            old.limit.as_ref().unwrap()
+        ));
+        new_spec.max_inflight = Some(8);
+        let changed = Pool::build(&new_spec, Some(&old));
+        assert_eq!(changed.limit.as_ref().unwrap().max, 8);
     }
 }

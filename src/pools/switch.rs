@@ -6,6 +6,7 @@
 //! hash of their session cookie); buckets below the canary percentage go to the canary pool.
 //! The bucket is sticky, so a visitor never mixes pages and assets of two releases.
 
+use super::Registry;
 use crate::config::{Runtime, Site};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -221,6 +222,7 @@ impl Release {
     pub fn apply(
         &self,
         rt: &Runtime,
+        pools: &Registry,
         change: &Change,
         save: Save,
     ) -> Result<SiteState, ChangeError> {
@@ -234,13 +236,15 @@ impl Release {
             .ok_or_else(|| ChangeError::UnknownSite(site_name.into()))?;
         let current = self.get(site_name).unwrap_or_else(|| initial(site));
         let usable = |pool: &str| -> Result<(), ChangeError> {
-            let p = site.pools.iter().find(|p| p.name == pool).ok_or_else(|| {
-                ChangeError::UnknownPool {
-                    site: site_name.into(),
-                    pool: pool.into(),
-                }
-            })?;
-            if p.healthy_servers() == 0 {
+            let unknown = || ChangeError::UnknownPool {
+                site: site_name.into(),
+                pool: pool.into(),
+            };
+            site.pool(pool).ok_or_else(unknown)?;
+            let healthy = pools
+                .pool(site_name, pool)
+                .map_or(0, |p| p.healthy_servers());
+            if healthy == 0 {
                 return Err(ChangeError::Unhealthy {
                     site: site_name.into(),
                     pool: pool.into(),

@@ -19,6 +19,7 @@ use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
 use crate::pools::switch::SiteState;
+use crate::pools::Registry;
 use crate::rules::Rule;
 pub use answer::Answer;
 use http::{header, HeaderMap, Method};
@@ -130,6 +131,7 @@ impl Forward<'_> {
 /// Decides what the edge does with `req` under the running config `rt` and release `states`.
 pub fn plan<'a>(
     rt: &Runtime,
+    pools: &Registry,
     states: &HashMap<String, SiteState>,
     req: &RequestView<'a>,
 ) -> Plan<'a> {
@@ -194,6 +196,7 @@ pub fn plan<'a>(
     let r = &rt.release;
     let choice = release::choose(
         &site,
+        &pools.site(&site.name),
         state,
         &path,
         req.headers,

@@ -10,6 +10,7 @@
 use crate::cache::key;
 use crate::config::Site;
 use crate::pools::switch::{self, SiteState};
+use crate::pools::SitePools;
 use http::HeaderMap;
 
 /// The pool decision for one request.
@@ -29,6 +30,7 @@ pub enum Choice {
 /// Decides the pool for a request to `path` on `site` in `state`.
 pub fn choose(
     site: &Site,
+    pools: &SitePools,
     state: &SiteState,
     path: &str,
     headers: &HeaderMap,
@@ -40,15 +42,15 @@ pub fn choose(
         // healthy one first.
         let order = std::iter::once(state.active.as_str())
             .chain(state.canary.as_ref().map(|c| c.pool.as_str()))
-            .chain(site.pools.iter().map(|p| p.name.as_str()));
+            .chain(pools.list.iter().map(|p| p.name()));
         let mut serving = order
-            .filter_map(|name| site.pool(name))
+            .filter_map(|name| pools.get(name))
             .filter(|p| p.asset_hash().as_deref() == Some(hash));
         let first = serving.clone().next();
         return serving.find(|p| p.healthy_servers() > 0).or(first).map_or(
             Choice::UnknownAsset,
             |p| Choice::Asset {
-                pool: p.name.clone(),
+                pool: p.name().to_string(),
             },
         );
     }
@@ -72,8 +74,8 @@ pub fn choose(
     };
     // A visitor who was given a bucket keeps it: the cookie makes the choice sticky.
     let new_cohort = new_cohort.or_else(|| cookie(cohort_cookie).is_none().then_some(bucket));
-    let canary_up = site
-        .pool(&canary.pool)
+    let canary_up = pools
+        .get(&canary.pool)
         .is_some_and(|p| p.healthy_servers() > 0);
     let pool = if bucket < canary.percent && canary_up {
         canary.pool.clone()

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::pools::switch::Release;
+use crate::pools::Registry;
 
 const CONFIG: &str = r#"
 [proxy]
@@ -36,18 +37,19 @@ mode = "override"
 edge_ttl = "1m"
 "#;
 
-fn runtime() -> (Runtime, HashMap<String, SiteState>) {
+fn runtime() -> (Runtime, Registry, HashMap<String, SiteState>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shop.toml"), RULES).unwrap();
     let path = dir.path().join("crossfade.toml");
     std::fs::write(&path, CONFIG).unwrap();
     let rt = crate::config::load(&path).unwrap();
     let states = (*Release::load(&rt, None).all()).clone();
-    (rt, states)
+    let pools = Registry::new(&rt);
+    (rt, pools, states)
 }
 
 fn decide(
-    rt: &Runtime,
+    (rt, pools): (&Runtime, &Registry),
     states: &HashMap<String, SiteState>,
     method: &str,
     target: &str,
@@ -64,6 +66,7 @@ fn decide(
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     plan(
         rt,
+        pools,
         states,
         &RequestView {
             method: &method,
@@ -89,7 +92,7 @@ type Case<'a> = (
 #[test]
 fn every_request_gets_one_plan() {
     use http::Version as V;
-    let (rt, states) = runtime();
+    let (rt, pools, states) = runtime();
     let host = [("host", "www.shop.test")];
     let cases: &[Case] = &[
         (
@@ -210,39 +213,39 @@ fn every_request_gets_one_plan() {
         ),
     ];
     for (method, target, version, headers, want) in cases {
-        let got = decide(&rt, &states, method, target, *version, headers);
+        let got = decide((&rt, &pools), &states, method, target, *version, headers);
         assert_eq!(&got, want, "{method} {target} {headers:?}");
     }
 }
 
 #[test]
 fn maintenance_answers_unless_cached_copies_may_serve() {
-    let (rt, mut states) = runtime();
+    let (rt, pools, mut states) = runtime();
     let host = [("host", "www.shop.test")];
     let state = states.get_mut("shop").unwrap();
     state.maintenance.routes.insert("pages".into());
     let v = http::Version::HTTP_11;
     assert_eq!(
-        decide(&rt, &states, "GET", "/a", v, &host),
+        decide((&rt, &pools), &states, "GET", "/a", v, &host),
         "answer 503 maintenance"
     );
     // A target the parser would file under `/` cannot slip past a route's maintenance.
     assert_eq!(
-        decide(&rt, &states, "GET", "account/x", v, &host),
+        decide((&rt, &pools), &states, "GET", "account/x", v, &host),
         "answer 400 bad-target-form"
     );
     states.get_mut("shop").unwrap().maintenance.serve_cached = true;
     assert_eq!(
-        decide(&rt, &states, "GET", "/a", v, &host),
+        decide((&rt, &pools), &states, "GET", "/a", v, &host),
         "cache pages www.shop.test /a via blue"
     );
     let logged_in = [("host", "www.shop.test"), ("cookie", "session=1")];
     assert_eq!(
-        decide(&rt, &states, "GET", "/a", v, &logged_in),
+        decide((&rt, &pools), &states, "GET", "/a", v, &logged_in),
         "answer 503 maintenance"
     );
     assert_eq!(
-        decide(&rt, &states, "POST", "/a", v, &host),
+        decide((&rt, &pools), &states, "POST", "/a", v, &host),
         "answer 503 maintenance"
     );
 }

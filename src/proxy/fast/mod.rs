@@ -53,6 +53,7 @@ pub struct FastPath {
     pub max_object_size: usize,
     pub predictor: &'static Predictor<32>,
     pub release: Arc<Release>,
+    pub pools: Arc<crate::pools::Registry>,
     pub metrics: Arc<Metrics>,
     pub draining: Arc<AtomicBool>,
 }
@@ -264,7 +265,7 @@ impl FastPath {
             tls,
         };
         let states = self.release.current();
-        let Plan::Forward(f) = decide::plan(rt, &states, &view) else {
+        let Plan::Forward(f) = decide::plan(rt, &self.pools, &states, &view) else {
             return None;
         };
         if !carried(&f) {

@@ -6,13 +6,19 @@
 use super::{carried, plain_request};
 use crate::config::Runtime;
 use crate::pools::switch::SiteState;
+use crate::pools::Registry;
 use crate::proxy::conn::framing;
 use crate::proxy::decide::{self, RequestView};
 use std::collections::HashMap;
 
 /// The plan the fast transport would carry out for `head`; `None` when it leaves the request to
 /// pingora's path (which then decides, and writes any edge answer, itself).
-pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8]) -> Option<String> {
+pub fn fast_plan(
+    rt: &Runtime,
+    pools: &Registry,
+    states: &HashMap<String, SiteState>,
+    head: &[u8],
+) -> Option<String> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
     let (method, target, headers) = plain_request(&mut parsed, head, &rt.proxy.limits)?;
@@ -24,7 +30,7 @@ pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8])
         headers: &headers,
         tls: false,
     };
-    let plan = decide::plan(rt, states, &view);
+    let plan = decide::plan(rt, pools, states, &view);
     match &plan {
         decide::Plan::Forward(f) if carried(f) => Some(plan.summary()),
         _ => None,
@@ -36,6 +42,7 @@ pub fn fast_plan(rt: &Runtime, states: &HashMap<String, SiteState>, head: &[u8])
 /// `None` when pingora would refuse the head before any hook runs.
 pub fn pingora_plan(
     rt: &Runtime,
+    pools: &Registry,
     states: &HashMap<String, SiteState>,
     head: &[u8],
 ) -> Option<String> {
@@ -68,5 +75,5 @@ pub fn pingora_plan(
         headers: &req.headers,
         tls: false,
     };
-    Some(decide::plan(rt, states, &view).summary())
+    Some(decide::plan(rt, pools, states, &view).summary())
 }

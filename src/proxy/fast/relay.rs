@@ -296,14 +296,15 @@ impl FastPath {
         request: &[u8],
     ) -> Forwarded {
         // This client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
-        let Some(pool) = relay.site.pool(&relay.pool).filter(|p| !p.http2) else {
+        let pool = self.pools.pool(&relay.site.name, &relay.pool);
+        let Some(pool) = pool.filter(|p| !p.spec.http2) else {
             return Forwarded::Fallback;
         };
         let o = &relay.runtime.origin;
-        let connect_limit = pool.connect_timeout.unwrap_or(o.connect_timeout);
-        let read_limit = pool.read_timeout.unwrap_or(o.read_timeout);
+        let connect_limit = pool.spec.connect_timeout.unwrap_or(o.connect_timeout);
+        let read_limit = pool.spec.read_timeout.unwrap_or(o.read_timeout);
         // Origin protection, as `upstream_peer` does it; a relayed request has no stale copy.
-        let labels = [&*relay.site.name, pool.name.as_str()];
+        let labels = [&*relay.site.name, pool.name()];
         let _slot = match pool.admit().await {
             Admission::Unlimited => None,
             Admission::Slot { slot, waited } => {
@@ -338,7 +339,7 @@ impl FastPath {
                 None => match origin::connect(server.addr, connect_limit).await {
                     Ok(up) => up,
                     Err(_) => {
-                        server.connect_failed(pool.passive_down);
+                        server.connect_failed(pool.spec.passive_down);
                         return Forwarded::Fallback;
                     }
                 },
@@ -351,11 +352,11 @@ impl FastPath {
                     fresh_only = true;
                     self.metrics
                         .origin_retries
-                        .with_label_values(&[&*relay.site.name, pool.name.as_str()])
+                        .with_label_values(&[&*relay.site.name, pool.name()])
                         .inc();
                 }
                 Err(f) => {
-                    server.exchange_failed(pool.passive_failures, pool.passive_down);
+                    server.exchange_failed(pool.spec.passive_failures, pool.spec.passive_down);
                     let addr = Some(server.addr);
                     return self
                         .origin_failed(&relay, client, start, addr, f.error)
@@ -402,7 +403,7 @@ impl FastPath {
             }
             // The response is cut short: only closing the connection tells the client.
             Err(RelayError::Origin(e)) => {
-                server.exchange_failed(pool.passive_failures, pool.passive_down);
+                server.exchange_failed(pool.spec.passive_failures, pool.spec.passive_down);
                 (0, e, Outcome::Closed, Asked::Failed)
             }
             Err(RelayError::Client) => (

@@ -25,6 +25,8 @@ pub struct RequestCtx {
     /// Set when the edge answered by itself (unknown host, …); a label, never user input.
     pub edge_answer: Option<&'static str>,
     pub pool: Option<String>,
+    /// The live pool the request was sent to (see `upstream_peer`).
+    pub live_pool: Option<Arc<crate::pools::Pool>>,
     pub upstream_addr: Option<SocketAddr>,
     /// Attempts at the origin so far (see `app::MAX_TRIES`).
     pub tries: usize,
@@ -74,6 +76,7 @@ impl RequestCtx {
             upstream_uri: None,
             edge_answer: None,
             pool: None,
+            live_pool: None,
             upstream_addr: None,
             tries: 0,
             resent: false,

@@ -21,7 +21,7 @@ use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::switch::Release;
-use crate::pools::Admission;
+use crate::pools::{Admission, Registry};
 use crate::stats::Asked;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -45,6 +45,7 @@ pub struct EdgeProxy {
     cache: CacheCore,
     purger: Arc<Purger>,
     release: Arc<Release>,
+    pools: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Set when the process was told to quit (binary upgrade, SIGTERM): answers then close
     /// their connection, so clients move to fresh connections (the new process) before
@@ -58,6 +59,7 @@ impl EdgeProxy {
         cache: CacheCore,
         purger: Arc<Purger>,
         release: Arc<Release>,
+        pools: Arc<Registry>,
         metrics: Arc<Metrics>,
     ) -> Self {
         EdgeProxy {
@@ -65,6 +67,7 @@ impl EdgeProxy {
             cache,
             purger,
             release,
+            pools,
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
         }
@@ -80,7 +83,7 @@ impl EdgeProxy {
         &self,
         ctx: &'a RequestCtx,
     ) -> Option<(&'a crate::pools::Pool, &'a crate::pools::Server)> {
-        let pool = ctx.site.as_ref()?.pool(ctx.pool.as_deref()?)?;
+        let pool = ctx.live_pool.as_deref()?;
         Some((pool, pool.server(ctx.upstream_addr?)?))
     }
 }
@@ -157,7 +160,7 @@ impl ProxyHttp for EdgeProxy {
             headers: &req.headers,
             tls: ctx.tls,
         };
-        let forward = match decide::plan(&rt, &states, &view) {
+        let forward = match decide::plan(&rt, &self.pools, &states, &view) {
             Plan::Answer(answer) => {
                 ctx.edge_answer = Some(answer.detail);
                 ctx.runtime = Some(rt);
@@ -280,15 +283,28 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(site), Some(rt)) = (&ctx.site, &ctx.runtime) else {
+        let (Some(site), Some(rt)) = (ctx.site.clone(), ctx.runtime.clone()) else {
             return Error::e_explain(ErrorType::InternalError, "no site selected");
         };
-        let Some(pool) = ctx.pool.as_deref().and_then(|p| site.pool(p)) else {
-            return Error::e_explain(ErrorType::InternalError, "no pool selected");
+        // The live pool, kept for this request's retries and health bookkeeping (a reload
+        // meanwhile does not move it to another).
+        if ctx.live_pool.is_none() {
+            let name = ctx.pool.as_deref().unwrap_or_default();
+            ctx.live_pool = self.pools.pool(&site.name, name);
+        }
+        let Some(pool) = ctx.live_pool.clone() else {
+            // A pool a reload removed this instant: no server to send it to.
+            ctx.no_server = true;
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some("the pool is gone".into()),
+                None,
+            ));
         };
         // Origin protection: a slot of the pool's `max_inflight` (kept for a retry).
         if ctx.slot.is_none() {
-            let labels = [&*site.name, pool.name.as_str()];
+            let labels = [&*site.name, pool.name()];
             match pool.admit().await {
                 Admission::Unlimited => {}
                 Admission::Slot { slot, waited } => {
@@ -304,7 +320,7 @@ impl ProxyHttp for EdgeProxy {
                     return Err(Error::create(
                         ErrorType::Custom("origin-busy"),
                         ErrorSource::Upstream,
-                        Some(format!("pool {:?} is at max_inflight", pool.name).into()),
+                        Some(format!("pool {:?} is at max_inflight", pool.name()).into()),
                         None,
                     ));
                 }
@@ -315,7 +331,7 @@ impl ProxyHttp for EdgeProxy {
             prev.inflight.fetch_sub(1, Ordering::Relaxed);
             self.metrics
                 .origin_retries
-                .with_label_values(&[&*site.name, pool.name.as_str()])
+                .with_label_values(&[&*site.name, pool.name()])
                 .inc();
         }
         let Some(server) = pool.pick() else {
@@ -323,7 +339,7 @@ impl ProxyHttp for EdgeProxy {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
-                Some(format!("pool {:?} has no healthy server", pool.name).into()),
+                Some(format!("pool {:?} has no healthy server", pool.name()).into()),
                 None,
             ));
         };
@@ -331,11 +347,12 @@ impl ProxyHttp for EdgeProxy {
         ctx.tries += 1;
         let mut peer = HttpPeer::new(server.addr, false, String::new());
         let o = &rt.origin;
-        peer.options.connection_timeout = Some(pool.connect_timeout.unwrap_or(o.connect_timeout));
-        peer.options.read_timeout = Some(pool.read_timeout.unwrap_or(o.read_timeout));
+        peer.options.connection_timeout =
+            Some(pool.spec.connect_timeout.unwrap_or(o.connect_timeout));
+        peer.options.read_timeout = Some(pool.spec.read_timeout.unwrap_or(o.read_timeout));
         peer.options.write_timeout = Some(o.write_timeout);
         peer.options.idle_timeout = Some(o.idle_timeout);
-        if pool.http2 {
+        if pool.spec.http2 {
             peer.options.set_http_version(2, 2);
         }
         ctx.upstream_addr = Some(server.addr);
@@ -354,7 +371,7 @@ impl ProxyHttp for EdgeProxy {
         // failed one is out of rotation now, so the next pick is another).
         let servers = match self.server(ctx) {
             Some((pool, server)) => {
-                server.connect_failed(pool.passive_down);
+                server.connect_failed(pool.spec.passive_down);
                 pool.servers.len()
             }
             None => 1,
@@ -394,7 +411,7 @@ impl ProxyHttp for EdgeProxy {
             e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_));
         if transport && !e.retry() {
             if let Some((pool, server)) = self.server(ctx) {
-                server.exchange_failed(pool.passive_failures, pool.passive_down);
+                server.exchange_failed(pool.spec.passive_failures, pool.spec.passive_down);
             }
         }
         e

@@ -2,14 +2,16 @@
 //! everything, and only then swap the running [`Runtime`] in one step. A config with errors is
 //! rejected with every error (in the answer, the log and the reload metric) and the old one
 //! keeps serving. Requests in flight keep the `Runtime` they started with; the cache, purge
-//! index, release state and server health carry over.
+//! index, release state and the pools registry's live state (server health, in-flight counts,
+//! announced releases, origin-protection slots) carry over.
 //!
 //! Listeners, the cache size, threads, the admin listener and the fleet's Redis are fixed at
 //! start; a reload that changes them says a restart (or binary upgrade) is needed for those.
 
-use super::{load, Issue, LoadError, Runtime};
+use crate::config::{load, Issue, LoadError, Runtime};
 use crate::metrics::Metrics;
 use crate::pools::switch::Release;
+use crate::pools::Registry;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ pub struct Reloaded {
 pub struct Reloader {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub release: Arc<Release>,
+    /// The live pools, rebuilt for each config that is installed.
+    pub pools: Arc<Registry>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -64,7 +68,7 @@ impl Reloader {
         let old = self.runtime.load_full();
         match load(&old.source) {
             Ok(new) => {
-                new.inherit_state(&old);
+                self.pools.sync(&new);
                 self.release.sync(&new);
                 let restart_required = fixed_at_start(&old, &new);
                 let report = Reloaded {

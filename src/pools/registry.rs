@@ -1,0 +1,77 @@
+//! The pools registry: the live pools of every site, built from the running config and owned
+//! here rather than in config types. A reload rebuilds the pools of the new config from the
+//! previous ones by identity (site, pool name, server address), so health, requests in flight,
+//! announced releases and origin-protection slots carry over without being copied, and the
+//! state of a site, pool or server the new config no longer has is dropped with it.
+
+use super::Pool;
+use crate::config::Runtime;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The live pools of one site, in config order.
+#[derive(Debug, Default)]
+pub struct SitePools {
+    pub list: Vec<Arc<Pool>>,
+}
+
+impl SitePools {
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.list.iter().find(|p| p.name() == name)
+    }
+}
+
+/// Every site's live pools.
+#[derive(Default)]
+pub struct Registry {
+    sites: ArcSwap<HashMap<Arc<str>, Arc<SitePools>>>,
+}
+
+impl Registry {
+    /// The pools of `rt`, with nothing learned yet.
+    pub fn new(rt: &Runtime) -> Registry {
+        let registry = Registry::default();
+        registry.sync(rt);
+        registry
+    }
+
+    /// Rebuilds the pools for `rt` from the current ones (see the module doc). Called before
+    /// the new config is installed: a request still on the old config finds the new pools by
+    /// name, and one whose pool is gone gets no server (the 503 page) for that moment.
+    pub fn sync(&self, rt: &Runtime) {
+        let current = self.sites.load();
+        let next = rt
+            .sites
+            .list
+            .iter()
+            .map(|site| {
+                let previous = current.get(&site.name);
+                let list = site
+                    .pools
+                    .iter()
+                    .map(|spec| {
+                        let old = previous.and_then(|p| p.get(&spec.name));
+                        Arc::new(Pool::build(spec, old.map(|p| &**p)))
+                    })
+                    .collect();
+                (site.name.clone(), Arc::new(SitePools { list }))
+            })
+            .collect();
+        self.sites.store(Arc::new(next));
+    }
+
+    /// The live pools of `site` (none for a site the registry does not know).
+    pub fn site(&self, site: &str) -> Arc<SitePools> {
+        self.sites.load().get(site).cloned().unwrap_or_default()
+    }
+
+    pub fn pool(&self, site: &str, pool: &str) -> Option<Arc<Pool>> {
+        self.sites.load().get(site)?.get(pool).cloned()
+    }
+
+    /// Every site and its pools.
+    pub fn all(&self) -> Arc<HashMap<Arc<str>, Arc<SitePools>>> {
+        self.sites.load_full()
+    }
+}
