@@ -66,6 +66,16 @@ impl Registry {
         self.sites.load().get(site).cloned().unwrap_or_default()
     }
 
+    /// `f` on the live pools of `site`, without taking a reference to them (the decision
+    /// looks here on some requests: no shared counter to bump).
+    pub fn with_site<R>(&self, site: &str, f: impl FnOnce(&SitePools) -> R) -> R {
+        let sites = self.sites.load();
+        match sites.get(site) {
+            Some(pools) => f(pools),
+            None => f(&SitePools::default()),
+        }
+    }
+
     pub fn pool(&self, site: &str, pool: &str) -> Option<Arc<Pool>> {
         self.sites.load().get(site)?.get(pool).cloned()
     }

@@ -196,7 +196,7 @@ pub fn plan<'a>(
     let r = &rt.release;
     let choice = release::choose(
         &site,
-        &pools.site(&site.name),
+        pools,
         state,
         &path,
         req.headers,

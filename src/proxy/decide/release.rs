@@ -10,7 +10,7 @@
 use crate::cache::key;
 use crate::config::Site;
 use crate::pools::switch::{self, SiteState};
-use crate::pools::SitePools;
+use crate::pools::Registry;
 use http::HeaderMap;
 
 /// The pool decision for one request.
@@ -30,7 +30,7 @@ pub enum Choice {
 /// Decides the pool for a request to `path` on `site` in `state`.
 pub fn choose(
     site: &Site,
-    pools: &SitePools,
+    pools: &Registry,
     state: &SiteState,
     path: &str,
     headers: &HeaderMap,
@@ -41,18 +41,20 @@ pub fn choose(
         // Prefer the active pool, then the canary, then any other pool serving the hash; a
         // healthy one first.
         let order = std::iter::once(state.active.as_str())
-            .chain(state.canary.as_ref().map(|c| c.pool.as_str()))
-            .chain(pools.list.iter().map(|p| p.name()));
-        let mut serving = order
-            .filter_map(|name| pools.get(name))
-            .filter(|p| p.asset_hash().as_deref() == Some(hash));
-        let first = serving.clone().next();
-        return serving.find(|p| p.healthy_servers() > 0).or(first).map_or(
-            Choice::UnknownAsset,
-            |p| Choice::Asset {
-                pool: p.name().to_string(),
-            },
-        );
+            .chain(state.canary.as_ref().map(|c| c.pool.as_str()));
+        return pools.with_site(&site.name, |pools| {
+            let order = order.chain(pools.list.iter().map(|p| p.name()));
+            let mut serving = order
+                .filter_map(|name| pools.get(name))
+                .filter(|p| p.asset_hash().as_deref() == Some(hash));
+            let first = serving.clone().next();
+            serving
+                .find(|p| p.healthy_servers() > 0)
+                .or(first)
+                .map_or(Choice::UnknownAsset, |p| Choice::Asset {
+                    pool: p.name().to_string(),
+                })
+        });
     }
     let Some(canary) = &state.canary else {
         return Choice::Pool {
@@ -74,9 +76,11 @@ pub fn choose(
     };
     // A visitor who was given a bucket keeps it: the cookie makes the choice sticky.
     let new_cohort = new_cohort.or_else(|| cookie(cohort_cookie).is_none().then_some(bucket));
-    let canary_up = pools
-        .get(&canary.pool)
-        .is_some_and(|p| p.healthy_servers() > 0);
+    let canary_up = pools.with_site(&site.name, |pools| {
+        pools
+            .get(&canary.pool)
+            .is_some_and(|p| p.healthy_servers() > 0)
+    });
     let pool = if bucket < canary.percent && canary_up {
         canary.pool.clone()
     } else {
