@@ -18,6 +18,49 @@ pub fn is_internal(name: &[u8], tags: &[String]) -> bool {
     INTERNAL_HEADERS.iter().any(|n| is(n)) || tags.iter().any(|n| is(n))
 }
 
+/// Response fields that describe one connection, never the response (RFC 9110 §7.6.1, and the
+/// `Trailer` announcement): neither forwarded to a client nor stored. `Transfer-Encoding` is
+/// framing, which each transport rewrites itself.
+const HOP_BY_HOP_RESPONSE: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// The response fields of an origin's answer that stay on the origin's connection: the
+/// hop-by-hop set and every field its `Connection` header lists. A `101 Switching Protocols`
+/// keeps them: the upgrade is the answer.
+pub struct HopByHop {
+    upgrade: bool,
+    listed: Vec<Vec<u8>>,
+}
+
+impl HopByHop {
+    /// For an answer with `status` and these raw `Connection` values.
+    pub fn new<'a>(status: u16, connection: impl Iterator<Item = &'a [u8]>) -> HopByHop {
+        let upgrade = status == 101;
+        let listed = connection
+            .filter(|_| !upgrade)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(|t| t.trim_ascii().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        HopByHop { upgrade, listed }
+    }
+
+    /// Whether the field `name` stays on the origin's connection.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        !self.upgrade
+            && (HOP_BY_HOP_RESPONSE
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || self.listed.iter().any(|l| name.eq_ignore_ascii_case(l)))
+    }
+}
+
 /// What the cache did for one answer, as `Cache-Status` says it (RFC 9211): either a hit or a
 /// forward, then the parameters in a fixed order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -168,9 +168,9 @@ enum Readmitted {
 fn stored_head(head: &origin::ResponseHead) -> ResponseHeader {
     let mut resp = ResponseHeader::build(head.status, Some(head.fields.len()))
         .expect("a status and a capacity build a response head");
+    let hop = hop_by_hop(head);
     for (name, value) in head.iter() {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("transfer-encoding") || is("connection") || is("keep-alive") {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") || hop.contains(name) {
             continue;
         }
         let (Ok(name), Ok(value)) = (
@@ -593,6 +593,15 @@ impl FastPath {
     }
 }
 
+/// [`headers::HopByHop`] of an origin's response head.
+fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
+    let connection = head
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .map(|(_, v)| v);
+    headers::HopByHop::new(head.status.as_u16(), connection)
+}
+
 /// The response head for the client: the origin's headers but the internal ones and those
 /// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
 fn response_head(
@@ -609,9 +618,10 @@ fn response_head(
     let tags = &relay.runtime.cache.tag_headers;
     let mut out = wire::HeadWriter::response(head.status, head.head.len() + 256);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
+    let hop = hop_by_hop(head);
     for (name, value) in head.iter() {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        let replaced = is("connection") || is("date") || is("x-request-id");
+        let replaced = is("connection") || is("date") || is("x-request-id") || hop.contains(name);
         // A body framed by chunks goes out framed by chunks only.
         let reframed = head.framing == Framing::Chunked && is("content-length");
         if replaced

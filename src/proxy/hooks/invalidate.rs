@@ -77,17 +77,18 @@ pub async fn purge_method(
     }
 }
 
-/// RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI and the
-/// Location / Content-Location URIs on the same host: here at once, on other nodes shortly.
+/// RFC 9111 §4.4: a non-error response to an unsafe method (any method not known to be safe,
+/// RFC 9110 §9.2.1: `M-SEARCH` and `FOO` too) invalidates the target URI and the Location /
+/// Content-Location URIs on the same host: here at once, on other nodes shortly.
 pub fn after_unsafe_method(
     purger: &Arc<Purger>,
     req: &RequestHeader,
     resp: &ResponseHeader,
     ctx: &RequestCtx,
 ) {
-    let unsafe_method = matches!(
+    let unsafe_method = !matches!(
         req.method,
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     let status = resp.status.as_u16();
     if !unsafe_method || !(200..400).contains(&status) || ctx.host.is_empty() {

@@ -565,7 +565,20 @@ impl ProxyHttp for EdgeProxy {
         {
             ctx.not_modified = Some(upstream_response.headers.clone());
         }
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // Fields about the origin's connection go neither to the client nor into the cache.
+        let status = upstream_response.status.as_u16();
+        let connection = upstream_response.headers.get_all(header::CONNECTION);
+        let hop = headers::HopByHop::new(status, connection.iter().map(|v| v.as_bytes()));
+        let drop: Vec<http::HeaderName> = upstream_response
+            .headers
+            .keys()
+            .filter(|k| hop.contains(k.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in drop {
+            upstream_response.remove_header(&name);
+        }
+        ctx.upstream_status = Some(status);
         ctx.upstream_time = ctx.upstream_start.map(|s| s.elapsed());
         if let Some((_, server)) = self.server(ctx) {
             server.answered();
