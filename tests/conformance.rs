@@ -109,3 +109,103 @@ async fn an_unknown_unsafe_method_invalidates_what_it_targets() {
         );
     }
 }
+
+/// A raw origin whose answer to `/…/<name>` is chosen by `answer(mode, path)` (`None`: close
+/// the connection without answering); `mode` is the test's to change.
+async fn scripted_origin(
+    answer: fn(usize, &str) -> Option<String>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mode = Arc::new(AtomicUsize::new(0));
+    let m = mode.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let m = m.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let Some(text) = answer(m.load(Ordering::SeqCst), &path) else {
+                            return;
+                        };
+                        if sock.write_all(text.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, mode)
+}
+
+#[tokio::test]
+async fn a_stale_copy_answers_an_origin_failure_unless_the_response_forbids_it() {
+    // Mode 0: pages, fresh for a second; 1: every connection closed unanswered; 2: 500s.
+    let (addr, mode) = scripted_origin(|mode, path| {
+        let cc = match path.rsplit('/').next().unwrap_or("") {
+            "allowed" => "max-age=1",
+            "origin-allows" => "max-age=1, stale-if-error=60",
+            "no-exception" => "max-age=1, must-revalidate, stale-if-error=60",
+            "must-revalidate" => "max-age=1, must-revalidate",
+            "proxy-revalidate" => "max-age=1, proxy-revalidate",
+            _ => "max-age=1, s-maxage=1",
+        };
+        match mode {
+            0 => Some(format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: {cc}\r\nContent-Length: 4\r\n\r\npage"
+            )),
+            1 => None,
+            _ => Some("HTTP/1.1 500 Oops\r\nContent-Length: 5\r\n\r\noops!".into()),
+        }
+    })
+    .await;
+    // The rules allow stale copies for errors (`stale_if_error`) where a response does not
+    // forbid it.
+    let rules = "[defaults]\nstale_if_error = \"1h\"\n";
+    let proxy = Proxy::single_addr(addr, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let names = [
+        "allowed",
+        "origin-allows",
+        "no-exception",
+        "must-revalidate",
+        "proxy-revalidate",
+        "s-maxage",
+    ];
+    for failure in [1, 2] {
+        mode.store(0, Ordering::SeqCst);
+        for name in names {
+            let path = format!("/{failure}/{name}");
+            assert_eq!(get(&c, &proxy.url(&path), &[]).await.status, 200);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        mode.store(failure, Ordering::SeqCst);
+        for name in names {
+            let path = format!("/{failure}/{name}");
+            let got = get(&c, &proxy.url(&path), &[]).await;
+            let stale = got.status == 200 && got.cache().contains("stale-if-error");
+            let allowed = matches!(name, "allowed" | "origin-allows");
+            assert_eq!(
+                stale,
+                allowed,
+                "{path}: {} {} {}",
+                got.status,
+                got.cache(),
+                got.body
+            );
+        }
+    }
+}
