@@ -209,3 +209,42 @@ async fn a_stale_copy_answers_an_origin_failure_unless_the_response_forbids_it()
         }
     }
 }
+
+#[tokio::test]
+async fn a_hit_says_the_corrected_age_and_a_bad_age_makes_a_response_stale() {
+    let origin = Origin::start(|seen| async move {
+        let age = match seen.uri.path() {
+            "/aged" => "30",
+            "/list" => "7200, 0",
+            _ => "not-a-number",
+        };
+        reply(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", age)],
+            "page",
+        )
+    })
+    .await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for path in ["/aged", "/list", "/bad"] {
+        get(&c, &proxy.url(path), &[]).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let aged = get(&c, &proxy.url("/aged"), &[]).await;
+    assert!(aged.is_hit(), "{}", aged.cache());
+    let age: u64 = aged.header("age").parse().unwrap();
+    assert!(
+        (31..40).contains(&age),
+        "Age {age}: the origin's 30 s plus the time stored here"
+    );
+    for path in ["/list", "/bad"] {
+        let before = origin.hits();
+        let got = get(&c, &proxy.url(path), &[]).await;
+        assert!(
+            !got.is_hit() && origin.hits() == before + 1,
+            "{path}: an Age past the lifetime (or not a number) is stale: {}",
+            got.cache()
+        );
+    }
+}

@@ -139,6 +139,10 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     }
     let cc = CacheControl::from_resp_headers(resp);
     let now = SystemTime::now();
+    // How old the response already is (RFC 9111 §4.2.3); an Age that is not a number makes it
+    // stale (it cannot be trusted to be young).
+    let received_age = received_age(resp);
+    let age = received_age.unwrap_or(Duration::ZERO);
     if let Some(cc) = &cc {
         if cc.private() {
             return Err(NotStored::Private);
@@ -180,7 +184,8 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
             // revalidated on every use. An error page with only an ETag is never stored.
             let storable_stale = has_validator(resp)
                 && (heuristically_cacheable(status) || cc.as_ref().is_some_and(|c| c.public()));
-            let ttl = match origin_freshness(cc.as_ref(), resp, now) {
+            let ttl = match origin_freshness(cc.as_ref(), resp, now, age) {
+                Some(_) if received_age.is_none() => Duration::ZERO,
                 Some(ttl) => ttl,
                 None if storable_stale => Duration::ZERO,
                 None => return Err(NotStored::NoFreshness),
@@ -212,9 +217,13 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     } else {
         now + ttl
     };
+    // The object was born `age` ago: the Age a hit sends (now minus this) is the corrected age,
+    // the age the origin reported plus the time stored here. (Date is not used to guess an age:
+    // an origin whose clock is off would make every page stale.)
+    let born = now.checked_sub(age).unwrap_or(now);
     Ok(CacheMeta::new(
         fresh_until,
-        now,
+        born,
         secs(swr),
         secs(sie),
         stored,
@@ -323,12 +332,23 @@ fn has_validator(resp: &ResponseHeader) -> bool {
     resp.headers.contains_key(header::ETAG) || resp.headers.contains_key(header::LAST_MODIFIED)
 }
 
+/// The `Age` the response came with: its first member (`Age: 7200, 0` is 7200 s); zero when
+/// there is none; `None` when it is not a number.
+fn received_age(resp: &ResponseHeader) -> Option<Duration> {
+    let Some(value) = resp.headers.get(header::AGE) else {
+        return Some(Duration::ZERO);
+    };
+    let first = value.to_str().ok()?.split(',').next()?.trim();
+    first.parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// The remaining freshness the origin grants (RFC 9111 §4.2): s-maxage or max-age, else
 /// Expires minus Date, less the Age the response already has.
 fn origin_freshness(
     cc: Option<&CacheControl>,
     resp: &ResponseHeader,
     now: SystemTime,
+    age: Duration,
 ) -> Option<Duration> {
     let lifetime = cc.and_then(|cc| cc.fresh_duration()).or_else(|| {
         let mut expires = resp.headers.get_all(header::EXPIRES).iter();
@@ -347,12 +367,6 @@ fn origin_freshness(
             .unwrap_or(now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     })?;
-    let age = resp
-        .headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
     Some(lifetime.saturating_sub(age))
 }
 
