@@ -248,3 +248,58 @@ async fn a_hit_says_the_corrected_age_and_a_bad_age_makes_a_response_stale() {
         );
     }
 }
+
+#[tokio::test]
+async fn targeted_cache_control_gives_the_edge_its_own_policy() {
+    let origin = Origin::start(|seen| async move {
+        let fields: &[(&str, &str)] = match seen.uri.path() {
+            // Browsers must not keep it; the edge may, for a minute.
+            "/edge-only" => &[
+                ("cache-control", "private, no-store"),
+                ("cdn-cache-control", "max-age=60"),
+                ("other-cache-control", "max-age=5"),
+            ],
+            // Browsers may keep it; the edge must not.
+            "/browser-only" => &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ],
+            // The site's own field comes first.
+            _ => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "no-store"),
+                ("crossfade-cache-control", "max-age=60"),
+            ],
+        };
+        reply(200, fields, "page")
+    })
+    .await;
+    let rules = "[defaults]\nbypass_cookies = [\"session\"]\n[[routes]]\nname = \"own\"\n\
+                 prefix = \"/own\"\ntargeted_cache_control = [\"Crossfade-Cache-Control\", \
+                 \"CDN-Cache-Control\"]\n";
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for (path, stored) in [
+        ("/edge-only", true),
+        ("/browser-only", false),
+        ("/own", true),
+    ] {
+        let first = get(&c, &proxy.url(path), &[]).await;
+        let second = get(&c, &proxy.url(path), &[]).await;
+        let pass = get(&c, &proxy.url(path), &[("cookie", "session=1")]).await;
+        assert_eq!(second.is_hit(), stored, "{path}: {}", second.cache());
+        for got in [&first, &second, &pass] {
+            assert_eq!(got.body, "page");
+            for name in ["cdn-cache-control", "crossfade-cache-control"] {
+                assert!(
+                    got.headers.get(name).is_none(),
+                    "{path}: {name} reached the client"
+                );
+            }
+        }
+        if path == "/edge-only" {
+            assert_eq!(second.header("cache-control"), "private, no-store");
+            assert_eq!(second.header("other-cache-control"), "max-age=5");
+        }
+    }
+}

@@ -132,12 +132,19 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if has_set_cookie && !rule.unsafe_strip_set_cookie {
         return Err(NotStored::SetCookie);
     }
+    // RFC 9213: a targeted field for this edge replaces Cache-Control for its decisions (an
+    // invalid one is ignored); browsers keep Cache-Control.
+    let target = targeted(rule, resp);
     // Parsed after the cheap checks: pingora's parser runs a regex over the value, which
     // most uncacheable answers (`private`, `no-store`) do not need.
-    if let Some(refused) = plainly_refused(resp) {
-        return Err(refused);
+    if target.is_none() {
+        if let Some(refused) = plainly_refused(resp) {
+            return Err(refused);
+        }
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = target
+        .and_then(|name| CacheControl::from_resp_headers_named(name, resp))
+        .or_else(|| CacheControl::from_resp_headers(resp));
     let now = SystemTime::now();
     // How old the response already is (RFC 9111 §4.2.3); an Age that is not a number makes it
     // stale (it cannot be trusted to be young).
@@ -206,6 +213,9 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if has_set_cookie {
         stored.remove_header(&header::SET_COOKIE);
     }
+    for name in &rule.targeted {
+        stored.remove_header(name.as_str());
+    }
     // Never sent from the cache (every answer gets its own Date and Connection), so not kept:
     // ~60 bytes of every stored object.
     for name in NOT_STORED {
@@ -228,6 +238,14 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
         secs(sie),
         stored,
     ))
+}
+
+/// The first of the rule's targeted cache-control fields (RFC 9213) that `resp` carries.
+fn targeted<'r>(rule: &'r Rule, resp: &ResponseHeader) -> Option<&'r str> {
+    rule.targeted
+        .iter()
+        .map(String::as_str)
+        .find(|name| resp.headers.contains_key(*name))
 }
 
 /// Response fields a stored object does not keep.
@@ -278,11 +296,23 @@ fn plainly_refused(resp: &ResponseHeader) -> Option<NotStored> {
 /// header fields without building a header map: nothing `admit` checks before Cache-Control
 /// applies (the path names no static type; no Set-Cookie) and Cache-Control plainly says
 /// `private` or `no-store`. `None`: ask `admit`.
-pub fn plainly_refused_raw<'a, I>(path: &str, fields: impl Fn() -> I) -> Option<NotStored>
+pub fn plainly_refused_raw<'a, I>(
+    rule: &Rule,
+    path: &str,
+    fields: impl Fn() -> I,
+) -> Option<NotStored>
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
-    if super::armor::guards(path) || fields().any(|(n, _)| n.eq_ignore_ascii_case(b"set-cookie")) {
+    // A targeted field (RFC 9213) may say otherwise than Cache-Control: `admit` decides.
+    let defers = |n: &[u8]| {
+        n.eq_ignore_ascii_case(b"set-cookie")
+            || rule
+                .targeted
+                .iter()
+                .any(|t| n.eq_ignore_ascii_case(t.as_bytes()))
+    };
+    if super::armor::guards(path) || fields().any(|(n, _)| defers(n)) {
         return None;
     }
     let values = fields()
@@ -483,7 +513,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
                 .collect();
-            let got = plainly_refused_raw(path, || raw.iter().copied());
+            let got = plainly_refused_raw(&rule, path, || raw.iter().copied());
             assert_eq!(got.is_some(), quick, "{path} {fields:?}");
             if let Some(reason) = got {
                 let mut resp = ResponseHeader::build(200, None).unwrap();

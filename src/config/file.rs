@@ -255,6 +255,8 @@ pub struct RouteDefaultsFile {
     pub query_sort: Option<bool>,
     pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,
+    /// RFC 9213 targeted fields crossfade obeys, in order of precedence.
+    pub targeted_cache_control: Option<Vec<String>>,
 }
 
 /// `[[routes]]` in a rules file. Exactly one of `path`, `prefix`, `glob`, `regex`.
@@ -285,4 +287,5 @@ pub struct RouteFile {
     pub query_sort: Option<bool>,
     #[serde(default)]
     pub unsafe_strip_set_cookie: bool,
+    pub targeted_cache_control: Option<Vec<String>>,
 }

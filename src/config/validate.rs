@@ -579,6 +579,15 @@ fn fallback_rule(d: &RouteDefaultsFile, issues: &mut Issues) -> Rule {
         query_sort: d.query_sort.unwrap_or(true),
         unsafe_strip_set_cookie: false,
         max_body: issues.size("defaults.max_body", &d.max_body, DEFAULT_MAX_BODY),
+        targeted: targeted(&d.targeted_cache_control, "defaults", issues),
+    }
+}
+
+/// `targeted_cache_control`: the RFC 9213 fields obeyed, `CDN-Cache-Control` when unset.
+fn targeted(v: &Option<Vec<String>>, at: &str, issues: &mut Issues) -> Vec<String> {
+    match v {
+        None => vec![crate::rules::DEFAULT_TARGETED.into()],
+        Some(_) => header_names(v, &format!("{at}.targeted_cache_control"), issues),
     }
 }
 
@@ -761,6 +770,13 @@ fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -
             &format!("{at}.max_body"),
             &rf.max_body.clone().or_else(|| d.max_body.clone()),
             DEFAULT_MAX_BODY,
+        ),
+        targeted: targeted(
+            &rf.targeted_cache_control
+                .clone()
+                .or_else(|| d.targeted_cache_control.clone()),
+            at,
+            issues,
         ),
     };
     matcher.map(|m| Rule {

@@ -151,7 +151,14 @@ pub struct Rule {
     pub unsafe_strip_set_cookie: bool,
     /// Largest request body accepted on this route; larger: 413.
     pub max_body: u64,
+    /// RFC 9213 targeted cache-control fields for this edge (lowercase), in order of precedence:
+    /// the first one a response carries replaces its `Cache-Control` for the edge's storage and
+    /// freshness, and none of them reaches a client.
+    pub targeted: Vec<String>,
 }
+
+/// The targeted field every route obeys unless its rules name others (RFC 9213's own).
+pub const DEFAULT_TARGETED: &str = "cdn-cache-control";
 
 /// Statuses cacheable by default (RFC 9110 §15.1 "heuristically cacheable"), which an
 /// override route stores with its `edge_ttl` unless `ttl_by_status` says otherwise.
@@ -227,6 +234,7 @@ pub(crate) fn honor_rule(name: &str, matcher: Option<PathMatch>) -> Rule {
         query: QueryFilter::Drop(NameSet::default()),
         query_sort: true,
         unsafe_strip_set_cookie: false,
+        targeted: vec![DEFAULT_TARGETED.into()],
         max_body: 1 << 20,
     }
 }

@@ -447,7 +447,8 @@ impl FastPath {
     /// answer is left to the next request ("deferred").
     fn readmit(&self, relay: &Relay, key: &CacheKey, head: &origin::ResponseHead) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
-        if let Some(reason) = policy::plainly_refused_raw(&relay.path, || head.iter()) {
+        if let Some(reason) = policy::plainly_refused_raw(&relay.rule, &relay.path, || head.iter())
+        {
             self.predictor
                 .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
             return Readmitted::NotStored(reason.as_str());
@@ -624,9 +625,11 @@ fn response_head(
         let replaced = is("connection") || is("date") || is("x-request-id") || hop.contains(name);
         // A body framed by chunks goes out framed by chunks only.
         let reframed = head.framing == Framing::Chunked && is("content-length");
+        let targeted = |t: &String| name.eq_ignore_ascii_case(t.as_bytes());
         if replaced
             || reframed
             || headers::is_internal(name, tags)
+            || relay.rule.targeted.iter().any(targeted)
             || browser.is_some() && (is("cache-control") || is("expires"))
         {
             continue;

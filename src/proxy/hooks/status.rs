@@ -148,6 +148,10 @@ pub fn finish_response(
         resp.insert_header("cache-status", cache_status(cache, ctx))?;
     }
     let Some(rule) = &ctx.rule else { return Ok(()) };
+    // The targeted cache-control fields (RFC 9213) are this edge's, not the client's.
+    for name in &rule.targeted {
+        resp.remove_header(name.as_str());
+    }
     if is_cached_object(cache.phase()) && ctx.bypass.is_none() {
         browser_ttl(rule, resp)?;
     }
