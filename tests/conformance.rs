@@ -303,3 +303,31 @@ async fn targeted_cache_control_gives_the_edge_its_own_policy() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_no_cache_response_is_stored_and_revalidated_on_every_use() {
+    let origin = Origin::start(|seen| async move {
+        let fields = [("cache-control", "no-cache"), ("etag", "\"v1\"")];
+        match seen.header("if-none-match") {
+            Some("\"v1\"") => reply(304, &fields, ""),
+            _ => reply(200, &fields, "rendered page"),
+        }
+    })
+    .await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let first = get(&c, &proxy.url("/nc"), &[]).await;
+    assert_eq!(first.body, "rendered page");
+    for _ in 0..2 {
+        let before = origin.hits();
+        let again = get(&c, &proxy.url("/nc"), &[]).await;
+        assert_eq!((again.status, again.body.as_str()), (200, "rendered page"));
+        assert_eq!(origin.hits(), before + 1, "every use is revalidated");
+        assert_eq!(
+            origin.last().header("if-none-match"),
+            Some("\"v1\""),
+            "with the stored validator: {}",
+            again.cache()
+        );
+    }
+}

@@ -183,29 +183,36 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
             (ttl, rule.stale_while_revalidate, rule.stale_if_error)
         }
         Mode::Honor => {
-            if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
-                return Err(NotStored::NoCache);
-            }
             // Without explicit freshness, RFC 9111 §3 lets a cache store only a status that is
             // heuristically cacheable or a response marked `public`; it is stored stale, to be
             // revalidated on every use. An error page with only an ETag is never stored.
             let storable_stale = has_validator(resp)
                 && (heuristically_cacheable(status) || cc.as_ref().is_some_and(|c| c.public()));
-            let ttl = match origin_freshness(cc.as_ref(), resp, now, age) {
-                Some(_) if received_age.is_none() => Duration::ZERO,
-                Some(ttl) => ttl,
-                None if storable_stale => Duration::ZERO,
-                None => return Err(NotStored::NoFreshness),
-            };
-            let swr = cc
-                .as_ref()
-                .and_then(|c| c.serve_stale_while_revalidate_duration())
-                .or(rule.stale_while_revalidate);
-            let sie = cc
-                .as_ref()
-                .and_then(|c| c.serve_stale_if_error_duration())
-                .or(rule.stale_if_error);
-            (ttl, swr, sie)
+            // `no-cache` (RFC 9111 §5.2.2.4): stored and revalidated on every use, when there
+            // is something to revalidate with (a 304 costs the origin less than a render);
+            // never served stale.
+            if cc.as_ref().is_some_and(|cc| cc.no_cache()) {
+                if !storable_stale {
+                    return Err(NotStored::NoCache);
+                }
+                (Duration::ZERO, None, None)
+            } else {
+                let ttl = match origin_freshness(cc.as_ref(), resp, now, age) {
+                    Some(_) if received_age.is_none() => Duration::ZERO,
+                    Some(ttl) => ttl,
+                    None if storable_stale => Duration::ZERO,
+                    None => return Err(NotStored::NoFreshness),
+                };
+                let swr = cc
+                    .as_ref()
+                    .and_then(|c| c.serve_stale_while_revalidate_duration())
+                    .or(rule.stale_while_revalidate);
+                let sie = cc
+                    .as_ref()
+                    .and_then(|c| c.serve_stale_if_error_duration())
+                    .or(rule.stale_if_error);
+                (ttl, swr, sie)
+            }
         }
     };
 
