@@ -7,8 +7,10 @@
 use super::Pool;
 use crate::config::Runtime;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::sync::Arc;
+
+/// foldhash: a pass looks its site up here; SipHash cost more than the lookup.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 /// The live pools of one site, in config order.
 #[derive(Debug, Default)]

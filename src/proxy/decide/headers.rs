@@ -42,11 +42,19 @@ impl HopByHop {
     /// For an answer with `status` and these raw `Connection` values.
     pub fn new<'a>(status: u16, connection: impl Iterator<Item = &'a [u8]>) -> HopByHop {
         let upgrade = status == 101;
+        // Most origins list nothing but `keep-alive` or `close`: no allocation for those.
         let listed = connection
             .filter(|_| !upgrade)
             .flat_map(|v| v.split(|&b| b == b','))
-            .map(|t| t.trim_ascii().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
+            .map(|t| t.trim_ascii())
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP_RESPONSE
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+            })
+            .map(|t| t.to_ascii_lowercase())
             .collect();
         HopByHop { upgrade, listed }
     }
