@@ -331,3 +331,31 @@ async fn a_no_cache_response_is_stored_and_revalidated_on_every_use() {
         );
     }
 }
+
+#[tokio::test]
+async fn variants_that_arrive_aged_are_still_hits() {
+    // Behind another cache every answer carries an Age; each variant must still be kept (an
+    // aged variant looked older than its primary slot and was refetched every time).
+    let origin = Origin::start(|seen| async move {
+        let lang = seen.header("accept-language").unwrap_or("-").to_string();
+        let fields = [
+            ("cache-control", "max-age=3600"),
+            ("vary", "Accept-Language"),
+            ("age", "100"),
+        ];
+        reply(200, &fields, format!("page in {lang}"))
+    })
+    .await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for lang in ["en", "de", "fr"] {
+        get(&c, &proxy.url("/v"), &[("accept-language", lang)]).await;
+    }
+    for lang in ["en", "de", "fr"] {
+        let got = get(&c, &proxy.url("/v"), &[("accept-language", lang)]).await;
+        assert_eq!(got.body, format!("page in {lang}"));
+        assert!(got.is_hit(), "{lang}: {}", got.cache());
+        let age: u64 = got.header("age").parse().unwrap();
+        assert!(age >= 100, "{lang}: Age {age}");
+    }
+}

@@ -234,17 +234,16 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     } else {
         now + ttl
     };
-    // The object was born `age` ago: the Age a hit sends (now minus this) is the corrected age,
-    // the age the origin reported plus the time stored here. (Date is not used to guess an age:
-    // an origin whose clock is off would make every page stale.)
-    let born = now.checked_sub(age).unwrap_or(now);
-    Ok(CacheMeta::new(
-        fresh_until,
-        born,
-        secs(swr),
-        secs(sie),
-        stored,
-    ))
+    let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(sie), stored);
+    // The response was `age` old when it arrived: a hit's Age counts from then (the epoch),
+    // so it is the corrected age, the origin's plus the time stored here. `created` stays
+    // the time of storing: pingora compares it with the primary variant's to tell a current
+    // variant from a purged one. (Date is not used to guess an age: an origin whose clock is
+    // off would make every page stale.)
+    if let Some(epoch) = now.checked_sub(age).filter(|_| !age.is_zero()) {
+        meta.set_epoch_override(epoch);
+    }
+    Ok(meta)
 }
 
 /// The first of the rule's targeted cache-control fields (RFC 9213) that `resp` carries.
