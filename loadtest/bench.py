@@ -13,6 +13,9 @@ not a test: CI does not run it. Needs root to install missing peers from Debian.
 """
 import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
+# crossfade's key_cookies in the bench rules (`--key-cookies`).
+KEY_COOKIES = []
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORTS = {"origin": 19000, "nginx": 19001, "varnish": 19002, "crossfade": 19003, "admin": 19004}
 SIZES = {"1k": 1024, "16k": 16384, "256k": 262144, "1m": 1048576}
@@ -124,7 +127,7 @@ sub vcl_recv {{ if (req.http.Cookie ~ "session=") {{ return (pass); }} unset req
     rules = """
 [defaults]
 bypass_cookies = ["session"]
-"""
+""" + (f"key_cookies = {KEY_COOKIES!r}\n".replace("'", '"') if KEY_COOKIES else "")
     config = f"""
 [server]
 threads = 2
@@ -254,7 +257,12 @@ def main():
                     help="comma-separated subset of: hits, memory, mixed, store")
     ap.add_argument("--workloads", default="hit-1k,hit-16k,hit-256k,hit-1m,pass-1k",
                     help="comma-separated subset of the hit/pass workloads (part 'hits')")
+    ap.add_argument("--key-cookies", default="",
+                    help="comma-separated key_cookies for crossfade's rules (the shipped store "
+                         "rules key on currency); requests carry none of them, as most do")
     args = ap.parse_args()
+    global KEY_COOKIES
+    KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
     ensure_tools()
     if not args.no_build:
         sh("cargo build --release --quiet --bin crossfade", cwd=ROOT)

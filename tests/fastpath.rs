@@ -246,3 +246,85 @@ async fn read_more(sock: &mut tokio::net::TcpStream, got: &mut Vec<u8>) {
     assert!(n > 0, "closed after {} bytes", got.len());
     got.extend_from_slice(&buf[..n]);
 }
+
+#[tokio::test]
+async fn keyed_and_varied_hits_take_the_fast_path_and_never_mix() {
+    // The shipped store rules key pages on the `currency` cookie; origins commonly vary on
+    // Accept-Encoding.
+    let origin = Origin::start(|seen| async move {
+        let currency = seen
+            .header("cookie")
+            .and_then(|c| c.split("currency=").nth(1))
+            .map_or("EUR", |v| v.split(';').next().unwrap_or("EUR"))
+            .to_string();
+        let encoding = seen.header("accept-encoding").unwrap_or("-").to_string();
+        let fields = [
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept-Encoding"),
+            ("content-type", "text/html"),
+        ];
+        reply(
+            200,
+            &fields,
+            format!("{} in {currency} for {encoding}", seen.uri.path()),
+        )
+    })
+    .await;
+    let rules = "[defaults]\nbypass_cookies = [\"session\"]\nkey_cookies = [\"currency\"]\n";
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[], "/p in EUR for -"),
+        (&[("cookie", "currency=USD")], "/p in USD for -"),
+        (
+            &[("cookie", "currency=USD"), ("accept-encoding", "gzip")],
+            "/p in USD for gzip",
+        ),
+        (&[("cookie", "other=1; currency=GBP")], "/p in GBP for -"),
+    ];
+    for (headers, _) in cases {
+        get(&c, &proxy.url("/p"), headers).await;
+    }
+    let misses = origin.hits();
+    for _ in 0..3 {
+        for (headers, body) in cases {
+            let got = get(&c, &proxy.url("/p"), headers).await;
+            assert_eq!(got.body, body, "{headers:?}");
+            assert!(got.is_hit(), "{headers:?}: {}", got.cache());
+        }
+    }
+    assert_eq!(origin.hits(), misses, "every variant was a hit");
+    assert_eq!(
+        proxy_counter(&proxy, "crossfade_fast_path_hits_total").await,
+        fast_count("12"),
+        "keyed and varied hits are the fast path's"
+    );
+}
+
+#[tokio::test]
+async fn a_keyed_route_relays_uncacheable_pages_fast_with_only_its_key_cookies() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "private")], "mine") }).await;
+    let rules = "[defaults]\nbypass_cookies = [\"session\"]\nkey_cookies = [\"currency\"]\n";
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    for _ in 0..4 {
+        let got = get(
+            &c,
+            &proxy.url("/cart"),
+            &[("cookie", "tracking=1; currency=USD")],
+        )
+        .await;
+        assert_eq!(got.body, "mine");
+        assert_eq!(
+            origin.last().header("cookie"),
+            Some("currency=USD"),
+            "the origin gets exactly the key cookies"
+        );
+    }
+    // The first request taught the predictor; the other three were relayed fast.
+    assert_eq!(
+        proxy_counter(&proxy, "crossfade_fast_path_passes_total").await,
+        fast_count("3")
+    );
+}

@@ -14,7 +14,7 @@ use super::index::{split_tags, Entry};
 use super::key;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::cache::key::{CacheHashKey, CacheKey};
+use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType,
@@ -160,19 +160,40 @@ impl EdgeStorage {
         Ok(())
     }
 
-    /// The object stored under `hash` (a primary key without variance) when it can be served
-    /// as a plain hit: live, fresh at `now` and not a `Vary` variant. `None` leaves the request
-    /// to pingora's cache path (miss, stale, purged, variants). Used by `proxy::fast`.
-    pub fn fresh_hit(&self, hash: u128, now: SystemTime) -> Option<(CacheMeta, Body)> {
-        let obj = self.objects.get(hash)?;
-        if !matches!(self.verdict(&obj), Verdict::Live) {
+    /// The object a request for `primary` finds when it can be served as a plain hit: live and
+    /// fresh at `now`. Used by `proxy::fast`. Objects that vary (origin `Vary`, key cookies
+    /// and headers) are found as pingora's lookup finds them: the primary slot under
+    /// `primary`, then, when the request's variance (`variance_of`, given the primary slot's
+    /// meta) is not the slot's, the variant stored under the primary and that variance, valid
+    /// only if stored no earlier than the primary slot's provenance (a purge of all variants
+    /// removes only the primary slot). `None` leaves the request to pingora's cache path.
+    pub fn fresh_variant_hit(
+        &self,
+        primary: HashBinary,
+        now: SystemTime,
+        variance_of: impl FnOnce(&CacheMeta) -> Option<HashBinary>,
+    ) -> Option<(CacheMeta, Body)> {
+        let slot = self.objects.get(u128::from_be_bytes(primary))?;
+        if !matches!(self.verdict(&slot), Verdict::Live) {
             return None;
         }
-        let meta = obj.meta.to_meta().ok()?;
-        if !meta.is_fresh(now) || meta.variance().is_some() {
-            return None;
-        }
-        Some((meta, obj.body.clone()))
+        let meta = slot.meta.to_meta().ok()?;
+        let variance = variance_of(&meta);
+        let (meta, body) = if variance == meta.variance() {
+            (meta, slot.body.clone())
+        } else {
+            let mut key = CacheKey::new("", "");
+            key.set_primary_bin_override(primary);
+            key.set_variance_key(variance?);
+            let variant = self.objects.get(id(&key))?;
+            let valid = matches!(self.verdict(&variant), Verdict::Live);
+            let variant_meta = variant.meta.to_meta().ok()?;
+            if !valid || variant_meta.created() < meta.provenance() {
+                return None;
+            }
+            (variant_meta, variant.body.clone())
+        };
+        meta.is_fresh(now).then_some((meta, body))
     }
 
     fn verdict(&self, obj: &Object) -> Verdict {

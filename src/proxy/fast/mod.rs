@@ -276,11 +276,26 @@ impl FastPath {
             Caching::Bypass(b) => Reason::Bypass(*b),
             Caching::Cacheable { primary, .. } => {
                 let hash = key::hash(primary);
+                let keyed = !f.rule.key_cookies.is_empty() || !f.rule.key_headers.is_empty();
                 if hits {
-                    let now = SystemTime::now();
-                    if let Some((meta, body)) =
-                        self.storage.fresh_hit(u128::from_be_bytes(hash), now)
-                    {
+                    // Variants, as `cache_vary_filter` keys them (origin `Vary`, key cookies and
+                    // headers): from the cookies kept here, or the whole head when a header is
+                    // keyed or varied on. A plain object needs neither.
+                    let variance = |meta: &pingora::cache::CacheMeta| {
+                        if !keyed && meta.variance().is_none() {
+                            return None;
+                        }
+                        let stored = meta.headers();
+                        if f.rule.key_headers.is_empty() && !stored.contains_key(header::VARY) {
+                            key::variance(stored, &f.rule, &headers)
+                        } else {
+                            key::variance(stored, &f.rule, &relay::request_headers(head))
+                        }
+                    };
+                    let found = self
+                        .storage
+                        .fresh_variant_hit(hash, SystemTime::now(), variance);
+                    if let Some((meta, body)) = found {
                         return hit(rt, &f, method.clone(), request_id, &meta, body);
                     }
                 }
@@ -464,13 +479,10 @@ fn hit(
     Some(Decision::Hit(out, answer))
 }
 
-/// Whether this transport carries a forward: not one with a cohort cookie to set, cached-only
-/// maintenance (pingora's stale handling) or keyed cookies or headers (variants).
+/// Whether this transport carries a forward: not one with a cohort cookie to set or cached-only
+/// maintenance (pingora's stale handling).
 fn carried(f: &decide::Forward) -> bool {
-    !f.maintenance_cached
-        && f.new_cohort.is_none()
-        && f.rule.key_headers.is_empty()
-        && f.rule.key_cookies.is_empty()
+    !f.maintenance_cached && f.new_cohort.is_none()
 }
 
 /// The client's IP address for `X-Forwarded-For`, formatted once per connection ("" when the

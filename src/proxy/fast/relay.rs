@@ -112,7 +112,8 @@ pub struct Forwarding<'a> {
     pub client: Option<&'a str>,
     pub tls: bool,
     pub request_id: &'a str,
-    /// Cacheable route: the origin gets no cookies (a cookie must not shape a shared page).
+    /// Cacheable route: the origin gets only the route's key cookies (a cookie must not shape
+    /// a shared page unless it is part of the key).
     pub drop_cookies: bool,
 }
 
@@ -142,6 +143,26 @@ pub fn upstream_head(
             continue;
         }
         line(h.name.as_bytes(), h.value);
+    }
+    if f.drop_cookies && !rule.key_cookies.is_empty() {
+        // As `upstream_request_filter`: the key cookies, in order, in one field after the
+        // client's others.
+        let mut jar = http::HeaderMap::new();
+        for h in fields
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        {
+            if let Ok(v) = http::HeaderValue::from_bytes(h.value) {
+                jar.append(http::header::COOKIE, v);
+            }
+        }
+        let kept: Vec<String> = key::cookies(&jar)
+            .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        if !kept.is_empty() {
+            line(b"Cookie", kept.join("; ").as_bytes());
+        }
     }
     if let Some(ip) = f.client {
         line(b"x-forwarded-for", ip.as_bytes());
@@ -186,7 +207,7 @@ fn stored_head(head: &origin::ResponseHead) -> ResponseHeader {
 }
 
 /// The client's request headers, from its raw head (only read when a stored response varies).
-fn request_headers(request: &[u8]) -> http::HeaderMap {
+pub(super) fn request_headers(request: &[u8]) -> http::HeaderMap {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
     let mut map = http::HeaderMap::new();
