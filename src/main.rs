@@ -14,7 +14,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    if !matches!(command, Command::Run(_) | Command::Demo(_)) {
+        // A command-line tool whose reader went away (`crossfade check | head -1`) ends
+        // quietly, as `cat` does, instead of panicking on the closed pipe. Not the server:
+        // a client that closes its socket must not end the process.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match command {
         Command::Run(args) => {
             let runtime = config::load(&args.config)?;
             telemetry::init(&runtime.log);
@@ -40,6 +50,13 @@ fn main() -> Result<ExitCode> {
                             rt.sites.list.len(),
                             routes
                         );
+                        for site in &rt.sites.list {
+                            let table = &site.routes;
+                            for rule in table.routes.iter().chain([&table.fallback]) {
+                                let fast = crossfade::proxy::fast::route_report(&rt, site, rule);
+                                println!("  {}/{}: {fast}", site.name, rule.name);
+                            }
+                        }
                     }
                     Err(config::LoadError::Invalid(issues)) => {
                         failed = true;

@@ -80,3 +80,45 @@ servers = ["127.0.0.1:9"]
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn check_says_for_each_route_whether_the_fast_path_carries_it() {
+    let (ok, text) = check(&["config/crossfade.toml"]);
+    assert!(ok, "{text}");
+    let store: Vec<&str> = text.lines().filter(|l| l.starts_with("  store/")).collect();
+    assert!(!store.is_empty(), "{text}");
+    // The shipped store rules key pages on the currency cookie: still the fast path's.
+    assert!(
+        store.iter().all(|l| l.contains("passes fast")),
+        "{}",
+        store.join("\n")
+    );
+    assert!(store.iter().any(|l| l.contains("hits fast")), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[routes]]\nname = \"upload\"\nprefix = \"/upload\"\nmethods = [\"POST\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("crossfade.toml"),
+        "[proxy]\nlisten = [\"127.0.0.1:0\"]\nhit_fast_path = false\n\
+         [[sites]]\nname = \"s\"\nhosts = [\"s.test\"]\nrules = \"rules.toml\"\n\
+         [sites.pools.blue]\nservers = [\"127.0.0.1:9\"]\nhttp2 = true\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&[dir.path().join("crossfade.toml").to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("  s/upload: pingora (only GET and HEAD are carried fast)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  s/default: hits through pingora (proxy.hit_fast_path = false), passes to pool \
+             blue through pingora (it speaks HTTP/2)"
+        ),
+        "{text}"
+    );
+}

@@ -479,6 +479,31 @@ fn hit(
     Some(Decision::Hit(out, answer))
 }
 
+/// What this transport carries of a route, for `crossfade check`: one line, and why not where
+/// it does not. (Requests it never carries, whatever the route — a body, a range or
+/// conditional request, HTTP/2, a visitor's first canary answer — are in the README.)
+pub fn route_report(rt: &Runtime, site: &crate::config::Site, rule: &crate::rules::Rule) -> String {
+    let get = rule
+        .methods
+        .as_ref()
+        .is_none_or(|m| m.iter().any(|m| *m == Method::GET || *m == Method::HEAD));
+    if !get {
+        return "pingora (only GET and HEAD are carried fast)".into();
+    }
+    let hits = match (rule.mode, rt.proxy.hit_fast_path) {
+        (crate::rules::Mode::Pass, _) => None,
+        (_, true) => Some("hits fast"),
+        (_, false) => Some("hits through pingora (proxy.hit_fast_path = false)"),
+    };
+    let h2 = site.pools.iter().find(|p| p.http2).map(|p| p.name.as_str());
+    let passes = match (rt.proxy.pass_fast_path, h2) {
+        (false, _) => "passes through pingora (proxy.pass_fast_path = false)".to_string(),
+        (true, Some(pool)) => format!("passes to pool {pool} through pingora (it speaks HTTP/2)"),
+        (true, None) => "passes fast".to_string(),
+    };
+    hits.map_or(passes.clone(), |h| format!("{h}, {passes}"))
+}
+
 /// Whether this transport carries a forward: not one with a cohort cookie to set or cached-only
 /// maintenance (pingora's stale handling).
 fn carried(f: &decide::Forward) -> bool {
