@@ -122,3 +122,19 @@ fn check_says_for_each_route_whether_the_fast_path_carries_it() {
         "{text}"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["check", "config/demo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `crossfade check … | head -0`: the reader is gone before the first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
