@@ -7,6 +7,7 @@
 //! upper edge of a bucket, within about 19%). Series are keyed by config names only.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,10 +111,37 @@ pub struct Summary {
 
 type Key = (Arc<str>, Arc<str>, Arc<str>);
 
+/// Shards of the series: each thread records into its own (given round-robin on first use),
+/// so requests on different threads never wait for each other's lock (one process-wide
+/// mutex was taken on every request, hits included); a summary merges every shard.
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// One shard's series, found by a hash of (site, route, pool) without building a key: the
+/// lookup used to compare every series' key in turn.
+type Shard = HashMap<u64, Vec<(Key, VecDeque<Second>)>>;
+
 /// All series.
-#[derive(Default)]
 pub struct Stats {
-    series: Mutex<HashMap<Key, VecDeque<Second>>>,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+        }
+    }
+}
+
+fn key_hash(key: (&str, &str, &str)) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(key)
 }
 
 fn now_secs() -> u64 {
@@ -141,13 +169,21 @@ impl Stats {
             origin,
         } = *sample;
         let now = now_secs();
-        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let series = match all.iter_mut().find(|(k, _)| (&*k.0, &*k.1, &*k.2) == key) {
-            Some((_, s)) => s,
-            None => all
-                .entry((key.0.into(), key.1.into(), key.2.into()))
-                .or_default(),
+        let shard = SHARD.with(|s| *s);
+        let mut all = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = all.entry(key_hash(key)).or_default();
+        let at = match bucket
+            .iter()
+            .position(|(k, _)| (&*k.0, &*k.1, &*k.2) == key)
+        {
+            Some(i) => i,
+            None => {
+                let k = (key.0.into(), key.1.into(), key.2.into());
+                bucket.push((k, VecDeque::new()));
+                bucket.len() - 1
+            }
         };
+        let series = &mut bucket[at].1;
         if series.back().is_none_or(|s| s.at != now) {
             series.push_back(Second::new(now));
         }
@@ -172,25 +208,27 @@ impl Stats {
     pub fn summary(&self, filter: Filter, window: Duration, until: Option<u64>) -> Summary {
         let end = until.unwrap_or_else(|| now_secs() + 1);
         let start = end.saturating_sub(window.as_secs().max(1));
-        let all = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = Second::new(0);
-        for ((site, route, pool), series) in all.iter() {
-            let matches = filter.site.is_none_or(|s| s == &**site)
-                && filter.route.is_none_or(|r| r == &**route)
-                && filter.pool.is_none_or(|p| p == &**pool);
-            if !matches {
-                continue;
-            }
-            for s in series.iter().filter(|s| s.at >= start && s.at < end) {
-                total.requests += s.requests;
-                total.hits += s.hits;
-                total.errors += s.errors;
-                total.origin_requests += s.origin_requests;
-                total.origin_errors += s.origin_errors;
-                total.upstream_count += s.upstream_count;
-                total.upstream_ms += s.upstream_ms;
-                for (t, x) in total.latency.iter_mut().zip(s.latency.iter()) {
-                    *t += x;
+        for shard in &self.shards {
+            let all = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for ((site, route, pool), series) in all.values().flatten() {
+                let matches = filter.site.is_none_or(|s| s == &**site)
+                    && filter.route.is_none_or(|r| r == &**route)
+                    && filter.pool.is_none_or(|p| p == &**pool);
+                if !matches {
+                    continue;
+                }
+                for s in series.iter().filter(|s| s.at >= start && s.at < end) {
+                    total.requests += s.requests;
+                    total.hits += s.hits;
+                    total.errors += s.errors;
+                    total.origin_requests += s.origin_requests;
+                    total.origin_errors += s.origin_errors;
+                    total.upstream_count += s.upstream_count;
+                    total.upstream_ms += s.upstream_ms;
+                    for (t, x) in total.latency.iter_mut().zip(s.latency.iter()) {
+                        *t += x;
+                    }
                 }
             }
         }
@@ -231,12 +269,17 @@ impl Stats {
 
     /// The (site, route, pool) series that exist.
     pub fn keys(&self) -> Vec<(String, String, String)> {
-        let all = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let mut keys: Vec<_> = all
-            .keys()
-            .map(|(s, r, p)| (s.to_string(), r.to_string(), p.to_string()))
-            .collect();
+        let mut keys: Vec<_> = Vec::new();
+        for shard in &self.shards {
+            let all = shard.lock().unwrap_or_else(|e| e.into_inner());
+            keys.extend(
+                all.values()
+                    .flatten()
+                    .map(|((s, r, p), _)| (s.to_string(), r.to_string(), p.to_string())),
+            );
+        }
         keys.sort();
+        keys.dedup();
         keys
     }
 }
@@ -299,6 +342,38 @@ mod tests {
         assert_eq!(
             before.requests, 0,
             "a window that ends before the traffic is empty"
+        );
+    }
+
+    #[test]
+    fn threads_record_apart_and_summaries_see_them_all() {
+        let stats = std::sync::Arc::new(Stats::default());
+        let sample = Sample {
+            error: false,
+            hit: true,
+            total: Duration::from_millis(1),
+            upstream: None,
+            origin: Asked::No,
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        stats.record(("shop", "home", "blue"), &sample);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = stats.summary(Filter::default(), Duration::from_secs(60), None);
+        assert_eq!(all.requests, 400);
+        assert_eq!(
+            stats.keys().len(),
+            1,
+            "one series, whichever shards hold it"
         );
     }
 }
