@@ -149,30 +149,6 @@ fn histogram(
     h
 }
 
-/// Established TCP connections whose local port is one of `ports`, from /proc/net/tcp{,6}.
-/// Only crossfade listens on its ports, so these are its client connections.
-pub fn established_connections(ports: &[u16]) -> usize {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter(|line| {
-                    let cols: Vec<&str> = line.split_whitespace().collect();
-                    let port = cols
-                        .get(1)
-                        .and_then(|local| local.rsplit(':').next())
-                        .and_then(|p| u16::from_str_radix(p, 16).ok());
-                    // State 01 is ESTABLISHED.
-                    cols.get(3) == Some(&"01") && port.is_some_and(|p| ports.contains(&p))
-                })
-                .count()
-        })
-        .sum::<usize>()
-}
-
 /// `2xx`, `4xx`, … (`0xx` when nothing was sent).
 pub fn status_class(status: u16) -> &'static str {
     match status / 100 {
@@ -321,7 +297,7 @@ impl Metrics {
                 "Share of visitors sent to a canary pool.",
                 &["site", "pool"],
             ),
-            connections_open: gauge(&r, "crossfade_connections_open", "Established client connections on the proxy listeners (from the kernel's socket table)."),
+            connections_open: gauge(&r, "crossfade_connections_open", "Client connections open on the proxy listeners, TLS included (counted as they are accepted and closed)."),
             tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
             connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
             fast_hits: counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),

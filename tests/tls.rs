@@ -171,7 +171,7 @@ async fn large_cached_bodies_are_encrypted_whole_over_http1_and_http2() {
         "[[sites]]\nname = \"a\"\nhosts = [\"a.test\"]\nrules = \"a.rules.toml\"\n[sites.pools.blue]\nservers = [\"{}\"]\n",
         origin.addr
     );
-    let _proxy = Proxy::start_toml(&sites, &[("a", HONOR_ALL)], &extra).await;
+    let proxy = Proxy::start_toml(&sites, &[("a", HONOR_ALL)], &extra).await;
     let tls: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let h1 = https_builder(certs.path(), tls)
         .http1_only()
@@ -194,4 +194,14 @@ async fn large_cached_bodies_are_encrypted_whole_over_http1_and_http2() {
         );
     }
     assert_eq!(origin.hits(), 1);
+    // The two kept-alive TLS connections are open connections too.
+    let (_, m) = proxy
+        .admin_call(Some(READ_TOKEN), http::Method::GET, "/metrics", "")
+        .await;
+    let m = m.as_str().unwrap_or_default().to_string();
+    let open = m
+        .lines()
+        .find_map(|l| l.strip_prefix("crossfade_connections_open "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(open.is_some_and(|n| n >= 2.0), "{open:?}");
 }

@@ -365,9 +365,6 @@ impl AdminApp {
     /// Refreshes the gauges that mirror state, then renders every metric.
     fn metrics(&self, rt: &Runtime) -> Response<Vec<u8>> {
         let m = &self.metrics;
-        let ports: Vec<u16> = rt.proxy.listen.iter().map(|a| a.port()).collect();
-        m.connections_open
-            .set(crate::metrics::established_connections(&ports) as i64);
         m.cache_objects.set(self.storage.object_count() as i64);
         m.cache_bytes.set(self.storage.weighted_bytes() as i64);
         let evicted = self.storage.evictions();

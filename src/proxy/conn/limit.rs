@@ -40,10 +40,13 @@ struct Open {
 struct Admitted {
     open: Arc<Mutex<Open>>,
     client: Option<IpAddr>,
+    /// `crossfade_connections_open`, kept exactly here (every listener, TLS included).
+    gauge: prometheus::IntGauge,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.gauge.dec();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total -= 1;
         if let Some(ip) = self.client {
@@ -87,9 +90,11 @@ impl<A> ConnectionLimit<A> {
             *n += 1;
         }
         open.total += 1;
+        self.metrics.connections_open.inc();
         Ok(Admitted {
             open: self.open.clone(),
             client,
+            gauge: self.metrics.connections_open.clone(),
         })
     }
 }
