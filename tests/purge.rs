@@ -436,6 +436,12 @@ async fn cli_purge_prints_the_report_and_fails_on_errors() {
     assert!(out.status.success(), "{text}");
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(removed(&report), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
+    // A purge that matches nothing (a typo) succeeds, with a warning on stderr.
+    let typo = run(PURGE_TOKEN, &["key", "tag-trakc"]);
+    assert!(typo.status.success());
+    let warning = String::from_utf8_lossy(&typo.stderr);
+    assert!(warning.contains("matched no cached object"), "{warning}");
     assert!(
         !run(READ_TOKEN, &["all"]).status.success(),
         "a 403 fails the command"

@@ -91,6 +91,18 @@ pub fn run(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<bool, ClientError> {
+    run_then(args, scope, method, path, body, |_| {})
+}
+
+/// [`run`], then `after` on the parsed answer (to warn on stderr of what the JSON says).
+fn run_then(
+    args: &AdminArgs,
+    scope: Scope,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+    after: impl FnOnce(&serde_json::Value),
+) -> Result<bool, ClientError> {
     let (addr, token) = target(args, scope)?;
     let body = if body.is_null() {
         String::new()
@@ -99,9 +111,12 @@ pub fn run(
     };
     let (status, answer) = call(&addr, &token, method, path, &body)?;
     println!("{}", answer.trim_end());
-    let complete = serde_json::from_str::<serde_json::Value>(&answer)
-        .ok()
-        .is_some_and(|v| v.get("complete").is_none_or(|c| c.as_bool() == Some(true)));
+    let parsed = serde_json::from_str::<serde_json::Value>(&answer).ok();
+    if let Some(v) = &parsed {
+        after(v);
+    }
+    let complete =
+        parsed.is_some_and(|v| v.get("complete").is_none_or(|c| c.as_bool() == Some(true)));
     Ok(status == 200 && complete)
 }
 
@@ -156,5 +171,28 @@ pub fn purge(args: crate::cli::PurgeArgs) -> Result<bool, ClientError> {
         PurgeWhat::All { site } => Purge::All { site, soft },
     };
     let body = serde_json::to_value(&purge).unwrap_or_default();
-    run(&args.admin, Scope::Purge, "POST", "/purge", &body)
+    // A purge that matched nothing anywhere is usually a typo; it still succeeded (exit 0).
+    let warn_if_nothing = |report: &serde_json::Value| {
+        let nodes = report["nodes"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let matched = nodes
+            .iter()
+            .any(|n| n["removed"].as_u64().unwrap_or(0) + n["stale"].as_u64().unwrap_or(0) > 0);
+        if !nodes.is_empty() && !matched {
+            eprintln!(
+                "crossfade: warning: the purge matched no cached object on any node (check the \
+                 URL, prefix, key or site)"
+            );
+        }
+    };
+    run_then(
+        &args.admin,
+        Scope::Purge,
+        "POST",
+        "/purge",
+        &body,
+        warn_if_nothing,
+    )
 }
