@@ -148,3 +148,44 @@ async fn a_node_that_loses_redis_keeps_serving_and_reconnects() {
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(node_names(&report), vec!["n1", "n2"]);
 }
+
+#[tokio::test]
+async fn two_processes_with_one_name_still_purge_each_other_and_say_so() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let redis = Redis::start().await;
+    // Two instances on one host with one name (a container image with a fixed hostname).
+    let twins = [
+        node(&origin, &redis, "twin").await,
+        node(&origin, &redis, "twin").await,
+    ];
+    for t in &twins {
+        until_meshed(t, 1).await;
+    }
+    let clients: Vec<_> = twins.iter().map(|t| t.client(&["www.shop.test"])).collect();
+    for (t, c) in twins.iter().zip(&clients) {
+        get(c, &t.url("/p"), &[]).await;
+        assert!(get(c, &t.url("/p"), &[]).await.is_hit());
+    }
+    let report = twins[0]
+        .purge(json!({"kind": "url", "url": "www.shop.test/p"}))
+        .await;
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(node_names(&report), vec!["twin", "twin"], "{report}");
+    assert!(
+        !get(&clients[1], &twins[1].url("/p"), &[]).await.is_hit(),
+        "the other instance applied the purge"
+    );
+    for t in &twins {
+        let s = status(t).await;
+        assert_eq!(
+            s["fleet"]["name_clash"].as_array().map(Vec::len),
+            Some(1),
+            "{s}"
+        );
+        assert!(
+            t.stderr().contains("uses this node's name"),
+            "the clash is logged"
+        );
+    }
+}

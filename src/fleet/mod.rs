@@ -137,7 +137,11 @@ impl Purger {
         let (mut waiting, mut acks) = match sent {
             Ok(sent) => sent,
             Err(e) => {
-                report.unconfirmed = link.last_peers();
+                report.unconfirmed = link
+                    .last_peers()
+                    .iter()
+                    .map(|id| redis::name_of(id).to_string())
+                    .collect();
                 report.complete = false;
                 report.fleet_error = Some(e.to_string());
                 return Ok(report);
@@ -149,12 +153,13 @@ impl Purger {
             match tokio::time::timeout(left, acks.recv()).await {
                 Ok(Some(ack)) => {
                     waiting.retain(|n| *n != ack.node);
+                    let node = redis::name_of(&ack.node).to_string();
                     if let Some(e) = ack.error {
-                        report.fleet_error = Some(format!("{}: {e}", ack.node));
+                        report.fleet_error = Some(format!("{node}: {e}"));
                         report.complete = false;
                     }
                     report.nodes.push(NodeResult {
-                        node: ack.node,
+                        node,
                         removed: ack.removed,
                         stale: ack.stale,
                     });
@@ -164,7 +169,10 @@ impl Purger {
         }
         link.done(id);
         report.complete &= waiting.is_empty();
-        report.unconfirmed = waiting;
+        report.unconfirmed = waiting
+            .iter()
+            .map(|id| redis::name_of(id).to_string())
+            .collect();
         report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(report)
     }

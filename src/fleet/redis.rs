@@ -57,6 +57,8 @@ struct LinkState {
     last_error: Option<String>,
     peers: Vec<String>,
     resubscriptions: u64,
+    /// Other live instances that run under this node's name.
+    name_clash: Vec<String>,
 }
 
 /// Why talking to Redis failed (kept as text for the status endpoint and reports).
@@ -68,6 +70,13 @@ pub struct LinkError(#[from] redis::RedisError);
 pub struct RedisLink {
     client: redis::Client,
     node: String,
+    /// This process in the fleet: the node's name and a per-process instance
+    /// (`store-1#5f3a9c01`), so two processes given one name (two instances on a host, a
+    /// container image with a fixed hostname) never take each other's purges for their own.
+    id: String,
+    /// When this process joined (ms): an instance of its name last seen before then is its
+    /// predecessor (a restart), not a clash, and is not waited for.
+    started_ms: u64,
     purge_channel: String,
     ack_channel: String,
     nodes_key: String,
@@ -77,6 +86,11 @@ pub struct RedisLink {
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<AckMsg>>>,
     state: Mutex<LinkState>,
+}
+
+/// The node name of an instance id (`store-1#5f3a9c01` → `store-1`).
+pub(super) fn name_of(id: &str) -> &str {
+    id.split_once('#').map_or(id, |(name, _)| name)
 }
 
 fn now_ms() -> u64 {
@@ -96,9 +110,13 @@ impl RedisLink {
         channel: &str,
         confirm_timeout: Duration,
     ) -> Result<Self, LinkError> {
+        let started_ms = now_ms();
+        let instance = (started_ms as u32) ^ std::process::id().rotate_left(16);
         Ok(RedisLink {
             client: redis::Client::open(url)?,
             node: node.to_string(),
+            id: format!("{node}#{instance:08x}"),
+            started_ms,
             purge_channel: format!("{channel}:purge"),
             ack_channel: format!("{channel}:ack"),
             nodes_key: format!("{channel}:nodes"),
@@ -146,7 +164,7 @@ impl RedisLink {
             .map(|_| ())
     }
 
-    /// Peers heard from recently (not this node).
+    /// Peers heard from recently (instances, not this one; not a predecessor of this one).
     pub(super) async fn peers(&self) -> Result<Vec<String>, LinkError> {
         let all: HashMap<String, u64> = self
             .query(redis::cmd("HGETALL").arg(&self.nodes_key))
@@ -154,10 +172,23 @@ impl RedisLink {
         let now = now_ms();
         let mut peers: Vec<String> = all
             .into_iter()
-            .filter(|(n, seen)| *n != self.node && now.saturating_sub(*seen) < PEER_TTL_MS)
-            .map(|(n, _)| n)
+            .filter(|(id, seen)| {
+                let predecessor = name_of(id) == self.node && *seen < self.started_ms;
+                *id != self.id && !predecessor && now.saturating_sub(*seen) < PEER_TTL_MS
+            })
+            .map(|(id, _)| id)
             .collect();
         peers.sort();
+        let clash: Vec<String> = peers
+            .iter()
+            .filter(|id| name_of(id) == self.node)
+            .cloned()
+            .collect();
+        let mut state = lock(&self.state);
+        if clash.iter().any(|c| !state.name_clash.contains(c)) {
+            tracing::error!(node = %self.node, instance = %self.id, others = ?clash, "fleet: another live process uses this node's name; give each node its own [fleet] node");
+        }
+        state.name_clash = clash;
         Ok(peers)
     }
 
@@ -165,7 +196,7 @@ impl RedisLink {
         self.query::<i64>(
             redis::cmd("HSET")
                 .arg(&self.nodes_key)
-                .arg(&self.node)
+                .arg(&self.id)
                 .arg(now_ms()),
         )
         .await?;
@@ -184,7 +215,7 @@ impl RedisLink {
         lock(&self.pending).insert(id, tx);
         let msg = PurgeMsg {
             id,
-            from: self.node.clone(),
+            from: self.id.clone(),
             purge: purge.clone(),
         };
         let payload = serde_json::to_string(&msg).unwrap_or_default();
@@ -207,7 +238,7 @@ impl RedisLink {
         state: &crate::pools::switch::SiteState,
     ) -> Result<(), LinkError> {
         let msg = ReleaseMsg {
-            from: self.node.clone(),
+            from: self.id.clone(),
             site: site.to_string(),
             state: state.clone(),
         };
@@ -249,6 +280,8 @@ impl RedisLink {
         serde_json::json!({
             "mode": "redis",
             "node": self.node,
+            "instance": self.id,
+            "name_clash": s.name_clash,
             "subscribed": s.subscribed,
             "last_error": s.last_error,
             "peers": s.peers,
@@ -270,7 +303,7 @@ impl RedisLink {
     async fn on_message(&self, purger: &Purger, channel: &str, payload: &str) {
         if channel == self.release_channel {
             match serde_json::from_str::<ReleaseMsg>(payload) {
-                Ok(msg) if msg.from != self.node => {
+                Ok(msg) if msg.from != self.id => {
                     tracing::warn!(site = %msg.site, from = %msg.from, "fleet: release state changed by another node");
                     purger.install_release(&msg.site, msg.state);
                 }
@@ -282,7 +315,7 @@ impl RedisLink {
                 tracing::warn!("fleet: unreadable purge message ignored");
                 return;
             };
-            if msg.from == self.node {
+            if msg.from == self.id {
                 return;
             }
             let (result, error) = match purger.apply_local(&msg.purge) {
@@ -299,7 +332,7 @@ impl RedisLink {
             let ack = AckMsg {
                 id: msg.id,
                 to: msg.from,
-                node: self.node.clone(),
+                node: self.id.clone(),
                 removed: result.removed,
                 stale: result.stale,
                 error,
@@ -314,7 +347,7 @@ impl RedisLink {
                 tracing::warn!(error = %e, "fleet: could not confirm a purge");
             }
         } else if let Ok(ack) = serde_json::from_str::<AckMsg>(payload) {
-            if ack.to == self.node {
+            if ack.to == self.id {
                 if let Some(tx) = lock(&self.pending).get(&ack.id) {
                     let _ = tx.send(ack);
                 }
