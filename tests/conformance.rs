@@ -9,40 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A raw origin answering every request with `answer` (exact bytes), counting requests.
-async fn raw_origin(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        seen.fetch_add(1, Ordering::SeqCst);
-                        if sock.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match sock.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
-
 /// RFC 9110 §7.6.1: fields about the origin's connection, and those its `Connection` lists.
 const HOP_BY_HOP: [&str; 6] = [
     "x-secret",
@@ -55,12 +21,15 @@ const HOP_BY_HOP: [&str; 6] = [
 
 #[tokio::test]
 async fn connection_listed_fields_are_neither_forwarded_nor_stored() {
-    let (addr, count) = raw_origin(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n\
-          Connection: X-Secret, keep-alive\r\nX-Secret: s3cr3t\r\nKeep-Alive: timeout=5\r\n\
-          Proxy-Connection: keep-alive\r\nTrailer: X-Checksum\r\nUpgrade: h2c\r\nTE: trailers\r\n\
-          X-Kept: yes\r\n\r\nbody",
-    )
+    let (addr, _, count) = scripted_origin(|_, _| {
+        Some(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n\
+             Connection: X-Secret, keep-alive\r\nX-Secret: s3cr3t\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: X-Checksum\r\nUpgrade: h2c\r\n\
+             TE: trailers\r\nX-Kept: yes\r\n\r\nbody"
+                .into(),
+        )
+    })
     .await;
     let rules = "[defaults]\nbypass_cookies = [\"session\"]\n";
     let proxy = Proxy::single_addr(addr, rules, "").await;
@@ -110,21 +79,22 @@ async fn an_unknown_unsafe_method_invalidates_what_it_targets() {
     }
 }
 
-/// A raw origin whose answer to `/…/<name>` is chosen by `answer(mode, path)` (`None`: close
-/// the connection without answering); `mode` is the test's to change.
+/// A raw origin: each request is answered with the exact bytes `answer(mode, path)` gives
+/// (`None`: the connection is closed unanswered); `mode` is the test's to change; requests
+/// are counted.
 async fn scripted_origin(
     answer: fn(usize, &str) -> Option<String>,
-) -> (SocketAddr, Arc<AtomicUsize>) {
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mode = Arc::new(AtomicUsize::new(0));
-    let m = mode.clone();
+    let (mode, count) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, seen) = (mode.clone(), count.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let m = m.clone();
+            let (m, seen) = (m.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -133,6 +103,7 @@ async fn scripted_origin(
                         let head = String::from_utf8_lossy(&buf[..end]).to_string();
                         buf.drain(..end + 4);
                         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        seen.fetch_add(1, Ordering::SeqCst);
                         let Some(text) = answer(m.load(Ordering::SeqCst), &path) else {
                             return;
                         };
@@ -148,13 +119,13 @@ async fn scripted_origin(
             });
         }
     });
-    (addr, mode)
+    (addr, mode, count)
 }
 
 #[tokio::test]
 async fn a_stale_copy_answers_an_origin_failure_unless_the_response_forbids_it() {
     // Mode 0: pages, fresh for a second; 1: every connection closed unanswered; 2: 500s.
-    let (addr, mode) = scripted_origin(|mode, path| {
+    let (addr, mode, _) = scripted_origin(|mode, path| {
         let cc = match path.rsplit('/').next().unwrap_or("") {
             "allowed" => "max-age=1",
             "origin-allows" => "max-age=1, stale-if-error=60",
