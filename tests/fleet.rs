@@ -137,6 +137,11 @@ async fn a_node_that_loses_redis_keeps_serving_and_reconnects() {
     );
     assert!(report["fleet_error"].is_string());
     assert_eq!(
+        report["unconfirmed"],
+        json!(["n2"]),
+        "the nodes last known to be in the fleet are named: {report}"
+    );
+    assert_eq!(
         report["nodes"][0]["removed"], 1,
         "the local purge still happened"
     );

@@ -56,6 +56,9 @@ struct LinkState {
     subscribed: bool,
     last_error: Option<String>,
     peers: Vec<String>,
+    /// The peers last seen before the link failed: who a purge made while Redis is away could
+    /// not reach (the visible `peers` are cleared then; this memory is not).
+    known: Vec<String>,
     resubscriptions: u64,
     /// Other live instances that run under this node's name.
     name_clash: Vec<String>,
@@ -201,7 +204,9 @@ impl RedisLink {
         )
         .await?;
         let peers = self.peers().await?;
-        lock(&self.state).peers = peers;
+        let mut state = lock(&self.state);
+        state.known = peers.clone();
+        state.peers = peers;
         Ok(())
     }
 
@@ -226,9 +231,9 @@ impl RedisLink {
         Ok(rx)
     }
 
-    /// The peers seen by the last successful heartbeat.
+    /// The peers seen by the last successful heartbeat, even if the link has failed since.
     pub(super) fn last_peers(&self) -> Vec<String> {
-        lock(&self.state).peers.clone()
+        lock(&self.state).known.clone()
     }
 
     /// Stores and publishes a site's release state.
