@@ -194,3 +194,27 @@ async fn two_processes_with_one_name_still_purge_each_other_and_say_so() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_node_that_stops_announces_it_and_purges_stay_complete() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let redis = Redis::start().await;
+    let nodes = [
+        node(&origin, &redis, "n1").await,
+        node(&origin, &redis, "n2").await,
+        node(&origin, &redis, "n3").await,
+    ];
+    for n in &nodes {
+        until_meshed(n, 2).await;
+    }
+    // A rolling restart takes n3 down (SIGTERM): for the seconds after, while its heartbeat
+    // would still look recent, every purge is complete (it either confirms or has left).
+    signal(nodes[2].pid(), "TERM");
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    while std::time::Instant::now() < until {
+        let report = nodes[0].purge(json!({"kind": "all", "soft": true})).await;
+        assert_eq!(report["complete"], true, "{report}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -240,7 +240,7 @@ impl pingora::services::background::BackgroundService for FleetService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         tokio::select! {
             _ = self.link.clone().run(self.purger.clone()) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.changed() => self.link.leave().await,
         }
     }
 }

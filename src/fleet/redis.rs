@@ -87,6 +87,8 @@ pub struct RedisLink {
     release_key: String,
     pub(super) confirm_timeout: Duration,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Set when the process is shutting down: it no longer announces itself.
+    leaving: std::sync::atomic::AtomicBool,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<AckMsg>>>,
     state: Mutex<LinkState>,
 }
@@ -127,6 +129,7 @@ impl RedisLink {
             release_key: format!("{channel}:release-state"),
             confirm_timeout,
             conn: tokio::sync::Mutex::new(None),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             state: Mutex::new(LinkState::default()),
         })
@@ -196,6 +199,9 @@ impl RedisLink {
     }
 
     async fn heartbeat(&self) -> Result<(), LinkError> {
+        if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         self.query::<i64>(
             redis::cmd("HSET")
                 .arg(&self.nodes_key)
@@ -208,6 +214,22 @@ impl RedisLink {
         state.known = peers.clone();
         state.peers = peers;
         Ok(())
+    }
+
+    /// Leaves the fleet (the process is shutting down, SIGTERM or the SIGQUIT of a binary
+    /// upgrade): stops announcing itself and removes its entry, so the other nodes stop
+    /// waiting for its confirmations at once instead of for `PEER_TTL_MS` after its last
+    /// heartbeat (each purge in that window waited the whole confirm timeout).
+    pub(super) async fn leave(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Release);
+        let left = self
+            .query::<i64>(redis::cmd("HDEL").arg(&self.nodes_key).arg(&self.id))
+            .await;
+        match left {
+            Ok(_) => tracing::info!(node = %self.node, instance = %self.id, "fleet: left"),
+            Err(e) => tracing::warn!(error = %e, "fleet: could not announce leaving"),
+        }
     }
 
     /// Publishes a purge; confirmations arrive on the returned channel.
