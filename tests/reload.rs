@@ -178,12 +178,13 @@ async fn reloads_and_a_binary_upgrade_under_load_fail_no_request() {
 
 #[tokio::test]
 async fn a_reload_keeps_what_the_edge_learned_of_its_pools() {
-    // `/slow` holds its answer for 4 s; `/health` announces the release.
+    // `/slow` holds its answer for 8 s (room for a reload on a loaded machine); `/health`
+    // announces the release.
     let origin = Origin::start(|seen| async move {
         match seen.uri.path() {
             "/health" => reply(200, &[("x-release", "r7")], "ok"),
             "/slow" => {
-                tokio::time::sleep(Duration::from_secs(4)).await;
+                tokio::time::sleep(Duration::from_secs(8)).await;
                 reply(200, &[], "slow")
             }
             _ => reply(200, &[("cache-control", "max-age=600")], "page"),
@@ -228,7 +229,7 @@ async fn a_reload_keeps_what_the_edge_learned_of_its_pools() {
     std::fs::write(&config, text.replace("shop.rules.toml", "other.rules.toml")).unwrap();
     proxy.hup();
     let c = proxy.client(&["www.shop.test"]);
-    let reloaded = eventually(Duration::from_secs(3), || async {
+    let reloaded = eventually(Duration::from_secs(6), || async {
         proxy.stderr().contains("config reloaded")
     })
     .await;
