@@ -533,22 +533,9 @@ impl FastPath {
         error: ErrorType,
     ) -> Forwarded {
         let answer = Answer::error(answer::origin_failure_status(&error));
-        let _ = client
-            .write_all(&wire::answer(&answer, &relay.request_id))
-            .await;
-        let _ = client.flush().await;
-        let report = Report {
-            status: answer.status,
-            upstream,
-            upstream_time: None,
-            ttfb: Some(start.elapsed()),
-            bytes: 0,
-            error: as_pingora::error_label(error),
-            store: None,
-            origin: Asked::Failed,
-        };
-        self.report(relay, start, &report);
-        Forwarded::Done(Outcome::Closed)
+        let failed = (upstream, as_pingora::error_label(error), Asked::Failed);
+        self.edge_answer(relay, client, start, &answer, failed)
+            .await
     }
 
     /// Answers with the edge's own `answer` before anything was sent to the origin, and closes
@@ -560,19 +547,34 @@ impl FastPath {
         start: Instant,
         answer: Answer,
     ) -> Forwarded {
+        let unasked = (None, answer.detail, Asked::No);
+        self.edge_answer(relay, client, start, &answer, unasked)
+            .await
+    }
+
+    /// Writes `answer`, reports it with (upstream, error label, what the origin did), and
+    /// closes the connection.
+    async fn edge_answer(
+        &self,
+        relay: &Relay,
+        client: &mut TimedHead,
+        start: Instant,
+        answer: &Answer,
+        (upstream, error, origin): (Option<std::net::SocketAddr>, &str, Asked),
+    ) -> Forwarded {
         let _ = client
-            .write_all(&wire::answer(&answer, &relay.request_id))
+            .write_all(&wire::answer(answer, &relay.request_id))
             .await;
         let _ = client.flush().await;
         let report = Report {
             status: answer.status,
-            upstream: None,
+            upstream,
             upstream_time: None,
             ttfb: Some(start.elapsed()),
             bytes: 0,
-            error: answer.detail,
+            error,
             store: None,
-            origin: Asked::No,
+            origin,
         };
         self.report(relay, start, &report);
         Forwarded::Done(Outcome::Closed)
