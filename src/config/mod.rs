@@ -8,6 +8,7 @@ pub mod admin;
 pub mod file;
 pub mod pools;
 pub mod proxy;
+mod routes;
 pub mod tls;
 pub mod units;
 pub mod validate;
