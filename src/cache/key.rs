@@ -65,11 +65,11 @@ pub fn variance(
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty());
     for name in vary {
-        let value = joined_values(req, &name);
+        let value = super::vary::value(req, &name);
         variance.add_owned_name_value(name, value);
     }
     for name in &rule.key_headers {
-        variance.add_owned_name_value(format!("header:{name}"), joined_values(req, name));
+        variance.add_owned_name_value(format!("header:{name}"), super::vary::value(req, name));
     }
     for name in &rule.key_cookies {
         let value = cookies(req)
@@ -81,13 +81,18 @@ pub fn variance(
     variance.finalize()
 }
 
-/// Every value of the request header `name`, comma-joined (a variance input).
-fn joined_values(req: &HeaderMap, name: &str) -> Vec<u8> {
-    req.get_all(name)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b","[..])
+/// The `Cookie` a cacheable request's origin gets: only the rule's key cookies, in the
+/// client's order (a cookie must not shape a shared page unless it is part of the key).
+/// `None`: no Cookie field at all.
+pub fn kept_cookies(req: &HeaderMap, rule: &crate::rules::Rule) -> Option<String> {
+    if rule.key_cookies.is_empty() {
+        return None;
+    }
+    let kept: Vec<String> = cookies(req)
+        .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
 }
 
 /// The query as it is keyed (and forwarded on cacheable requests): parameters the rule does

@@ -8,12 +8,14 @@
 
 pub mod armor;
 pub mod body;
+pub mod freshness;
 pub mod index;
 pub mod key;
 mod meta;
 pub mod policy;
 pub mod purge;
 pub mod storage;
+pub mod vary;
 
 use crate::config::CacheSettings;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};

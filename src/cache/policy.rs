@@ -6,12 +6,19 @@
 //! cache state machine stores and judges pingora's `CacheMeta`; computing freshness with the same
 //! types keeps what we decide and what the state machine enforces from drifting apart.
 
-use crate::rules::{Mode, Rule};
+use super::freshness::{self, heuristically_cacheable, received_age};
+use crate::rules::{Authorization, Mode, Rule};
 use http::{header, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::CacheMeta;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
+
+/// Statuses whose caching semantics crossfade implements: `must-understand` (RFC 9111
+/// §5.2.2.3) lets a response with one of them be stored despite `no-store`.
+const UNDERSTOOD: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
 
 /// Why a request does not use the cache at all: it goes to the origin as it came, and nothing
 /// that comes back is stored or served to anyone else.
@@ -54,7 +61,7 @@ pub fn bypass(rule: &Rule, method: &Method, headers: &http::HeaderMap) -> Option
     if method != Method::GET && method != Method::HEAD {
         return Some(Bypass::Method);
     }
-    if headers.contains_key(header::AUTHORIZATION) {
+    if rule.authorization == Authorization::Bypass && headers.contains_key(header::AUTHORIZATION) {
         return Some(Bypass::Authorization);
     }
     if headers.contains_key(header::UPGRADE) {
@@ -91,6 +98,9 @@ pub enum NotStored {
     /// The path names a static type (`.css`, `.png`, …) that the response is not: a possible
     /// cache deception attempt (see `cache::armor`).
     TypeMismatch,
+    /// The request carried `Authorization` (on a route that stores such answers, RFC 9111
+    /// §3.5) and the response does not say `public`, `s-maxage` or `must-revalidate`.
+    Authorization,
 }
 
 impl NotStored {
@@ -104,6 +114,7 @@ impl NotStored {
             NotStored::NoFreshness => "no-freshness",
             NotStored::TypeMismatch => "type-mismatch",
             NotStored::Status => "status",
+            NotStored::Authorization => "authorization",
         }
     }
 }
@@ -123,8 +134,14 @@ pub const DECIDING_HEADERS: [header::HeaderName; 9] = [
 ];
 
 /// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
-/// any headers that must not be stored already removed.
-pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta, NotStored> {
+/// any headers that must not be stored already removed. `authorized`: the request carried
+/// `Authorization` (only a route with `authorization = "rfc9111"` gets here with one).
+pub fn admit(
+    rule: &Rule,
+    path: &str,
+    resp: &ResponseHeader,
+    authorized: bool,
+) -> Result<CacheMeta, NotStored> {
     if super::armor::mismatch(path, resp) {
         return Err(NotStored::TypeMismatch);
     }
@@ -150,13 +167,27 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     // stale (it cannot be trusted to be young).
     let received_age = received_age(resp);
     let age = received_age.unwrap_or(Duration::ZERO);
+    let status = resp.status;
     if let Some(cc) = &cc {
         if cc.private() {
             return Err(NotStored::Private);
         }
-        if cc.no_store() {
+        // `must-understand`: store by the status's own rules if it is one crossfade
+        // understands (then `no-store` is only for caches that do not), never otherwise.
+        if cc.has_key("must-understand") {
+            if !UNDERSTOOD.contains(&status.as_u16()) {
+                return Err(NotStored::Status);
+            }
+        } else if cc.no_store() {
             return Err(NotStored::NoStore);
         }
+    }
+    if authorized
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.public() || c.has_key("s-maxage") || c.has_key("must-revalidate"))
+    {
+        return Err(NotStored::Authorization);
     }
     let vary_star = resp
         .headers
@@ -168,7 +199,6 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
     if vary_star {
         return Err(NotStored::VaryStar);
     }
-    let status = resp.status;
     if status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -197,11 +227,20 @@ pub fn admit(rule: &Rule, path: &str, resp: &ResponseHeader) -> Result<CacheMeta
                 }
                 (Duration::ZERO, None, None)
             } else {
-                let ttl = match origin_freshness(cc.as_ref(), resp, now, age) {
-                    Some(_) if received_age.is_none() => Duration::ZERO,
-                    Some(ttl) => ttl,
-                    None if storable_stale => Duration::ZERO,
+                // Without explicit freshness, a response with `Last-Modified` is fresh for a
+                // tenth of its unchanged time, up to the rule's cap (RFC 9111 §4.2.2).
+                let heuristic = || {
+                    rule.heuristic_max
+                        .and_then(|max| freshness::heuristic_lifetime(resp, now, max))
+                };
+                let lifetime = match freshness::explicit_lifetime(cc.as_ref(), resp, now) {
+                    Some(lifetime) => lifetime,
+                    None if storable_stale => heuristic().unwrap_or(Duration::ZERO),
                     None => return Err(NotStored::NoFreshness),
+                };
+                let ttl = match received_age {
+                    Some(age) => lifetime.saturating_sub(age),
+                    None => Duration::ZERO,
                 };
                 let swr = cc
                     .as_ref()
@@ -329,7 +368,7 @@ where
 
 /// [`plainly_refused`] over the raw `Cache-Control` values of a response.
 fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotStored> {
-    let mut no_store = false;
+    let (mut no_store, mut must_understand) = (false, false);
     for value in values {
         if value.contains(&b'"') {
             return None;
@@ -341,21 +380,15 @@ fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotS
                 return Some(NotStored::Private);
             }
             no_store |= name.eq_ignore_ascii_case(b"no-store");
+            must_understand |= name.eq_ignore_ascii_case(b"must-understand");
         }
     }
-    no_store.then_some(NotStored::NoStore)
+    // `must-understand` can make `no-store` not apply: `admit` decides.
+    (no_store && !must_understand).then_some(NotStored::NoStore)
 }
 
 fn secs(d: Option<Duration>) -> u32 {
     d.map_or(0, |d| d.as_secs().min(u32::MAX as u64) as u32)
-}
-
-/// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
-fn heuristically_cacheable(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
-    )
 }
 
 /// Whether a stored response with `status` may be served stale when the origin fails
@@ -366,48 +399,6 @@ pub fn serves_for_an_error(status: StatusCode) -> bool {
 
 fn has_validator(resp: &ResponseHeader) -> bool {
     resp.headers.contains_key(header::ETAG) || resp.headers.contains_key(header::LAST_MODIFIED)
-}
-
-/// The `Age` the response came with: its first member (`Age: 7200, 0` is 7200 s); zero when
-/// there is none; `None` when it is not a number.
-fn received_age(resp: &ResponseHeader) -> Option<Duration> {
-    let Some(value) = resp.headers.get(header::AGE) else {
-        return Some(Duration::ZERO);
-    };
-    let first = value.to_str().ok()?.split(',').next()?.trim();
-    first.parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// The remaining freshness the origin grants (RFC 9111 §4.2): s-maxage or max-age, else
-/// Expires minus Date, less the Age the response already has.
-fn origin_freshness(
-    cc: Option<&CacheControl>,
-    resp: &ResponseHeader,
-    now: SystemTime,
-    age: Duration,
-) -> Option<Duration> {
-    let lifetime = cc.and_then(|cc| cc.fresh_duration()).or_else(|| {
-        let mut expires = resp.headers.get_all(header::EXPIRES).iter();
-        let first = expires.next()?;
-        if expires.next().is_some() {
-            // Several Expires headers are invalid and mean "already expired" (§5.3).
-            return Some(Duration::ZERO);
-        }
-        let Some(expires) = http_date(first) else {
-            return Some(Duration::ZERO);
-        };
-        let date = resp
-            .headers
-            .get(header::DATE)
-            .and_then(http_date)
-            .unwrap_or(now);
-        Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
-    })?;
-    Some(lifetime.saturating_sub(age))
-}
-
-fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
-    httpdate::parse_http_date(v.to_str().ok()?).ok()
 }
 
 #[cfg(test)]
@@ -452,7 +443,7 @@ mod tests {
                         deciding.append_header(*n, *v).unwrap();
                     }
                 }
-                let decide = |r: &ResponseHeader| admit(&rule, path, r).err();
+                let decide = |r: &ResponseHeader| admit(&rule, path, r, false).err();
                 assert_eq!(decide(&all), decide(&deciding), "case {i} at {path}");
             }
         }
@@ -526,7 +517,11 @@ mod tests {
                 for (n, v) in fields {
                     resp.append_header(*n, *v).unwrap();
                 }
-                assert_eq!(admit(&rule, path, &resp).err(), Some(reason), "{path}");
+                assert_eq!(
+                    admit(&rule, path, &resp, false).err(),
+                    Some(reason),
+                    "{path}"
+                );
             }
         }
     }

@@ -257,6 +257,12 @@ pub struct RouteDefaultsFile {
     pub stale_if_error: Option<String>,
     /// RFC 9213 targeted fields crossfade obeys, in order of precedence.
     pub targeted_cache_control: Option<Vec<String>>,
+    /// Honour mode: heuristic freshness from Last-Modified (RFC 9111 §4.2.2), on by default.
+    pub heuristic_freshness: Option<bool>,
+    /// The longest heuristic freshness ("1d" by default).
+    pub heuristic_max: Option<String>,
+    /// "bypass" (default) or "rfc9111".
+    pub authorization: Option<String>,
 }
 
 /// `[[routes]]` in a rules file. Exactly one of `path`, `prefix`, `glob`, `regex`.
@@ -288,4 +294,7 @@ pub struct RouteFile {
     #[serde(default)]
     pub unsafe_strip_set_cookie: bool,
     pub targeted_cache_control: Option<Vec<String>>,
+    pub heuristic_freshness: Option<bool>,
+    pub heuristic_max: Option<String>,
+    pub authorization: Option<String>,
 }

@@ -5,10 +5,14 @@
 use super::file::{RouteDefaultsFile, RouteFile, RulesFile};
 use super::validate::{read_table, section, valid_name, Issues, DEFAULT_MAX_BODY};
 use super::Issue;
-use crate::rules::{Mode, NameSet, PathMatch, QueryFilter, RouteTable, Rule, StatusMatch};
+use crate::rules::{
+    Authorization, Mode, NameSet, PathMatch, QueryFilter, RouteTable, Rule, StatusMatch,
+    DEFAULT_HEURISTIC_MAX,
+};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub(super) fn compile_rules(path: &Path, all: &mut Vec<Issue>) -> Option<RouteTable> {
     let mut issues = Issues {
@@ -118,6 +122,34 @@ pub(super) fn fallback_rule(d: &RouteDefaultsFile, issues: &mut Issues) -> Rule 
         unsafe_strip_set_cookie: false,
         max_body: issues.size("defaults.max_body", &d.max_body, DEFAULT_MAX_BODY),
         targeted: targeted(&d.targeted_cache_control, "defaults", issues),
+        heuristic_max: heuristic_max(d.heuristic_freshness, &d.heuristic_max, "defaults", issues),
+        authorization: authorization(&d.authorization, "defaults", issues),
+    }
+}
+
+/// `heuristic_freshness` and `heuristic_max`: the cap, or `None` when heuristics are off.
+fn heuristic_max(
+    on: Option<bool>,
+    max: &Option<String>,
+    at: &str,
+    issues: &mut Issues,
+) -> Option<Duration> {
+    let max = issues.duration(&format!("{at}.heuristic_max"), max, DEFAULT_HEURISTIC_MAX);
+    on.unwrap_or(true).then_some(max)
+}
+
+/// `authorization`: what a request with `Authorization` does.
+fn authorization(v: &Option<String>, at: &str, issues: &mut Issues) -> Authorization {
+    match v.as_deref() {
+        None | Some("bypass") => Authorization::Bypass,
+        Some("rfc9111") => Authorization::Rfc9111,
+        Some(other) => {
+            issues.push(
+                format!("{at}.authorization"),
+                format!("{other:?} is not one of bypass, rfc9111"),
+            );
+            Authorization::Bypass
+        }
     }
 }
 
@@ -313,6 +345,17 @@ fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -
             &rf.targeted_cache_control
                 .clone()
                 .or_else(|| d.targeted_cache_control.clone()),
+            at,
+            issues,
+        ),
+        heuristic_max: heuristic_max(
+            rf.heuristic_freshness.or(d.heuristic_freshness),
+            &rf.heuristic_max.clone().or_else(|| d.heuristic_max.clone()),
+            at,
+            issues,
+        ),
+        authorization: authorization(
+            &rf.authorization.clone().or_else(|| d.authorization.clone()),
             at,
             issues,
         ),

@@ -155,7 +155,26 @@ pub struct Rule {
     /// the first one a response carries replaces its `Cache-Control` for the edge's storage and
     /// freshness, and none of them reaches a client.
     pub targeted: Vec<String>,
+    /// Honour mode: the longest heuristic freshness (RFC 9111 §4.2.2) given to a response with
+    /// `Last-Modified` and no explicit lifetime; `None` when the route turns heuristics off.
+    pub heuristic_max: Option<Duration>,
+    /// What a request with `Authorization` does on this route.
+    pub authorization: Authorization,
 }
+
+/// How a route treats requests that carry `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// They bypass the cache (the default: a store's authorised pages are personal).
+    Bypass,
+    /// RFC 9111 §3.5: they may be answered from the cache, and their response is stored
+    /// only when it says `public`, `s-maxage` or `must-revalidate`.
+    Rfc9111,
+}
+
+/// The heuristic freshness cap of a route that sets none: a day, the point after which
+/// RFC 7234 wanted a warning on the response.
+pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(86_400);
 
 /// The targeted field every route obeys unless its rules name others (RFC 9213's own).
 pub const DEFAULT_TARGETED: &str = "cdn-cache-control";
@@ -236,6 +255,8 @@ pub(crate) fn honor_rule(name: &str, matcher: Option<PathMatch>) -> Rule {
         unsafe_strip_set_cookie: false,
         targeted: vec![DEFAULT_TARGETED.into()],
         max_body: 1 << 20,
+        heuristic_max: Some(DEFAULT_HEURISTIC_MAX),
+        authorization: Authorization::Bypass,
     }
 }
 

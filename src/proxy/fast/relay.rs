@@ -16,8 +16,8 @@
 
 use super::origin::{self, BadHead, Framing, RelayError};
 use super::{as_pingora, wire, FastPath, Outcome};
-use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
+use crate::cache::{key, vary};
 use crate::config::{Runtime, Site};
 use crate::pools::Admission;
 use crate::proxy::conn::headclock::TimedHead;
@@ -138,30 +138,33 @@ pub fn upstream_head(
                 .strip_headers
                 .iter()
                 .any(|n| h.name.eq_ignore_ascii_case(n))
-            || f.drop_cookies && h.name.eq_ignore_ascii_case("cookie")
+            || f.drop_cookies
+                && (h.name.eq_ignore_ascii_case("cookie")
+                    || h.name.eq_ignore_ascii_case("accept-encoding"))
         {
             continue;
         }
         line(h.name.as_bytes(), h.value);
     }
-    if f.drop_cookies && !rule.key_cookies.is_empty() {
+    if f.drop_cookies {
         // As `upstream_request_filter`: the key cookies, in order, in one field after the
-        // client's others.
+        // client's others, and the one coding the variant is keyed by.
         let mut jar = http::HeaderMap::new();
-        for h in fields
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-        {
-            if let Ok(v) = http::HeaderValue::from_bytes(h.value) {
-                jar.append(http::header::COOKIE, v);
+        for h in fields.iter().filter(|h| {
+            h.name.eq_ignore_ascii_case("cookie") || h.name.eq_ignore_ascii_case("accept-encoding")
+        }) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(h.name.as_bytes()),
+                http::HeaderValue::from_bytes(h.value),
+            ) {
+                jar.append(n, v);
             }
         }
-        let kept: Vec<String> = key::cookies(&jar)
-            .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
-        if !kept.is_empty() {
-            line(b"Cookie", kept.join("; ").as_bytes());
+        if let Some(kept) = key::kept_cookies(&jar, rule) {
+            line(b"Cookie", kept.as_bytes());
+        }
+        if let Some(coding) = vary::accept_encoding(&jar) {
+            line(b"Accept-Encoding", coding.as_bytes());
         }
     }
     if let Some(ip) = f.client {
@@ -475,7 +478,8 @@ impl FastPath {
             return Readmitted::NotStored(reason.as_str());
         }
         let resp = stored_head(head);
-        match policy::admit(&relay.rule, &relay.path, &resp) {
+        // Requests with Authorization never take the fast path (see `fast::NOT_PLAIN`).
+        match policy::admit(&relay.rule, &relay.path, &resp, false) {
             Ok(meta) => {
                 self.predictor.mark_cacheable(key);
                 if relay.method == Method::GET && head.status == http::StatusCode::OK {

@@ -16,7 +16,7 @@ pub mod status;
 
 use super::conn::headclock;
 use super::decide::{self, headers, sanitize, Answer, Plan, RequestView};
-use crate::cache::{key, policy, CacheCore};
+use crate::cache::{key, policy, vary, CacheCore};
 use crate::config::Runtime;
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
@@ -269,9 +269,15 @@ impl ProxyHttp for EdgeProxy {
             .not_modified
             .take()
             .map(|fresh| policy::merge_not_modified(resp, &fresh));
-        let path = session.req_header().uri.path();
+        let req = session.req_header();
+        let authorized = req.headers.contains_key(header::AUTHORIZATION);
         Ok(
-            match policy::admit(rule, path, merged.as_ref().unwrap_or(resp)) {
+            match policy::admit(
+                rule,
+                req.uri.path(),
+                merged.as_ref().unwrap_or(resp),
+                authorized,
+            ) {
                 Ok(meta) => RespCacheable::Cacheable(meta),
                 Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
             },
@@ -528,17 +534,20 @@ impl ProxyHttp for EdgeProxy {
         }
         if ctx.bypass.is_none() {
             // Cacheable request: the origin sees only the cookies that are part of the key, so
-            // nothing unkeyed can shape a response that others will receive.
-            let kept: Vec<String> = match &ctx.rule {
-                Some(rule) if !rule.key_cookies.is_empty() => key::cookies(&upstream.headers)
-                    .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
-                    .map(|(n, v)| format!("{n}={v}"))
-                    .collect(),
-                _ => Vec::new(),
-            };
+            // nothing unkeyed can shape a response that others will receive, and is asked for
+            // the one coding the variant is keyed by (`cache::vary`).
+            let kept = ctx
+                .rule
+                .as_deref()
+                .and_then(|rule| key::kept_cookies(&upstream.headers, rule));
+            let coding = vary::accept_encoding(&upstream.headers);
             upstream.remove_header(&header::COOKIE);
-            if !kept.is_empty() {
-                upstream.insert_header(header::COOKIE, kept.join("; "))?;
+            upstream.remove_header(&header::ACCEPT_ENCODING);
+            if let Some(kept) = kept {
+                upstream.insert_header(header::COOKIE, kept)?;
+            }
+            if let Some(coding) = coding {
+                upstream.insert_header(header::ACCEPT_ENCODING, coding)?;
             }
         }
         sanitize::sanitize(upstream, ctx.rule.as_deref());
