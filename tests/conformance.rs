@@ -330,3 +330,48 @@ async fn variants_that_arrive_aged_are_still_hits() {
         assert!(age >= 100, "{lang}: Age {age}");
     }
 }
+
+#[tokio::test]
+async fn a_hit_keeps_the_stored_date_and_a_response_without_one_gets_it_once() {
+    const ORIGIN_DATE: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
+    let (addr, _, count) = scripted_origin(|_, path| {
+        let date = if path == "/dated" {
+            format!("Date: {ORIGIN_DATE}\r\n")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nCache-Control: max-age=60\r\n{date}\r\npage"
+        ))
+    })
+    .await;
+    let proxy = Proxy::single_addr(addr, HONOR_ALL, "").await;
+    for c in [
+        proxy.client(&["www.shop.test"]),
+        proxy.h2_client(&["www.shop.test"]),
+    ] {
+        let miss = get(&c, &proxy.url("/dated"), &[]).await;
+        let hit = get(&c, &proxy.url("/dated"), &[]).await;
+        let pass = get(&c, &proxy.url("/dated"), &[("cookie", "session=1")]).await;
+        assert!(hit.is_hit(), "{}", hit.cache());
+        for (what, got) in [("miss", &miss), ("hit", &hit), ("pass", &pass)] {
+            assert_eq!(got.header("date"), ORIGIN_DATE, "{what}: the origin's Date");
+        }
+    }
+    let c = proxy.client(&["www.shop.test"]);
+    let miss = get(&c, &proxy.url("/undated"), &[]).await;
+    let stamped = miss.header("date").to_string();
+    assert!(httpdate::parse_http_date(&stamped).is_ok(), "{stamped:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for c in [c, proxy.h2_client(&["www.shop.test"])] {
+        let hit = get(&c, &proxy.url("/undated"), &[]).await;
+        assert!(hit.is_hit(), "{}", hit.cache());
+        assert_eq!(
+            hit.header("date"),
+            stamped,
+            "the Date given when it was stored"
+        );
+        assert!(hit.header("age").parse::<u64>().unwrap() >= 1);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+}

@@ -262,10 +262,14 @@ pub fn admit(
     for name in &rule.targeted {
         stored.remove_header(name.as_str());
     }
-    // Never sent from the cache (every answer gets its own Date and Connection), so not kept:
-    // ~60 bytes of every stored object.
+    // Never sent from the cache (every answer gets its own Connection), so not kept.
     for name in NOT_STORED {
         stored.remove_header(&name);
+    }
+    // The Date is the one thing telling a client how old a hit is (with Age); a response
+    // without one gets the time it was received (RFC 9110 §6.6.1), and keeps it.
+    if !stored.headers.contains_key(header::DATE) {
+        let _ = stored.insert_header(header::DATE, httpdate::fmt_http_date(now));
     }
     let fresh_until = if ttl.is_zero() {
         // Already stale: every use is revalidated first.
@@ -294,8 +298,7 @@ fn targeted<'r>(rule: &'r Rule, resp: &ResponseHeader) -> Option<&'r str> {
 }
 
 /// Response fields a stored object does not keep.
-const NOT_STORED: [header::HeaderName; 3] = [
-    header::DATE,
+const NOT_STORED: [header::HeaderName; 2] = [
     header::CONNECTION,
     header::HeaderName::from_static("keep-alive"),
 ];

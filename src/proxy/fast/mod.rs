@@ -464,7 +464,7 @@ fn hit(
     if let Some(cc) = &browser {
         out.line(b"Cache-Control", cc.as_bytes());
     }
-    let out = out.finish_response();
+    let out = out.finish_response(stored.headers.get(header::DATE).map(|d| d.as_bytes()));
     let answer = HitAnswer {
         body: (method == Method::GET).then_some(body),
         status: status.as_u16(),

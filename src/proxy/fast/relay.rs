@@ -631,7 +631,8 @@ fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
 }
 
 /// The response head for the client: the origin's headers but the internal ones and those
-/// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` and `Connection`.
+/// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` (the origin's, when
+/// it sent one) and `Connection`.
 fn response_head(
     relay: &Relay,
     head: &origin::ResponseHead,
@@ -688,5 +689,9 @@ fn response_head(
         (Reason::Predicted(_), None) => unreachable!("a predicted key is always readmitted"),
     };
     out.line_with(b"cache-status", |v| status.write(v));
-    out.finish_response()
+    let date = head
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"date"))
+        .map(|(_, v)| v);
+    out.finish_response(date)
 }

@@ -44,13 +44,12 @@ impl HeadWriter {
         self.0.put_slice(b"\r\n");
     }
 
-    /// Ends a response head as pingora's writer would: the current `Date`, a kept-alive
+    /// Ends a response head as pingora's writer would: the response's own `Date` (a stored
+    /// or forwarded one, which a cache must not change) or else the current one, a kept-alive
     /// connection.
-    pub fn finish_response(mut self) -> BytesMut {
-        self.line(
-            b"Date",
-            pingora::protocols::http::date::get_cached_date().as_bytes(),
-        );
+    pub fn finish_response(mut self, date: Option<&[u8]>) -> BytesMut {
+        let now = pingora::protocols::http::date::get_cached_date();
+        self.line(b"Date", date.unwrap_or(now.as_bytes()));
         self.line(b"Connection", b"keep-alive");
         self.finish()
     }
