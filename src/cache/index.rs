@@ -3,11 +3,18 @@
 //!
 //! pingora keys are hashes, so this is our own index. Each stored version of an object has
 //! one shared [`Entry`]; the index holds the entries, so a purge marks objects dead or stale
-//! through them without touching the cache itself (no lookups, no LRU noise). The index is
-//! kept true by construction: an entry is added when its object is stored and removed (by
-//! identity, so a newer version under the same id is never dropped by mistake) when the object
-//! leaves the map — evicted, replaced or purged.
+//! through them without touching the cache itself (no lookups, no LRU noise). An entry is
+//! added when its object is stored and removed (by identity, so a newer version under the same
+//! id is never dropped by mistake) when the object leaves the map — evicted, replaced or
+//! purged; a hard purge marks its entries dead at once and leaves their removal to the
+//! reclaim, so it holds the index only as long as marking takes.
+//!
+//! The index also counts the live objects of each site (what status and purge reports say)
+//! and keeps the [`Journal`] of recent purges, which a fill checks before it is stored: a
+//! response the origin was asked for before a purge that covers it must not be served as if
+//! the purge had come first.
 
+use super::journal::Journal;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +28,9 @@ pub struct Entry {
     pub site: Arc<str>,
     pub url: Arc<str>,
     pub tags: Box<[Arc<str>]>,
+    /// When the origin was asked for this content (ns since the Unix epoch): a purge after
+    /// this covers it, even when the answer arrived after the purge.
+    pub born: u64,
     /// Hard-purged: invisible from now on.
     dead: AtomicBool,
     /// Soft-purged at this time (ms since the Unix epoch; 0 = not).
@@ -28,24 +38,27 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(id: u128, site: Arc<str>, url: Arc<str>, tags: Box<[Arc<str>]>) -> Self {
+    pub fn new(id: u128, site: Arc<str>, url: Arc<str>, tags: Box<[Arc<str>]>, born: u64) -> Self {
         Entry {
             id,
             site,
             url,
             tags,
+            born,
             dead: AtomicBool::new(false),
             stale_since_ms: AtomicU64::new(0),
         }
     }
 
-    /// A new version of the same object (after a 304): same URL and keys, no purge marks.
-    pub fn renewed(&self) -> Self {
+    /// A new version of the same object (after a 304 to a request made at `born`): same URL
+    /// and keys, no purge marks.
+    pub fn renewed(&self, born: u64) -> Self {
         Entry::new(
             self.id,
             self.site.clone(),
             self.url.clone(),
             self.tags.clone(),
+            born,
         )
     }
 
@@ -85,19 +98,18 @@ pub struct Index {
     by_url: BTreeMap<Arc<str>, SmallVec<[Arc<Entry>; 1]>>,
     /// surrogate key → object id → entry.
     by_tag: HashMap<Arc<str>, HashMap<u128, Arc<Entry>>>,
-    /// site → number of stored objects.
-    by_site: HashMap<Arc<str>, usize>,
+    /// site → number of live stored objects (not purged, not gone with a purge of everything).
+    live: HashMap<Arc<str>, u64>,
+    pub journal: Journal,
 }
 
 impl Index {
+    /// Indexes `e` and counts it live.
     pub fn add(&mut self, e: &Arc<Entry>) {
         let variants = self.by_url.entry(e.url.clone()).or_default();
         match variants.iter_mut().find(|v| v.id == e.id) {
             Some(v) => *v = e.clone(),
-            None => {
-                variants.push(e.clone());
-                *self.by_site.entry(e.site.clone()).or_default() += 1;
-            }
+            None => variants.push(e.clone()),
         }
         for tag in e.tags.iter() {
             self.by_tag
@@ -105,21 +117,44 @@ impl Index {
                 .or_default()
                 .insert(e.id, e.clone());
         }
+        *self.live.entry(e.site.clone()).or_default() += 1;
     }
 
-    /// Removes `e`, unless a newer version has taken its place.
+    /// Stops counting `e` as live (once: the caller saw its `kill` succeed).
+    pub fn uncount(&mut self, e: &Entry) {
+        self.uncount_n(&e.site, 1);
+    }
+
+    /// Stops counting `count` objects of `site` as live.
+    pub fn uncount_n(&mut self, site: &str, count: u64) {
+        if let Some(n) = self.live.get_mut(site) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                self.live.remove(site);
+            }
+        }
+    }
+
+    /// Stops counting every object of `site` (or all) as live: a purge of everything.
+    pub fn uncount_all(&mut self, site: Option<&str>) -> u64 {
+        match site {
+            Some(s) => self.live.remove(s).unwrap_or(0),
+            None => self.live.drain().map(|(_, n)| n).sum(),
+        }
+    }
+
+    /// Live objects of `site`, or of every site.
+    pub fn live(&self, site: Option<&str>) -> u64 {
+        match site {
+            Some(s) => self.live.get(s).copied().unwrap_or(0),
+            None => self.live.values().sum(),
+        }
+    }
+
+    /// Removes `e`, unless a newer version has taken its place (counts are the caller's).
     pub fn remove(&mut self, e: &Arc<Entry>) {
         if let Some(variants) = self.by_url.get_mut(&e.url) {
-            let before = variants.len();
             variants.retain(|v| !Arc::ptr_eq(v, e));
-            if variants.len() < before {
-                if let Some(n) = self.by_site.get_mut(&e.site) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.by_site.remove(&e.site);
-                    }
-                }
-            }
             if variants.is_empty() {
                 self.by_url.remove(&e.url);
             }
@@ -161,9 +196,28 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// Number of stored objects of a site.
-    pub fn site_objects(&self, site: &str) -> usize {
-        self.by_site.get(site).copied().unwrap_or(0)
+    /// Takes the objects tagged with `tag` (of `site`, when given) out of the tag's set: a hard
+    /// purge of a key in one map removal instead of one per object (the set is walked after
+    /// the index is released).
+    pub fn take_tag(&mut self, tag: &str, site: Option<&str>) -> HashMap<u128, Arc<Entry>> {
+        let Some(site) = site else {
+            return self.by_tag.remove(tag).unwrap_or_default();
+        };
+        let Some(ids) = self.by_tag.get_mut(tag) else {
+            return HashMap::new();
+        };
+        let mut taken = HashMap::new();
+        ids.retain(|id, e| {
+            let ours = &*e.site == site;
+            if ours {
+                taken.insert(*id, e.clone());
+            }
+            !ours
+        });
+        if ids.is_empty() {
+            self.by_tag.remove(tag);
+        }
+        taken
     }
 
     /// (URLs, surrogate keys, tag memberships) — for status and leak checks.
@@ -187,7 +241,7 @@ mod tests {
 
     fn entry(id: u128, url: &str, tags: &[&str]) -> Arc<Entry> {
         let tags = tags.iter().map(|t| Arc::from(*t)).collect();
-        Arc::new(Entry::new(id, "s".into(), url.into(), tags))
+        Arc::new(Entry::new(id, "s".into(), url.into(), tags, 0))
     }
 
     fn ids(v: Vec<Arc<Entry>>) -> Vec<u128> {
@@ -209,7 +263,6 @@ mod tests {
         assert!(index.tag("t1").is_empty());
         index.remove(&new);
         assert_eq!(index.sizes(), (0, 0, 0));
-        assert_eq!(index.site_objects("s"), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod armor;
 pub mod body;
 pub mod freshness;
 pub mod index;
+pub mod journal;
 pub mod key;
 mod meta;
 pub mod policy;

@@ -136,11 +136,14 @@ pub const DECIDING_HEADERS: [header::HeaderName; 9] = [
 /// Decides whether `resp` is stored under `rule`; on success returns the meta to store, with
 /// any headers that must not be stored already removed. `authorized`: the request carried
 /// `Authorization` (only a route with `authorization = "rfc9111"` gets here with one).
+/// `requested`: when the request that brought `resp` started; the meta's creation time, so a
+/// purge made while the origin was answering covers what is stored (see `cache::journal`).
 pub fn admit(
     rule: &Rule,
     path: &str,
     resp: &ResponseHeader,
     authorized: bool,
+    requested: SystemTime,
 ) -> Result<CacheMeta, NotStored> {
     if super::armor::mismatch(path, resp) {
         return Err(NotStored::TypeMismatch);
@@ -277,10 +280,16 @@ pub fn admit(
     } else {
         now + ttl
     };
-    let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(sie), stored);
+    let mut meta = CacheMeta::new(
+        fresh_until,
+        requested.min(now),
+        secs(swr),
+        secs(sie),
+        stored,
+    );
     // The response was `age` old when it arrived: a hit's Age counts from then (the epoch),
     // so it is the corrected age, the origin's plus the time stored here. `created` stays
-    // the time of storing: pingora compares it with the primary variant's to tell a current
+    // the request's start: pingora compares it with the primary variant's to tell a current
     // variant from a purged one. (Date is not used to guess an age: an origin whose clock is
     // off would make every page stale.)
     if let Some(epoch) = now.checked_sub(age).filter(|_| !age.is_zero()) {
@@ -446,7 +455,8 @@ mod tests {
                         deciding.append_header(*n, *v).unwrap();
                     }
                 }
-                let decide = |r: &ResponseHeader| admit(&rule, path, r, false).err();
+                let decide =
+                    |r: &ResponseHeader| admit(&rule, path, r, false, SystemTime::now()).err();
                 assert_eq!(decide(&all), decide(&deciding), "case {i} at {path}");
             }
         }
@@ -521,7 +531,7 @@ mod tests {
                     resp.append_header(*n, *v).unwrap();
                 }
                 assert_eq!(
-                    admit(&rule, path, &resp, false).err(),
+                    admit(&rule, path, &resp, false, SystemTime::now()).err(),
                     Some(reason),
                     "{path}"
                 );

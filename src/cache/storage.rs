@@ -8,9 +8,15 @@
 //! query strings) from flushing the hot set. Purging everything (or a site) is an epoch bump
 //! checked on lookup, so it is O(1) and immediate; the dead objects' memory is reclaimed on a
 //! helper thread.
+//!
+//! Every object is born when the origin was asked for it (the request's start, carried in the
+//! meta's creation time), on the cache's monotonic clock ([`journal::now_ns`]): a purge made
+//! after that covers it even when the answer arrives after the purge — purges of everything
+//! through their epochs, the others through the [`journal`] a fill reads before it is stored.
 
 use super::body::Body;
-use super::index::{split_tags, Entry};
+use super::index::{split_tags, Entry, Index};
+use super::journal::{self, Target};
 use super::key;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -24,7 +30,6 @@ use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 mod objects;
@@ -39,11 +44,8 @@ const OBJECT_OVERHEAD: usize = 256;
 struct Object {
     meta: super::meta::Stored,
     body: super::body::Body,
-    /// This version's index entry, which also carries its purge marks.
+    /// This version's index entry, which also carries its birth and purge marks.
     entry: Arc<Entry>,
-    /// When this content was last confirmed by the origin (a store or a 304), in sequence
-    /// numbers; compared with purge epochs.
-    born: u64,
     /// Bytes accounted for against the capacity (see [`Object::new`]).
     weight: u32,
 }
@@ -57,20 +59,19 @@ const RECLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Object {
     /// An object weighed once: its stored head, body, URL and keys, plus fixed bookkeeping.
-    fn new(meta: super::meta::Stored, body: Body, entry: Arc<Entry>, born: u64) -> Object {
+    fn new(meta: super::meta::Stored, body: Body, entry: Arc<Entry>) -> Object {
         let tags: usize = entry.tags.iter().map(|t| t.len() + 48).sum();
         let bytes = meta.weight() + body.len() + entry.url.len() + tags + OBJECT_OVERHEAD;
         Object {
             meta,
             body,
             entry,
-            born,
             weight: bytes.min(u32::MAX as usize) as u32,
         }
     }
 }
 
-/// Sequence cut-offs of purge-everything operations for one scope (all, or a site).
+/// Cut-offs of purge-everything operations for one scope (all, or a site), on the cache clock.
 #[derive(Debug, Default, Clone, Copy)]
 struct Epoch {
     /// Objects born at or before this are gone.
@@ -84,6 +85,33 @@ struct Epoch {
 struct Epochs {
     all: Epoch,
     sites: HashMap<Arc<str>, Epoch>,
+}
+
+impl Epochs {
+    /// What the purges of everything make of `e`.
+    fn verdict(&self, e: &Entry) -> Verdict {
+        let site = self.sites.get(&e.site).copied().unwrap_or_default();
+        if e.born <= self.all.hard.max(site.hard) {
+            return Verdict::Gone;
+        }
+        let soft = [self.all, site]
+            .into_iter()
+            .filter(|p| e.born <= p.soft)
+            .filter_map(|p| p.soft_at)
+            .min();
+        soft.map_or(Verdict::Live, Verdict::StaleSince)
+    }
+
+    /// Whether a purge of everything has removed `e`.
+    fn gone(&self, e: &Entry) -> bool {
+        e.born <= self.hard_cutoff(&e.site)
+    }
+
+    /// Objects of `site` born at or before this are gone.
+    fn hard_cutoff(&self, site: &str) -> u64 {
+        let own = self.sites.get(site).map_or(0, |p| p.hard);
+        self.all.hard.max(own)
+    }
 }
 
 /// What a lookup makes of an object under the purge epochs.
@@ -103,8 +131,6 @@ pub struct PurgeCount {
 /// The bounded in-memory cache storage.
 pub struct EdgeStorage {
     objects: Arc<Objects>,
-    seq: AtomicU64,
-    epochs: RwLock<Epochs>,
     tag_headers: Vec<String>,
 }
 
@@ -118,15 +144,14 @@ impl EdgeStorage {
     pub fn new(capacity_bytes: u64, max_object_bytes: u64, tag_headers: Vec<String>) -> Self {
         EdgeStorage {
             objects: Arc::new(Objects::new(capacity_bytes, max_object_bytes)),
-            seq: AtomicU64::new(1),
-            epochs: RwLock::new(Epochs::default()),
             tag_headers,
         }
     }
 
-    /// Number of objects stored.
+    /// Number of live objects stored: not purged, including the purged ones whose memory is
+    /// still being reclaimed.
     pub fn object_count(&self) -> u64 {
-        self.objects.len()
+        lock(&self.objects.index).live(None)
     }
 
     /// Bytes stored, as weighed for the capacity.
@@ -144,20 +169,16 @@ impl EdgeStorage {
         lock(&self.objects.index).sizes()
     }
 
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::SeqCst)
-    }
-
-    /// A copy of `obj` with new meta, as a new stored version.
-    fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta, born: u64) -> Result<()> {
+    /// A copy of `obj` with new meta, as a new stored version (unless a purge made since the
+    /// revalidation was asked covers it).
+    fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta) -> Result<bool> {
+        let born = journal::ns_at(meta.created());
         let updated = Object::new(
             super::meta::Stored::new(meta)?,
             obj.body.clone(),
-            Arc::new(obj.entry.renewed()),
-            born,
+            Arc::new(obj.entry.renewed(born)),
         );
-        self.objects.insert(id, updated);
-        Ok(())
+        Ok(self.objects.insert(id, updated))
     }
 
     /// The object a request for `primary` finds when it can be served as a plain hit: live and
@@ -200,88 +221,134 @@ impl EdgeStorage {
         if obj.entry.is_dead() {
             return Verdict::Gone;
         }
-        let soft_purged = obj.entry.stale_since();
-        let epochs = self.epochs.read().unwrap_or_else(|e| e.into_inner());
-        let site = epochs
-            .sites
-            .get(&obj.entry.site)
-            .copied()
-            .unwrap_or_default();
-        if obj.born <= epochs.all.hard.max(site.hard) {
-            return Verdict::Gone;
+        let epochs = read(&self.objects.epochs).verdict(&obj.entry);
+        match (epochs, obj.entry.stale_since()) {
+            (Verdict::StaleSince(a), Some(b)) => Verdict::StaleSince(a.min(b)),
+            (Verdict::Live, Some(b)) => Verdict::StaleSince(b),
+            (v, _) => v,
         }
-        let soft = [epochs.all, site]
-            .into_iter()
-            .filter(|e| obj.born <= e.soft)
-            .filter_map(|e| e.soft_at)
-            .chain(soft_purged)
-            .min();
-        soft.map_or(Verdict::Live, Verdict::StaleSince)
     }
 
-    /// Marks `entries` stale (soft) or dead (hard). Purges go through the index entries, so
-    /// they neither look objects up nor disturb the eviction order.
-    fn purge_entries(&self, entries: Vec<Arc<Entry>>, soft: bool) -> PurgeCount {
+    /// Purges what `pick` takes from the index: recorded in the journal first (so a fill that
+    /// is stored after this sees it), then marked stale (soft) or dead (hard), counting only
+    /// objects that were live. Purges go through the index entries, so they neither look
+    /// objects up nor disturb the eviction order. The index is held only to record and pick,
+    /// and (hard) to count what was removed, so fills never wait behind a big purge; the
+    /// entries' removal is left to [`Self::reclaim`].
+    fn purge_picked<P>(
+        &self,
+        target: Target,
+        soft: bool,
+        pick: impl FnOnce(&mut Index) -> P,
+    ) -> PurgeCount
+    where
+        P: IntoIterator<Item = Arc<Entry>>,
+    {
         let mut count = PurgeCount::default();
+        let picked = {
+            let mut index = lock(&self.objects.index);
+            index.journal.record(journal::now_ns(), target, soft);
+            pick(&mut index)
+        };
         if soft {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64);
-            for e in entries.iter().filter(|e| !e.is_dead()) {
-                e.mark_stale(now_ms);
-                count.stale += 1;
+            let epochs = read(&self.objects.epochs);
+            for e in picked {
+                if !e.is_dead() && !epochs.gone(&e) {
+                    e.mark_stale(now_ms);
+                    count.stale += 1;
+                }
             }
             return count;
         }
-        let doomed: Vec<Arc<Entry>> = entries.into_iter().filter(|e| e.kill()).collect();
+        // The births of the objects this purge killed, by site: counted out below, under the
+        // index, against the epochs of that moment (a purge of everything meanwhile has
+        // counted them out already).
+        let mut killed: Vec<(Arc<str>, Vec<u64>)> = Vec::new();
+        let mut doomed = Vec::new();
+        for e in picked {
+            if !e.kill() {
+                continue;
+            }
+            match killed.iter_mut().find(|(site, _)| *site == e.site) {
+                Some((_, borns)) => borns.push(e.born),
+                None => killed.push((e.site.clone(), vec![e.born])),
+            }
+            doomed.push(e);
+        }
         {
             let mut index = lock(&self.objects.index);
-            for e in &doomed {
-                index.remove(e);
+            let epochs = read(&self.objects.epochs);
+            for (site, borns) in &killed {
+                let cutoff = epochs.hard_cutoff(site);
+                let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
+                index.uncount_n(site, live);
+                count.removed += live;
             }
         }
-        count.removed = doomed.len() as u64;
+        self.reclaim(doomed);
+        count
+    }
+
+    /// Removes purged entries' objects (only those versions: a newer object stored since then
+    /// stays) and their index entries: at once when they are few, else on a helper thread.
+    fn reclaim(&self, doomed: Vec<Arc<Entry>>) {
         let objects = self.objects.clone();
-        // Only the purged versions: a newer object stored since then stays.
-        let remove =
-            move |pace| objects.remove_if(&doomed, |e| e.id, |e, o| Arc::ptr_eq(&o.entry, e), pace);
-        if count.removed as usize <= SYNC_REMOVAL_LIMIT {
+        let few = doomed.len() <= SYNC_REMOVAL_LIMIT;
+        let remove = move |pace| {
+            objects.remove_if(&doomed, |e| e.id, |e, o| Arc::ptr_eq(&o.entry, e), pace);
+            objects.unindex(&doomed, pace);
+        };
+        if few {
             remove(None);
         } else {
             std::thread::spawn(move || remove(Some(RECLAIM_PAUSE)));
         }
-        count
     }
 
     /// Purges every variant of one URL (`host/path?query`, query normalised).
     pub fn purge_url(&self, url: &str, soft: bool) -> PurgeCount {
-        let entries = lock(&self.objects.index).url(url);
-        self.purge_entries(entries, soft)
+        self.purge_picked(Target::Url(url.into()), soft, |index| index.url(url))
     }
 
     /// Purges every object whose URL starts with `prefix` (`host/path…`).
     pub fn purge_prefix(&self, prefix: &str, soft: bool) -> PurgeCount {
-        let entries = lock(&self.objects.index).prefix(prefix);
-        self.purge_entries(entries, soft)
+        self.purge_picked(Target::Prefix(prefix.into()), soft, |index| {
+            index.prefix(prefix)
+        })
     }
 
     /// Purges every object tagged with the surrogate key `tag` (optionally of one site).
     pub fn purge_tag(&self, tag: &str, site: Option<&str>, soft: bool) -> PurgeCount {
-        let mut entries = lock(&self.objects.index).tag(tag);
-        if let Some(site) = site {
-            entries.retain(|e| &*e.site == site);
+        let target = Target::Tag {
+            tag: tag.into(),
+            site: site.map(Arc::from),
+        };
+        if soft {
+            self.purge_picked(target, soft, |index| {
+                let mut entries = index.tag(tag);
+                entries.retain(|e| site.is_none_or(|s| &*e.site == s));
+                entries
+            })
+        } else {
+            // The key's whole set leaves the index in one removal and is walked outside it.
+            self.purge_picked(target, soft, |index| {
+                index.take_tag(tag, site).into_values()
+            })
         }
-        self.purge_entries(entries, soft)
     }
 
     /// Purges everything, or everything of one site, in O(1): an epoch bump.
     pub fn purge_all(&self, site: Option<&str>, soft: bool) -> PurgeCount {
-        let affected = match site {
-            Some(s) => lock(&self.objects.index).site_objects(s) as u64,
-            None => self.objects.len(),
-        };
-        let cutoff = self.next_seq();
-        let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = lock(&self.objects.index);
+        let cutoff = journal::now_ns();
+        let mut epochs = self
+            .objects
+            .epochs
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let epoch = match site {
             Some(s) => epochs.sites.entry(Arc::from(s)).or_default(),
             None => &mut epochs.all,
@@ -289,30 +356,32 @@ impl EdgeStorage {
         if soft {
             epoch.soft = cutoff;
             epoch.soft_at = Some(SystemTime::now());
-            PurgeCount {
+            return PurgeCount {
                 removed: 0,
-                stale: affected,
-            }
-        } else {
-            epoch.hard = cutoff;
-            drop(epochs);
-            let site: Option<Arc<str>> = site.map(Arc::from);
-            // Reclaims the memory in the background; lookups already treat these as gone.
-            let objects = self.objects.clone();
-            std::thread::spawn(move || {
-                let gone = |o: &Object| {
-                    o.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
-                };
-                let ids = objects.ids_where(gone);
-                let pace = Some(RECLAIM_PAUSE);
-                objects.remove_if(&ids, |id| *id, |_, o| gone(o), pace);
-            });
-            PurgeCount {
-                removed: affected,
-                stale: 0,
-            }
+                stale: index.live(site),
+            };
         }
+        epoch.hard = cutoff;
+        drop(epochs);
+        let removed = index.uncount_all(site);
+        drop(index);
+        let site: Option<Arc<str>> = site.map(Arc::from);
+        // Reclaims the memory in the background; lookups already treat these as gone.
+        let objects = self.objects.clone();
+        std::thread::spawn(move || {
+            let gone = |o: &Object| {
+                o.entry.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
+            };
+            let ids = objects.ids_where(gone);
+            let pace = Some(RECLAIM_PAUSE);
+            objects.remove_if(&ids, |id| *id, |_, o| gone(o), pace);
+        });
+        PurgeCount { removed, stale: 0 }
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -367,6 +436,7 @@ impl Storage for EdgeStorage {
         }
         Ok(Box::new(Fill {
             id: id(key),
+            born: journal::ns_at(meta.created()),
             meta: Some(super::meta::Stored::new(meta)?),
             body: BytesMut::with_capacity(
                 meta.headers()
@@ -399,12 +469,20 @@ impl Storage for EdgeStorage {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let entries = self.objects.peek(id(target.key())).map(|o| o.entry.clone());
-        let count = self.purge_entries(entries.into_iter().collect(), true);
-        Ok(if count.stale > 0 {
-            PurgeOutcome::Expired
-        } else {
-            PurgeOutcome::NotFound
+        let live = self
+            .objects
+            .peek(id(target.key()))
+            .filter(|o| matches!(self.verdict(o), Verdict::Live));
+        Ok(match live {
+            Some(o) => {
+                o.entry.mark_stale(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(1, |d| d.as_millis() as u64),
+                );
+                PurgeOutcome::Expired
+            }
+            None => PurgeOutcome::NotFound,
         })
     }
 
@@ -415,13 +493,12 @@ impl Storage for EdgeStorage {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let key = id(key);
-        let Some(obj) = self.objects.peek(key) else {
+        // A purged object stays purged: the 304 was for content a purge has since removed.
+        let Some(obj) = self.objects.peek(key).filter(|o| !o.entry.is_dead()) else {
             return Ok(false);
         };
-        // A 304 confirmed the content: it is as new as a fresh store.
-        let born = self.next_seq();
-        self.restore(key, &obj, meta, born)?;
-        Ok(true)
+        // A 304 confirmed the content: it is as new as a store of the revalidation's answer.
+        self.restore(key, &obj, meta)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -493,6 +570,8 @@ impl HandleHit for Hit {
 /// Collects a body from the origin; stores it only when complete.
 struct Fill {
     id: u128,
+    /// When the origin was asked (the meta's creation time, on the cache clock).
+    born: u64,
     meta: Option<super::meta::Stored>,
     /// The body so far, in a buffer sized from Content-Length when the origin gave one.
     body: BytesMut,
@@ -510,7 +589,6 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let seq = self.storage.next_seq();
         let meta = self
             .meta
             .take()
@@ -520,10 +598,13 @@ impl HandleMiss for Fill {
             self.site.clone(),
             self.url.clone(),
             std::mem::take(&mut self.tags),
+            self.born,
         );
         let body = Body::new(std::mem::take(&mut self.body));
-        let obj = Object::new(meta, body, Arc::new(entry), seq);
+        let obj = Object::new(meta, body, Arc::new(entry));
         let size = obj.body.len();
+        // Not stored when a purge made since the origin was asked removed it; the response
+        // still reaches the clients waiting for it, who asked before the purge.
         self.storage.objects.insert(self.id, obj);
         Ok(MissFinishType::Created(size))
     }

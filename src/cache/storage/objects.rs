@@ -11,15 +11,19 @@
 //! moka's TinyLFU gave us.
 //!
 //! quick_cache reports evictions only, through a per-call state; replacements and removals are
-//! seen here (every writer goes through this module, in the write order), so the index is
-//! updated in one place, outside the map's shard locks.
+//! seen here (every writer goes through this module, in the write order), so the index and its
+//! live counts are updated in one place, outside the map's shard locks. A new object is checked
+//! here, under the index, against the purges made since its origin was asked (the epochs of
+//! purges of everything and the journal of the others), so no purge can slip between the check
+//! and the store.
 
 use super::super::index::Index;
-use super::{lock, Object};
+use super::super::journal::Cover;
+use super::{lock, read, Epochs, Object};
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// An object's id as the map keys it: two words rather than a `u128`, whose 16-byte alignment
 /// would pad every slab slot from 48 to 64 bytes.
@@ -57,6 +61,8 @@ impl Lifecycle<Slot, Arc<Object>> for Evicted {
 pub(super) struct Objects {
     map: Cache<Slot, Arc<Object>, Weigh, foldhash::fast::RandomState, Evicted>,
     pub(super) index: Mutex<Index>,
+    /// Cut-offs of purges of everything (taken after `index` when both are held).
+    pub(super) epochs: RwLock<Epochs>,
     /// Serialises index update + write (and purge removals), so that two writers of one id
     /// cannot interleave and a replaced object is known to the writer that replaced it.
     write_order: Mutex<()>,
@@ -89,6 +95,7 @@ impl Objects {
         Objects {
             map: Cache::with_options(options, Weigh, Default::default(), Evicted),
             index: Mutex::new(Index::default()),
+            epochs: RwLock::new(Epochs::default()),
             write_order: Mutex::new(()),
             evictions: AtomicU64::new(0),
         }
@@ -104,10 +111,6 @@ impl Objects {
         self.map.peek(&slot(id))
     }
 
-    pub(super) fn len(&self) -> u64 {
-        self.map.len() as u64
-    }
-
     pub(super) fn weight(&self) -> u64 {
         self.map.weight()
     }
@@ -116,14 +119,26 @@ impl Objects {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// Stores `obj` under `id`, replacing what was there; indexes it and unindexes what it
-    /// replaced or evicted.
-    pub(super) fn insert(&self, id: u128, obj: Object) {
+    /// Stores `obj` under `id`, replacing what was there, unless a purge made since its
+    /// origin was asked removed it (then `false`; a soft one stores it stale); indexes it and
+    /// unindexes what it replaced or evicted.
+    pub(super) fn insert(&self, id: u128, obj: Object) -> bool {
         let obj = Arc::new(obj);
         let mut evicted = Vec::new();
         let replaced = {
             let _order = lock(&self.write_order);
-            lock(&self.index).add(&obj.entry);
+            {
+                let mut index = lock(&self.index);
+                if read(&self.epochs).gone(&obj.entry) {
+                    return false;
+                }
+                match index.journal.cover(&obj.entry) {
+                    Cover::Dead => return false,
+                    Cover::Stale(at_ms) => obj.entry.mark_stale(at_ms),
+                    Cover::None => {}
+                }
+                index.add(&obj.entry);
+            }
             let replaced = self.map.peek(&slot(id));
             self.map
                 .insert_with_lifecycle(slot(id), obj.clone(), &mut evicted);
@@ -135,6 +150,7 @@ impl Objects {
         let count = evicted.len() - usize::from(refused);
         self.evictions.fetch_add(count as u64, Ordering::Relaxed);
         self.forget(replaced.into_iter().chain(evicted));
+        true
     }
 
     /// Removes the object under `id`, whatever it is.
@@ -190,15 +206,39 @@ impl Objects {
             .collect()
     }
 
-    /// Unindexes objects that left the map (by identity: a newer version's entries stay).
+    /// Unindexes objects that left the map (by identity: a newer version's entries stay) and
+    /// stops counting those still counted live (not purged, not gone with a purge of
+    /// everything, which stopped counting them itself).
     fn forget(&self, gone: impl IntoIterator<Item = Arc<Object>>) {
         let mut gone = gone.into_iter().peekable();
         if gone.peek().is_none() {
             return;
         }
         let mut index = lock(&self.index);
+        let epochs = read(&self.epochs);
         for o in gone {
             index.remove(&o.entry);
+            if o.entry.kill() && !epochs.gone(&o.entry) {
+                index.uncount(&o.entry);
+            }
+        }
+    }
+
+    /// Removes purged entries from the index (by identity), a batch at a time, pausing `pace`
+    /// between batches: what a hard purge marked dead without unindexing.
+    pub(super) fn unindex(
+        &self,
+        doomed: &[Arc<super::super::index::Entry>],
+        pace: Option<std::time::Duration>,
+    ) {
+        for (i, chunk) in doomed.chunks(256).enumerate() {
+            if let (Some(pause), true) = (pace, i > 0) {
+                std::thread::sleep(pause);
+            }
+            let mut index = lock(&self.index);
+            for e in chunk {
+                index.remove(e);
+            }
         }
     }
 }

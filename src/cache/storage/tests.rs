@@ -189,22 +189,22 @@ async fn a_hard_purge_all_gives_the_memory_back_and_keeps_what_came_after() {
     assert_eq!(storage.object_count(), 300);
     storage.purge_all(None, false);
     put(storage, &key("/new"), "", b"new").await;
-    // The dead objects leave the cache on a helper thread; the new one stays.
-    let mut left = storage.object_count();
+    // Counted at once as what is live; the dead objects' memory is given back on a helper
+    // thread; the new one stays.
+    assert_eq!(storage.object_count(), 1);
     for _ in 0..200 {
-        if left == 1 {
+        if storage.weighted_bytes() < 2048 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        left = storage.object_count();
     }
-    assert_eq!(left, 1, "purged objects still held");
-    assert!(has(storage, &key("/new")).await);
     assert!(
         storage.weighted_bytes() < 2048,
-        "{}",
+        "purged objects still held: {}",
         storage.weighted_bytes()
     );
+    assert!(has(storage, &key("/new")).await);
+    assert_eq!(storage.object_count(), 1);
 }
 
 #[tokio::test]
@@ -223,4 +223,84 @@ async fn the_largest_allowed_object_is_stored_and_a_larger_one_is_not_counted_as
     assert!(!has(storage, &huge).await);
     assert_eq!(storage.evictions(), 0, "a refused object was never stored");
     assert_eq!(storage.index_sizes(), (1, 1, 1), "and is not indexed");
+}
+
+/// A fill whose origin was asked at `asked`, finished now.
+async fn put_asked(storage: &'static EdgeStorage, k: &CacheKey, tags: &str, asked: SystemTime) {
+    let mut m = meta(tags);
+    let header = m.response_header_copy();
+    m = CacheMeta::new(
+        SystemTime::now() + Duration::from_secs(60),
+        asked,
+        0,
+        0,
+        header,
+    );
+    let span = Span::inactive().handle();
+    let mut fill = storage.get_miss_handler(k, &m, &span).await.unwrap();
+    fill.write_body(Bytes::from_static(b"old"), true)
+        .await
+        .unwrap();
+    fill.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fill_asked_before_a_purge_that_covers_it_is_not_served_as_fresh() {
+    let storage = leak(1 << 24);
+    let asked = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Each kind of purge, made while the origin was answering (nothing stored yet).
+    assert_eq!(
+        storage
+            .purge_url(&key::url("a.test", "/u", ""), false)
+            .removed,
+        0
+    );
+    storage.purge_tag("k", None, false);
+    storage.purge_prefix("a.test/p/", true);
+    for path in ["/u", "/t"] {
+        let tags = if path == "/t" { "k" } else { "" };
+        put_asked(storage, &key(path), tags, asked).await;
+        assert!(
+            !has(storage, &key(path)).await,
+            "{path}: hard-purged fill stored"
+        );
+    }
+    put_asked(storage, &key("/p/1"), "", asked).await;
+    let span = Span::inactive().handle();
+    let (m, _) = storage.lookup(&key("/p/1"), &span).await.unwrap().unwrap();
+    assert!(
+        !m.is_fresh(SystemTime::now()),
+        "soft-purged fill stored fresh"
+    );
+    // A fill asked after the purges is stored as usual; one asked before a purge of
+    // everything is gone with it.
+    put_asked(storage, &key("/u"), "", SystemTime::now()).await;
+    assert!(has(storage, &key("/u")).await);
+    let asked = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    storage.purge_all(None, false);
+    put_asked(storage, &key("/late"), "", asked).await;
+    assert!(!has(storage, &key("/late")).await);
+    assert_eq!(storage.object_count(), 0);
+}
+
+#[tokio::test]
+async fn counts_after_a_purge_of_everything_are_of_live_objects_only() {
+    let storage = leak(1 << 24);
+    for i in 0..400 {
+        put(storage, &key(&format!("/o{i}")), "k", b"x").await;
+    }
+    assert_eq!(storage.purge_all(None, false).removed, 400);
+    assert_eq!(
+        storage.object_count(),
+        0,
+        "counted before the memory is back"
+    );
+    assert_eq!(storage.purge_tag("k", None, false).removed, 0);
+    assert_eq!(storage.purge_tag("k", None, true).stale, 0);
+    put(storage, &key("/new"), "k", b"x").await;
+    assert_eq!(storage.object_count(), 1);
+    assert_eq!(storage.purge_tag("k", None, false).removed, 1);
+    assert_eq!(storage.object_count(), 0);
 }

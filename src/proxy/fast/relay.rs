@@ -392,7 +392,7 @@ impl FastPath {
         server.answered();
         let readmitted = match &relay.reason {
             Reason::Bypass(_) => None,
-            Reason::Predicted(key) => Some(self.readmit(&relay, key, &head)),
+            Reason::Predicted(key) => Some(self.readmit(&relay, key, &head, start)),
         };
         let mut capture = match &readmitted {
             Some(Readmitted::Store(meta)) => {
@@ -469,7 +469,13 @@ impl FastPath {
     /// predictor, as pingora's path does for a request it bypassed on a prediction: a GET
     /// answered 200 that has become storable is stored (see [`Self::store`]); another storable
     /// answer is left to the next request ("deferred").
-    fn readmit(&self, relay: &Relay, key: &CacheKey, head: &origin::ResponseHead) -> Readmitted {
+    fn readmit(
+        &self,
+        relay: &Relay,
+        key: &CacheKey,
+        head: &origin::ResponseHead,
+        start: Instant,
+    ) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
         if let Some(reason) = policy::plainly_refused_raw(&relay.rule, &relay.path, || head.iter())
         {
@@ -479,7 +485,8 @@ impl FastPath {
         }
         let resp = stored_head(head);
         // Requests with Authorization never take the fast path (see `fast::NOT_PLAIN`).
-        match policy::admit(&relay.rule, &relay.path, &resp, false) {
+        let requested = std::time::SystemTime::now() - start.elapsed();
+        match policy::admit(&relay.rule, &relay.path, &resp, false, requested) {
             Ok(meta) => {
                 self.predictor.mark_cacheable(key);
                 if relay.method == Method::GET && head.status == http::StatusCode::OK {

@@ -277,6 +277,7 @@ impl ProxyHttp for EdgeProxy {
                 req.uri.path(),
                 merged.as_ref().unwrap_or(resp),
                 authorized,
+                std::time::SystemTime::now() - ctx.start.elapsed(),
             ) {
                 Ok(meta) => RespCacheable::Cacheable(meta),
                 Err(reason) => RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str())),
