@@ -218,3 +218,102 @@ async fn a_node_that_stops_announces_it_and_purges_stay_complete() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Whether `/a` is a hit on node `p`.
+async fn hit_on(p: &Proxy, path: &str) -> bool {
+    get(&p.client(&["www.shop.test"]), &p.url(path), &[])
+        .await
+        .is_hit()
+}
+
+#[tokio::test]
+async fn a_report_is_complete_only_when_every_node_remembered_confirmed_even_after_redis_restarts()
+{
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let (n1, n2) = (
+        node(&origin, &redis, "n1").await,
+        node(&origin, &redis, "n2").await,
+    );
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    for round in 0..3 {
+        let path = format!("/a{round}");
+        for n in [&n1, &n2] {
+            hit_on(n, &path).await;
+            assert!(hit_on(n, &path).await);
+        }
+        // Redis restarts without its data (no persistence): the heartbeat hash is empty, and
+        // the purge is sent as soon as it accepts connections.
+        drop(redis);
+        redis = Redis::start_on(port).await;
+        let report = n1
+            .purge(json!({"kind": "url", "url": format!("www.shop.test{path}")}))
+            .await;
+        if report["complete"] == true {
+            assert_eq!(
+                node_names(&report),
+                vec!["n1", "n2"],
+                "complete without n2's confirmation: {report}"
+            );
+        } else {
+            assert_eq!(report["unconfirmed"], json!(["n2"]), "{report}");
+        }
+        if node_names(&report).contains(&"n2".to_string()) {
+            assert!(
+                !hit_on(&n2, &path).await,
+                "n2 confirmed and still serves it"
+            );
+        }
+        until_meshed(&n1, 1).await;
+        until_meshed(&n2, 1).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_seen_and_the_purges_it_may_have_lost_are_caught_up() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let redis = Redis::start().await;
+    let (n1, n2) = (
+        node(&origin, &redis, "n1").await,
+        node(&origin, &redis, "n2").await,
+    );
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    hit_on(&n2, "/a").await;
+    assert!(hit_on(&n2, "/a").await);
+    let resubscribed = status(&n2).await["fleet"]["resubscriptions"].clone();
+
+    signal(redis.pid(), "STOP");
+    let seen = eventually(Duration::from_secs(10), || async {
+        let s = status(&n1).await;
+        s["fleet"]["subscribed"] == false && s["fleet"]["last_error"].is_string()
+    })
+    .await;
+    assert!(seen, "the hang shows in the status: {}", status(&n1).await);
+    let started = std::time::Instant::now();
+    let report = n1
+        .purge(json!({"kind": "url", "url": "www.shop.test/a"}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the purge waited on the hung Redis"
+    );
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["unconfirmed"], json!(["n2"]), "{report}");
+
+    signal(redis.pid(), "CONT");
+    let back = eventually(Duration::from_secs(15), || async {
+        let s = status(&n2).await;
+        s["fleet"]["subscribed"] == true && s["fleet"]["resubscriptions"] != resubscribed
+    })
+    .await;
+    assert!(back, "n2 subscribed again: {}", status(&n2).await);
+    assert!(
+        !hit_on(&n2, "/a").await,
+        "after the gap n2 refreshes what it holds instead of serving what may have been purged"
+    );
+}

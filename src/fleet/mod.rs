@@ -127,21 +127,39 @@ impl Purger {
             return Ok(report);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let names = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .map(|id| redis::name_of(id).to_string())
+                .collect()
+        };
+        // Without its own subscription this node cannot hear confirmations (nor purges from
+        // others): the purge is still sent, and the report says nobody could confirm it.
+        let (subscribed, why) = link.subscribed();
+        if !subscribed {
+            if link.send_purge(id, &report.purge).await.is_ok() {
+                link.done(id);
+            }
+            report.unconfirmed = names(&link.expected());
+            report.complete = false;
+            report.fleet_error = Some(format!(
+                "this node is not subscribed to the fleet: {}",
+                why.as_deref().unwrap_or("connecting")
+            ));
+            return Ok(report);
+        }
+        // Who must confirm: the fleet as this node remembers it, refreshed from the heartbeat
+        // hash (which a Redis restarted empty has forgotten).
         let sent = match link.peers().await {
-            Ok(peers) => link
+            Ok(_) => link
                 .send_purge(id, &report.purge)
                 .await
-                .map(|rx| (peers, rx)),
+                .map(|rx| (link.expected(), rx)),
             Err(e) => Err(e),
         };
         let (mut waiting, mut acks) = match sent {
             Ok(sent) => sent,
             Err(e) => {
-                report.unconfirmed = link
-                    .last_peers()
-                    .iter()
-                    .map(|id| redis::name_of(id).to_string())
-                    .collect();
+                report.unconfirmed = names(&link.expected());
                 report.complete = false;
                 report.fleet_error = Some(e.to_string());
                 return Ok(report);
@@ -238,9 +256,22 @@ pub struct FleetService {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for FleetService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let run = self.link.clone().run(self.purger.clone());
+        tokio::pin!(run);
         tokio::select! {
-            _ = self.link.clone().run(self.purger.clone()) => {}
-            _ = shutdown.changed() => self.link.leave().await,
+            _ = &mut run => return,
+            _ = shutdown.changed() => {}
+        }
+        // Leaving: still confirming purges (the subscription keeps running) until the others
+        // have heard it and a little after, so a purge that counted on this node gets its
+        // confirmation instead of waiting out the timeout.
+        let grace = self.link.leave_grace();
+        tokio::select! {
+            _ = &mut run => {}
+            _ = async {
+                self.link.leave().await;
+                tokio::time::sleep(grace).await;
+            } => {}
         }
     }
 }

@@ -8,6 +8,18 @@
 //! reconnects with backoff. Purges published while its subscription was down are lost to it,
 //! so on re-subscribing it soft-purges its whole cache (objects are refreshed on next use,
 //! within their stale windows where they have one) rather than risk serving purged content.
+//!
+//! A hung Redis (stopped, or a network that drops packets) keeps its sockets open and says
+//! nothing, so silence is watched too: every node publishes a beat on `<channel>:members`
+//! each second, its own included, and a subscription that hears nothing for
+//! [`SUBSCRIPTION_DEADLINE`] is dropped and made again, with the same catch-up; every command
+//! has a deadline of its own.
+//!
+//! Who must confirm a purge is this node's own memory of the fleet: every instance it has
+//! seen (in the heartbeat hash, a beat, a purge or a confirmation) and not seen leave, kept
+//! until it has been unseen for [`PEER_TTL_MS`] of healthy link — so a Redis that restarts
+//! empty, or refuses connections, cannot make a purge report complete without the nodes it
+//! forgot. A node that stops says so on `<channel>:members` and leaves the hash.
 
 use super::{NodeResult, Purger};
 use crate::cache::purge::Purge;
@@ -21,6 +33,13 @@ use tokio::sync::mpsc;
 
 /// How often a node announces itself.
 const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// A subscription that hears nothing (not even this node's own beat) for this long is dead.
+const SUBSCRIPTION_DEADLINE: Duration = Duration::from_secs(3);
+/// The longest one Redis command, connection or subscription may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a leaving node still confirms purges after it has said it leaves: peers that
+/// counted on it just before hearing so get their confirmation.
+const LEAVE_GRACE: Duration = Duration::from_millis(300);
 /// A peer not heard from for this long is not expected to confirm purges.
 const PEER_TTL_MS: u64 = 5000;
 /// Reconnect backoff bounds.
@@ -44,6 +63,13 @@ pub(super) struct AckMsg {
     pub error: Option<String>,
 }
 
+/// A member's beat (every heartbeat) or goodbye.
+#[derive(Debug, Serialize, Deserialize)]
+struct MemberMsg {
+    from: String,
+    left: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ReleaseMsg {
     pub from: String,
@@ -56,12 +82,32 @@ struct LinkState {
     subscribed: bool,
     last_error: Option<String>,
     peers: Vec<String>,
-    /// The peers last seen before the link failed: who a purge made while Redis is away could
-    /// not reach (the visible `peers` are cleared then; this memory is not).
-    known: Vec<String>,
+    /// This node's memory of the fleet: instance → when it was last seen here (ms). Not
+    /// forgotten while the link is down, or in the first `PEER_TTL_MS` after it came back.
+    fleet: HashMap<String, u64>,
+    /// Instances that said they left: never expected again (an instance id is one process).
+    departed: std::collections::HashSet<String>,
+    /// Since when the subscription has been live (ms); `None` while it is not.
+    healthy_since: Option<u64>,
     resubscriptions: u64,
     /// Other live instances that run under this node's name.
     name_clash: Vec<String>,
+}
+
+impl LinkState {
+    /// Instances this node expects to confirm a purge, as of `now`.
+    fn expected(&mut self, now: u64) -> Vec<String> {
+        let settled = self
+            .healthy_since
+            .is_some_and(|since| now.saturating_sub(since) >= PEER_TTL_MS);
+        if settled {
+            self.fleet
+                .retain(|_, seen| now.saturating_sub(*seen) < PEER_TTL_MS);
+        }
+        let mut ids: Vec<String> = self.fleet.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
 }
 
 /// Why talking to Redis failed (kept as text for the status endpoint and reports).
@@ -83,6 +129,7 @@ pub struct RedisLink {
     purge_channel: String,
     ack_channel: String,
     nodes_key: String,
+    members_channel: String,
     release_channel: String,
     release_key: String,
     pub(super) confirm_timeout: Duration,
@@ -125,6 +172,7 @@ impl RedisLink {
             purge_channel: format!("{channel}:purge"),
             ack_channel: format!("{channel}:ack"),
             nodes_key: format!("{channel}:nodes"),
+            members_channel: format!("{channel}:members"),
             release_channel: format!("{channel}:release"),
             release_key: format!("{channel}:release-state"),
             confirm_timeout,
@@ -141,7 +189,7 @@ impl RedisLink {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = self.client.get_multiplexed_async_connection().await?;
+        let c = within(self.client.get_multiplexed_async_connection()).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -154,14 +202,45 @@ impl RedisLink {
     /// on a fresh connection.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LinkError> {
         let mut c = self.conn().await?;
-        match cmd.query_async(&mut c).await {
+        match within(cmd.query_async(&mut c)).await {
             Ok(v) => Ok(v),
             Err(_) => {
                 self.forget_conn().await;
                 let mut c = self.conn().await?;
-                cmd.query_async(&mut c).await.map_err(LinkError::from)
+                within(cmd.query_async(&mut c)).await
             }
         }
+    }
+
+    /// Notes that instance `id` was seen (unless it is this one).
+    fn observe(&self, id: &str) {
+        // A predecessor of this process sends nothing: whoever sends is alive, unless it said
+        // it is leaving (it still confirms purges for a moment after).
+        let mut s = lock(&self.state);
+        if id != self.id && !s.departed.contains(id) {
+            s.fleet.insert(id.to_string(), now_ms());
+        }
+    }
+
+    /// Forgets instance `id`, which said it left.
+    fn departed(&self, id: &str) {
+        let mut s = lock(&self.state);
+        s.fleet.remove(id);
+        if s.departed.len() >= 1024 {
+            s.departed.clear();
+        }
+        s.departed.insert(id.to_string());
+    }
+
+    /// The instances this node expects to confirm a purge (its memory of the fleet).
+    pub(super) fn expected(&self) -> Vec<String> {
+        lock(&self.state).expected(now_ms())
+    }
+
+    /// Whether this node hears purges now.
+    pub(super) fn subscribed(&self) -> (bool, Option<String>) {
+        let s = lock(&self.state);
+        (s.subscribed, s.last_error.clone())
     }
 
     async fn publish(&self, channel: &str, payload: String) -> Result<(), LinkError> {
@@ -195,6 +274,12 @@ impl RedisLink {
             tracing::error!(node = %self.node, instance = %self.id, others = ?clash, "fleet: another live process uses this node's name; give each node its own [fleet] node");
         }
         state.name_clash = clash;
+        let seen = now_ms();
+        for id in &peers {
+            if !state.departed.contains(id) {
+                state.fleet.insert(id.clone(), seen);
+            }
+        }
         Ok(peers)
     }
 
@@ -209,10 +294,14 @@ impl RedisLink {
                 .arg(now_ms()),
         )
         .await?;
+        let beat = MemberMsg {
+            from: self.id.clone(),
+            left: false,
+        };
+        let payload = serde_json::to_string(&beat).unwrap_or_default();
+        self.publish(&self.members_channel, payload).await?;
         let peers = self.peers().await?;
-        let mut state = lock(&self.state);
-        state.known = peers.clone();
-        state.peers = peers;
+        lock(&self.state).peers = peers;
         Ok(())
     }
 
@@ -223,9 +312,19 @@ impl RedisLink {
     pub(super) async fn leave(&self) {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
-        let left = self
-            .query::<i64>(redis::cmd("HDEL").arg(&self.nodes_key).arg(&self.id))
-            .await;
+        let goodbye = MemberMsg {
+            from: self.id.clone(),
+            left: true,
+        };
+        let payload = serde_json::to_string(&goodbye).unwrap_or_default();
+        let said = self.publish(&self.members_channel, payload).await;
+        let left = match said {
+            Ok(()) => {
+                self.query::<i64>(redis::cmd("HDEL").arg(&self.nodes_key).arg(&self.id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match left {
             Ok(_) => tracing::info!(node = %self.node, instance = %self.id, "fleet: left"),
             Err(e) => tracing::warn!(error = %e, "fleet: could not announce leaving"),
@@ -251,11 +350,6 @@ impl RedisLink {
             return Err(e);
         }
         Ok(rx)
-    }
-
-    /// The peers seen by the last successful heartbeat, even if the link has failed since.
-    pub(super) fn last_peers(&self) -> Vec<String> {
-        lock(&self.state).known.clone()
     }
 
     /// Stores and publishes a site's release state.
@@ -304,7 +398,9 @@ impl RedisLink {
 
     pub(super) fn status(&self) -> serde_json::Value {
         let s = lock(&self.state).clone();
+        let expected: Vec<&str> = s.fleet.keys().map(|id| name_of(id)).collect();
         serde_json::json!({
+            "expected": expected,
             "mode": "redis",
             "node": self.node,
             "instance": self.id,
@@ -323,12 +419,19 @@ impl RedisLink {
             tracing::error!(node = %self.node, error = %message, "fleet: Redis unavailable; serving on, purges from other nodes are not received");
         }
         s.subscribed = false;
+        s.healthy_since = None;
         s.last_error = Some(message);
     }
 
     /// Handles one message from the subscription.
     async fn on_message(&self, purger: &Purger, channel: &str, payload: &str) {
-        if channel == self.release_channel {
+        if channel == self.members_channel {
+            match serde_json::from_str::<MemberMsg>(payload) {
+                Ok(m) if m.left => self.departed(&m.from),
+                Ok(m) => self.observe(&m.from),
+                Err(_) => tracing::warn!("fleet: unreadable member message ignored"),
+            }
+        } else if channel == self.release_channel {
             match serde_json::from_str::<ReleaseMsg>(payload) {
                 Ok(msg) if msg.from != self.id => {
                     tracing::warn!(site = %msg.site, from = %msg.from, "fleet: release state changed by another node");
@@ -345,6 +448,7 @@ impl RedisLink {
             if msg.from == self.id {
                 return;
             }
+            self.observe(&msg.from);
             let (result, error) = match purger.apply_local(&msg.purge) {
                 Ok(r) => (r, None),
                 Err(e) => (
@@ -375,6 +479,7 @@ impl RedisLink {
             }
         } else if let Ok(ack) = serde_json::from_str::<AckMsg>(payload) {
             if ack.to == self.id {
+                self.observe(&ack.node);
                 if let Some(tx) = lock(&self.pending).get(&ack.id) {
                     let _ = tx.send(ack);
                 }
@@ -392,7 +497,8 @@ impl RedisLink {
                     if let Err(e) = link.heartbeat().await {
                         tracing::debug!(error = %e, "fleet heartbeat failed");
                         // Peers seen before Redis went away are not known to be there now;
-                        // the status must not claim a fleet it cannot see.
+                        // the status must not claim a fleet it cannot see (the memory of the
+                        // fleet keeps them for purge reports).
                         lock(&link.state).peers.clear();
                     }
                     tokio::time::sleep(HEARTBEAT).await;
@@ -414,6 +520,7 @@ impl RedisLink {
                     {
                         let mut s = lock(&self.state);
                         s.subscribed = true;
+                        s.healthy_since = Some(now_ms());
                         s.last_error = None;
                         if ever_subscribed {
                             s.resubscriptions += 1;
@@ -434,13 +541,28 @@ impl RedisLink {
                     }
                     ever_subscribed = true;
                     let mut stream = pubsub.on_message();
-                    while let Some(msg) = stream.next().await {
-                        let Some(p) = purger.upgrade() else { break };
+                    let ended = loop {
+                        // Silence longer than the deadline: Redis is hung or unreachable, and
+                        // what it may have sent meanwhile is lost to this node.
+                        let next = tokio::time::timeout(SUBSCRIPTION_DEADLINE, stream.next());
+                        let msg = match next.await {
+                            Ok(Some(msg)) => msg,
+                            Ok(None) => break "subscription closed".to_string(),
+                            Err(_) => {
+                                break format!(
+                                    "Redis sent nothing for {} s (hung or unreachable)",
+                                    SUBSCRIPTION_DEADLINE.as_secs()
+                                )
+                            }
+                        };
+                        let Some(p) = purger.upgrade() else {
+                            break "stopping".to_string();
+                        };
                         let channel = msg.get_channel_name().to_string();
                         let payload: String = msg.get_payload().unwrap_or_default();
                         self.on_message(&p, &channel, &payload).await;
-                    }
-                    self.set_error("subscription closed");
+                    };
+                    self.set_error(ended);
                     lock(&self.state).peers.clear();
                 }
                 Err(e) => self.set_error(e),
@@ -455,10 +577,33 @@ impl RedisLink {
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, LinkError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&self.purge_channel).await?;
-        pubsub.subscribe(&self.ack_channel).await?;
-        pubsub.subscribe(&self.release_channel).await?;
+        let mut pubsub = within(self.client.get_async_pubsub()).await?;
+        for channel in [
+            &self.purge_channel,
+            &self.ack_channel,
+            &self.members_channel,
+            &self.release_channel,
+        ] {
+            within(pubsub.subscribe(channel)).await?;
+        }
         Ok(pubsub)
+    }
+
+    /// How long a leaving node keeps confirming purges after it said it leaves.
+    pub(super) fn leave_grace(&self) -> Duration {
+        LEAVE_GRACE
+    }
+}
+
+/// `op` within [`COMMAND_TIMEOUT`]: a hung Redis is an error, not a wait.
+async fn within<T>(
+    op: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, LinkError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, op).await {
+        Ok(r) => r.map_err(LinkError::from),
+        Err(_) => Err(LinkError::from(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer from Redis within the command timeout",
+        )))),
     }
 }

@@ -695,6 +695,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The redis-server process (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `[fleet]` config for a node called `node` on this Redis.
     pub fn fleet(&self, node: &str) -> String {
         format!(
