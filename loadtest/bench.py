@@ -100,7 +100,7 @@ http {{
     listen 127.0.0.1:{PORTS['origin']};
     location /c/ {{ alias {files}/; add_header Cache-Control "public, max-age=3600"; }}
     location /p/ {{ alias {files}/; add_header Cache-Control "private"; }}
-    location /obj/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; try_files /1k =404; root {files}; }}
+    location /obj/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; add_header Surrogate-Key "bench-all"; try_files /1k =404; root {files}; }}
     location /page/ {{ default_type text/html; add_header Cache-Control "public, max-age=3600"; try_files /16k =404; root {files}; }}
     location /static/ {{ default_type text/css; add_header Cache-Control "public, max-age=31536000"; try_files /16k =404; root {files}; }}
   }}

@@ -317,3 +317,75 @@ async fn a_hung_redis_is_seen_and_the_purges_it_may_have_lost_are_caught_up() {
         "after the gap n2 refreshes what it holds instead of serving what may have been purged"
     );
 }
+
+/// A command's answer from the Redis (or Sentinel) on `port`, as text.
+async fn redis_says(port: u16, args: &[&str]) -> String {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return String::new();
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return String::new();
+    };
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let value: Result<redis::Value, _> = cmd.query_async(&mut c).await;
+    format!("{value:?}")
+}
+
+#[tokio::test]
+async fn a_fleet_behind_sentinel_follows_a_failover_and_purges_stay_complete() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
+    let primary = Redis::start().await;
+    let replica = Redis::start_replica_of(primary.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel = Redis::start_sentinel(primary.port, "fleet", dir.path()).await;
+    let knows_replica = eventually(Duration::from_secs(20), || async {
+        redis_says(sentinel.port, &["SENTINEL", "REPLICAS", "fleet"])
+            .await
+            .contains(&replica.port.to_string())
+    })
+    .await;
+    assert!(knows_replica, "the sentinel did not find the replica");
+    let url = format!("redis+sentinel://127.0.0.1:{}/fleet", sentinel.port);
+    let fleet = |name: &str| {
+        format!("[fleet]\nnode = \"{name}\"\nredis = \"{url}\"\nconfirm_timeout = \"1s\"\n")
+    };
+    let (n1, n2) = (
+        Proxy::single(&origin, HONOR_ALL, &fleet("n1")).await,
+        Proxy::single(&origin, HONOR_ALL, &fleet("n2")).await,
+    );
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    let purge_everywhere = |path: &'static str| {
+        let (n1, n2) = (&n1, &n2);
+        async move {
+            for n in [n1, n2] {
+                hit_on(n, path).await;
+                assert!(hit_on(n, path).await);
+            }
+            let report = n1
+                .purge(json!({"kind": "url", "url": format!("www.shop.test{path}")}))
+                .await;
+            assert_eq!(report["complete"], true, "{report}");
+            assert_eq!(node_names(&report), vec!["n1", "n2"]);
+            assert!(!hit_on(n2, path).await);
+        }
+    };
+    purge_everywhere("/before").await;
+
+    // The primary dies; the sentinel promotes the replica; the nodes follow it.
+    drop(primary);
+    let promoted = eventually(Duration::from_secs(30), || async {
+        redis_says(replica.port, &["ROLE"]).await.contains("master")
+    })
+    .await;
+    assert!(promoted, "the sentinel did not fail over");
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    purge_everywhere("/after").await;
+    let s = status(&n1).await;
+    assert!(s["fleet"]["resubscriptions"].as_u64() >= Some(1), "{s}");
+}

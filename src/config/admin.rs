@@ -199,11 +199,8 @@ pub(super) fn fleet(f: FleetFile, push: &mut dyn FnMut(String, String)) -> Fleet
             .unwrap_or_else(|| "crossfade".into())
     });
     if let Some(url) = &f.redis {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            push(
-                "fleet.redis".into(),
-                format!("{url:?} is not a redis:// URL"),
-            );
+        if let Err(why) = redis_target(url) {
+            push("fleet.redis".into(), why);
         }
     }
     let confirm_timeout = match &f.confirm_timeout {
@@ -224,9 +221,74 @@ pub(super) fn fleet(f: FleetFile, push: &mut dyn FnMut(String, String)) -> Fleet
     }
 }
 
+/// Where a fleet's Redis is, as `fleet.redis` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `redis://host:port[/db]` (or `rediss://`).
+    Direct(String),
+    /// The primary that Redis Sentinel names, asked again on every reconnection so a failover
+    /// is followed: `redis+sentinel://host:port[,host:port…]/<primary name>`.
+    Sentinel {
+        sentinels: Vec<String>,
+        primary: String,
+    },
+}
+
+/// Reads `fleet.redis`.
+pub fn redis_target(url: &str) -> Result<RedisTarget, String> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(RedisTarget::Direct(url.to_string()));
+    }
+    let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+        return Err(format!(
+            "{url:?} is not a redis:// URL or a redis+sentinel://host:port,…/<primary> URL"
+        ));
+    };
+    let (hosts, primary) = rest.split_once('/').unwrap_or((rest, ""));
+    let sentinels: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{h}"))
+        .collect();
+    if sentinels.is_empty() || primary.is_empty() || primary.contains('/') {
+        return Err(format!(
+            "{url:?}: a Sentinel URL names its sentinels and the primary, e.g. \
+             \"redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/crossfade\""
+        ));
+    }
+    Ok(RedisTarget::Sentinel {
+        sentinels,
+        primary: primary.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls() {
+        assert_eq!(
+            redis_target("redis://127.0.0.1:6379"),
+            Ok(RedisTarget::Direct("redis://127.0.0.1:6379".into()))
+        );
+        assert_eq!(
+            redis_target("redis+sentinel://a:26379, b:26379/fleet"),
+            Ok(RedisTarget::Sentinel {
+                sentinels: vec!["redis://a:26379".into(), "redis://b:26379".into()],
+                primary: "fleet".into()
+            })
+        );
+        for bad in [
+            "http://x",
+            "redis+sentinel://a:1",
+            "redis+sentinel:///p",
+            "a:1",
+        ] {
+            assert!(redis_target(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cidrs() {

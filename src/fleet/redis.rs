@@ -20,6 +20,10 @@
 //! until it has been unseen for [`PEER_TTL_MS`] of healthy link — so a Redis that restarts
 //! empty, or refuses connections, cannot make a purge report complete without the nodes it
 //! forgot. A node that stops says so on `<channel>:members` and leaves the hash.
+//!
+//! `fleet.redis` names one server or, with `redis+sentinel://…/<primary>`, the Redis Sentinels
+//! of a replicated one: every connection asks them for the current primary, so after a
+//! failover the link's next reconnection follows the promoted replica.
 
 use super::{NodeResult, Purger};
 use crate::cache::purge::Purge;
@@ -115,9 +119,48 @@ impl LinkState {
 #[error("redis: {0}")]
 pub struct LinkError(#[from] redis::RedisError);
 
+/// Where the link connects: one server, or the primary Redis Sentinel names (asked on every
+/// connection, so after a failover the link follows the new primary).
+enum Source {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Source {
+    fn new(url: &str) -> Result<Source, LinkError> {
+        use crate::config::admin::RedisTarget;
+        let target = crate::config::admin::redis_target(url).map_err(|why| {
+            LinkError(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "bad fleet.redis",
+                why,
+            )))
+        })?;
+        Ok(match target {
+            RedisTarget::Direct(url) => Source::Direct(redis::Client::open(url)?),
+            RedisTarget::Sentinel { sentinels, primary } => Source::Sentinel(
+                tokio::sync::Mutex::new(redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    primary,
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )?),
+            ),
+        })
+    }
+
+    /// A client for the server to use now.
+    async fn client(&self) -> Result<redis::Client, LinkError> {
+        match self {
+            Source::Direct(c) => Ok(c.clone()),
+            Source::Sentinel(s) => within(async { s.lock().await.async_get_client().await }).await,
+        }
+    }
+}
+
 /// Connection state and pending confirmations of one node's Redis link.
 pub struct RedisLink {
-    client: redis::Client,
+    source: Source,
     node: String,
     /// This process in the fleet: the node's name and a per-process instance
     /// (`store-1#5f3a9c01`), so two processes given one name (two instances on a host, a
@@ -165,7 +208,7 @@ impl RedisLink {
         let started_ms = now_ms();
         let instance = (started_ms as u32) ^ std::process::id().rotate_left(16);
         Ok(RedisLink {
-            client: redis::Client::open(url)?,
+            source: Source::new(url)?,
             node: node.to_string(),
             id: format!("{node}#{instance:08x}"),
             started_ms,
@@ -189,7 +232,8 @@ impl RedisLink {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = within(self.client.get_multiplexed_async_connection()).await?;
+        let client = self.source.client().await?;
+        let c = within(client.get_multiplexed_async_connection()).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -577,7 +621,8 @@ impl RedisLink {
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, LinkError> {
-        let mut pubsub = within(self.client.get_async_pubsub()).await?;
+        let client = self.source.client().await?;
+        let mut pubsub = within(client.get_async_pubsub()).await?;
         for channel in [
             &self.purge_channel,
             &self.ack_channel,

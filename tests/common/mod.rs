@@ -644,21 +644,67 @@ impl Redis {
         Self::try_start_on(port).await
     }
 
+    /// A replica of the Redis on `primary`, on a free port.
+    pub async fn start_replica_of(primary: u16) -> Redis {
+        let of = format!("127.0.0.1 {primary}");
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start_with(free_port(), &["--replicaof", &of]).await {
+                return r;
+            }
+        }
+        panic!("redis-server could not get a free port in 5 attempts");
+    }
+
+    /// A Redis Sentinel on a free port watching the primary on `primary` under `name`
+    /// (down after 1 s, one sentinel's vote is a quorum).
+    pub async fn start_sentinel(primary: u16, name: &str, dir: &std::path::Path) -> Redis {
+        for attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{attempt}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {primary} 1\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n"
+                ),
+            )
+            .unwrap();
+            let conf = conf.to_string_lossy().to_string();
+            if let Some(r) = Self::spawn_checked(port, &[&conf, "--sentinel"]).await {
+                return r;
+            }
+        }
+        panic!("redis-sentinel could not get a free port in 5 attempts");
+    }
+
     /// Starts redis-server and waits until the server on `port` is this process (another
     /// test's Redis may have taken the port first).
     async fn try_start_on(port: u16) -> Option<Redis> {
+        Self::try_start_with(port, &[]).await
+    }
+
+    async fn try_start_with(port: u16, extra: &[&str]) -> Option<Redis> {
+        let port_arg = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn_checked(port, &args).await
+    }
+
+    /// Spawns redis-server with `args` and waits until the server on `port` is that process.
+    async fn spawn_checked(port: u16, args: &[&str]) -> Option<Redis> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
