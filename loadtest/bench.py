@@ -11,7 +11,7 @@ not a test: CI does not run it. Needs root to install missing peers from Debian.
 
     loadtest/bench.py [--rounds 3] [--duration 5] [--connections 64] [--no-build]
 """
-import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 # crossfade's key_cookies in the bench rules (`--key-cookies`).
 KEY_COOKIES = []
@@ -241,6 +241,45 @@ def report(title, results):
             print(f"  {workload}: errors {bad}")
 
 
+def workdir(prefix):
+    """A fresh directory for a run's files, readable by the peers' own users (nginx and varnishd
+    drop privileges: the origin's files and the VCL must be readable to them)."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(work, 0o755)
+    return work
+
+
+def admin_call(port, method, path, body=None):
+    """A call to a crossfade admin API on `port` with the bench token; the parsed answer."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}",
+                                          "Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def unique_urls_lua(work, name, prefix, stop_after=None):
+    """A wrk script asking for a new `/obj/<prefix>-…` URL on every request (each a miss);
+    with `stop_after`, each of wrk's two threads stops after that many."""
+    path = os.path.join(work, f"{name}.lua")
+    stop = (f"response = function() if counter >= {stop_after} then wrk.thread:stop() end end"
+            if stop_after else "")
+    with open(path, "w") as f:
+        # Each wrk thread has its own Lua state with the same random seed, so the thread id
+        # (not math.random) keeps the two threads' URLs apart.
+        f.write(f"""
+local n = 0
+function setup(thread) n = n + 1; thread:set("tid", n) end
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/obj/{prefix}-" .. tid .. "-" .. counter)
+end
+{stop}
+""")
+    return path
+
+
 def admin_purge_all():
     req = urllib.request.Request(f"http://127.0.0.1:{PORTS['admin']}/purge", data=b'{"kind":"all"}',
                                  headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
@@ -267,9 +306,7 @@ def main():
     if not args.no_build:
         sh("cargo build --release --quiet --bin crossfade", cwd=ROOT)
     binary = os.path.join(ROOT, "target/release/crossfade")
-    work = tempfile.mkdtemp(prefix="crossfade-bench-")
-    # varnishd drops privileges: its VCL must be readable by its own user.
-    os.chmod(work, 0o755)
+    work = workdir("crossfade-bench-")
     try:
         setup(work)
         pids = start_proxies(work, binary)
@@ -312,20 +349,7 @@ def memory_per_object(work, pids, objects=100_000):
     """RSS growth per object while storing exactly `objects` cached 1 KiB objects, after a
     first fill of 20,000 so that each process's allocator and tables are past their start-up."""
     def fill(p, prefix, count):
-        script = os.path.join(work, f"fill-{prefix}.lua")
-        with open(script, "w") as f:
-            # Each wrk thread has its own Lua state with the same random seed, so the thread id
-            # (not math.random) keeps the two threads' URLs apart; each stops after its half.
-            f.write(f"""
-local n = 0
-function setup(thread) n = n + 1; thread:set("tid", n) end
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/obj/{prefix}-" .. tid .. "-" .. counter)
-end
-response = function() if counter >= {count // 2} then wrk.thread:stop() end end
-""")
+        script = unique_urls_lua(work, f"fill-{prefix}", prefix, count // 2)
         out = subprocess.run(["wrk", "-t2", "-c2", "-d120s", "-s", script, "-H", "Host: bench.test",
                               f"http://127.0.0.1:{PORTS[p]}/"], capture_output=True, text=True).stdout
         return int(re.search(r"(\d+) requests in", out).group(1))

@@ -10,36 +10,18 @@ fill waited behind the purge, if it waited). Rounds refill the cache first.
 
 A benchmark, not a test: CI does not run it. Uses bench.py's origin, ports and config.
 """
-import argparse, json, os, re, subprocess, tempfile, threading, time, urllib.request
+import argparse, os, re, subprocess, threading, time
 
 import bench
-from bench import PORTS, TOKEN
+from bench import PORTS
 
 
 def admin(method, path, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{PORTS['admin']}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKEN}",
-                                          "Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req).read())
+    return bench.admin_call(PORTS["admin"], method, path, body)
 
 
 def lua(work, name, prefix, stop_after=None):
-    path = os.path.join(work, f"{name}.lua")
-    stop = f"response = function() if counter >= {stop_after} then wrk.thread:stop() end end" if stop_after else ""
-    with open(path, "w") as f:
-        # Each wrk thread has its own Lua state: the thread id keeps their URLs apart.
-        f.write(f"""
-local n = 0
-function setup(thread) n = n + 1; thread:set("tid", n) end
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/obj/{prefix}-" .. tid .. "-" .. counter)
-end
-{stop}
-""")
-    return path
+    return bench.unique_urls_lua(work, name, prefix, stop_after)
 
 
 def wrk(script, connections, duration, latency=False):
@@ -51,17 +33,17 @@ def wrk(script, connections, duration, latency=False):
     return out
 
 
-def ms(out, label):
-    m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
-    if not m:
-        return float("nan")
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+def ms(text):
+    """A wrk duration (`512.00us`, `3.20ms`, `1.05s`) in ms."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def misses(out):
-    return {"p99": ms(out, r"^\s+99%"), "max": float(re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out).group(1)) *
-            {"us": 0.001, "ms": 1, "s": 1000}[re.search(r"Latency\s+\S+\s+\S+\s+[\d.]+(us|ms|s)", out).group(1)],
+    """p99 and longest latency (ms) and rate of a wrk --latency run."""
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    return {"p99": ms(p99.group(1)), "max": ms(latency.group(3)),
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
 
 
@@ -75,7 +57,7 @@ def main():
     if not args.no_build:
         bench.sh("cargo build --release --quiet")
     binary = os.path.join(bench.ROOT, "target/release/crossfade")
-    work = tempfile.mkdtemp(prefix="crossfade-purge-live-")
+    work = bench.workdir("crossfade-purge-live-")
     try:
         bench.setup(work)
         bench.start(f"{binary} run --config {work}/crossfade.toml")
