@@ -18,6 +18,17 @@ async fn status(p: &Proxy) -> serde_json::Value {
         .1
 }
 
+/// Nodes n1 and n2 on `redis`, each subscribed and seeing the other.
+async fn pair(origin: &Origin, redis: &Redis) -> (Proxy, Proxy) {
+    let (n1, n2) = (
+        node(origin, redis, "n1").await,
+        node(origin, redis, "n2").await,
+    );
+    until_meshed(&n1, 1).await;
+    until_meshed(&n2, 1).await;
+    (n1, n2)
+}
+
 /// Waits until `p` is subscribed and sees `peers` other nodes.
 async fn until_meshed(p: &Proxy, peers: usize) {
     let ok = eventually(Duration::from_secs(10), || async {
@@ -99,12 +110,7 @@ async fn a_node_that_loses_redis_keeps_serving_and_reconnects() {
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
     let redis = Redis::start().await;
     let port = redis.port;
-    let (n1, n2) = (
-        node(&origin, &redis, "n1").await,
-        node(&origin, &redis, "n2").await,
-    );
-    until_meshed(&n1, 1).await;
-    until_meshed(&n2, 1).await;
+    let (n1, n2) = pair(&origin, &redis).await;
     let c = n1.client(&["www.shop.test"]);
     get(&c, &n1.url("/a"), &[]).await;
 
@@ -233,12 +239,7 @@ async fn a_report_is_complete_only_when_every_node_remembered_confirmed_even_aft
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
     let mut redis = Redis::start().await;
     let port = redis.port;
-    let (n1, n2) = (
-        node(&origin, &redis, "n1").await,
-        node(&origin, &redis, "n2").await,
-    );
-    until_meshed(&n1, 1).await;
-    until_meshed(&n2, 1).await;
+    let (n1, n2) = pair(&origin, &redis).await;
     for round in 0..3 {
         let path = format!("/a{round}");
         for n in [&n1, &n2] {
@@ -277,12 +278,7 @@ async fn a_hung_redis_is_seen_and_the_purges_it_may_have_lost_are_caught_up() {
     let origin =
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
     let redis = Redis::start().await;
-    let (n1, n2) = (
-        node(&origin, &redis, "n1").await,
-        node(&origin, &redis, "n2").await,
-    );
-    until_meshed(&n1, 1).await;
-    until_meshed(&n2, 1).await;
+    let (n1, n2) = pair(&origin, &redis).await;
     hit_on(&n2, "/a").await;
     assert!(hit_on(&n2, "/a").await);
     let resubscribed = status(&n2).await["fleet"]["resubscriptions"].clone();
