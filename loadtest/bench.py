@@ -241,6 +241,13 @@ def report(title, results):
             print(f"  {workload}: errors {bad}")
 
 
+def release_binary(no_build):
+    """The release crossfade, built first unless `no_build`."""
+    if not no_build:
+        sh("cargo build --release --quiet --bin crossfade", cwd=ROOT)
+    return os.path.join(ROOT, "target/release/crossfade")
+
+
 def workdir(prefix):
     """A fresh directory for a run's files, readable by the peers' own users (nginx and varnishd
     drop privileges: the origin's files and the VCL must be readable to them)."""

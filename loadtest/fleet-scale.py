@@ -26,10 +26,7 @@ def main():
     ap.add_argument("--purges", type=int, default=300)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    os.chdir(bench.ROOT)
-    if not args.no_build:
-        bench.sh("cargo build --release --quiet")
-    binary = os.path.join(bench.ROOT, "target/release/crossfade")
+    binary = bench.release_binary(args.no_build)
     work = bench.workdir("crossfade-fleet-scale-")
     try:
         bench.setup(work)

@@ -53,10 +53,7 @@ def main():
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    os.chdir(bench.ROOT)
-    if not args.no_build:
-        bench.sh("cargo build --release --quiet")
-    binary = os.path.join(bench.ROOT, "target/release/crossfade")
+    binary = bench.release_binary(args.no_build)
     work = bench.workdir("crossfade-purge-live-")
     try:
         bench.setup(work)
