@@ -106,9 +106,53 @@ pub struct Metrics {
     pub pool_waits: IntCounterVec,
     /// Requests a full pool did not take (`answer`: `stale` or `unavailable`).
     pub pool_shed: IntCounterVec,
+    /// Query parameters a route's `query_keep` removed from cacheable requests, by name.
+    query_dropped: IntCounterVec,
+    /// The parameter names given their own label, per site and route (the rest: `other`).
+    dropped_names: std::sync::Mutex<DroppedNames>,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
+}
+
+/// (site, route) → the dropped parameter names that have a label of their own.
+type DroppedNames = HashMap<(Box<str>, Box<str>), Vec<Box<str>>>;
+
+/// Names of dropped parameters a route gets a label of its own for; later ones are `other`.
+const DROPPED_NAMES_PER_ROUTE: usize = 20;
+
+impl Metrics {
+    /// Counts the query parameters `query_keep` dropped on `site`/`route`, and says the first
+    /// time each name is dropped there (a warning: an allow-list that misses a parameter the
+    /// application reads serves every visitor the same page whatever its value).
+    pub fn query_dropped(&self, site: &str, route: &str, names: &[String]) {
+        let mut known = self.dropped_names.lock().unwrap_or_else(|e| e.into_inner());
+        let listed = known.entry((site.into(), route.into())).or_default();
+        for name in names {
+            let seen = listed.iter().any(|n| **n == **name);
+            let label = if seen {
+                name.as_str()
+            } else if listed.len() < DROPPED_NAMES_PER_ROUTE && plain_label(name) {
+                listed.push(name.as_str().into());
+                tracing::warn!(site, route, param = ?name, "query_keep drops this parameter from the cache key and the origin request: every value gets the same cached page (list it in query_keep if the application reads it)");
+                name.as_str()
+            } else {
+                "other"
+            };
+            self.query_dropped
+                .with_label_values(&[site, route, label])
+                .inc();
+        }
+    }
+}
+
+/// Whether a name from a request may be a label value as it is (short, plain characters).
+fn plain_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -305,6 +349,8 @@ impl Metrics {
             origin_retries: counter(&r, "crossfade_origin_retries_total", "Requests sent to an origin a second time after the first attempt failed before any answer (at most one retry, idempotent requests only).", &["site", "pool"]),
             pool_waits: counter(&r, "crossfade_pool_waits_total", "Requests that waited for a free slot of a pool's max_inflight.", &["site", "pool"]),
             pool_shed: counter(&r, "crossfade_pool_shed_total", "Requests a pool at max_inflight did not take within max_wait, by what the client got instead (stale or unavailable).", &["site", "pool", "answer"]),
+            query_dropped: counter(&r, "crossfade_query_params_dropped_total", "Query parameters a route's query_keep removed from the cache key and the origin request, by name (the first 20 names of a route; later ones as other).", &["site", "route", "param"]),
+            dropped_names: Default::default(),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),

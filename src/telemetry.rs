@@ -97,11 +97,24 @@ pub struct Finished<'a> {
     /// What the pool's server did with the request.
     pub origin: crate::stats::Asked,
     pub request_id: &'a str,
+    /// The route's query filter, when there was a route.
+    pub query_filter: Option<&'a crate::rules::QueryFilter>,
 }
 
 /// Logs and counts one finished request.
 pub fn finished(metrics: &Metrics, f: &Finished) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // A cacheable request's query lost what the route's `query_keep` does not list: said in
+    // the log and counted, so a parameter the application needs is not dropped in silence.
+    let dropped = match f.query_filter {
+        Some(filter) if f.bypass.is_none() && f.cache != "edge" && !f.query.is_empty() => {
+            crate::cache::key::dropped_by_allow_list(f.query, filter)
+        }
+        _ => Vec::new(),
+    };
+    if !dropped.is_empty() {
+        metrics.query_dropped(f.site, f.route, &dropped);
+    }
     access(&AccessEvent {
         site: f.site,
         route: f.route,
@@ -117,6 +130,7 @@ pub fn finished(metrics: &Metrics, f: &Finished) {
         bytes: f.bytes,
         error: f.error,
         request_id: f.request_id,
+        query_dropped: &dropped.join(","),
     });
     metrics.request(&RequestEvent {
         site: f.site,
@@ -150,6 +164,8 @@ struct AccessEvent<'a> {
     bytes: usize,
     error: &'a str,
     request_id: &'a str,
+    /// Parameters `query_keep` dropped, comma-separated.
+    query_dropped: &'a str,
 }
 
 /// Emits one access-log event.
@@ -161,6 +177,7 @@ fn access(e: &AccessEvent) {
         method = e.method,
         path = e.path,
         query = e.query,
+        query_dropped = e.query_dropped,
         status = e.status,
         cache = e.cache,
         pool = e.pool,

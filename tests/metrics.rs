@@ -310,3 +310,51 @@ async fn open_connections_are_counted() {
     .await;
     assert!(closed, "closed connections are no longer counted");
 }
+
+#[tokio::test]
+async fn parameters_an_allow_list_drops_are_counted_logged_once_and_in_the_access_log() {
+    let origin = Origin::start(|seen| async move {
+        let query = seen.uri.query().unwrap_or("").to_string();
+        reply(200, &[("cache-control", "max-age=60")], query)
+    })
+    .await;
+    let rules = "[defaults]\nbypass_cookies = [\"session\"]\n[[routes]]\nname = \"search\"\n\
+                 prefix = \"/search\"\nquery_keep = [\"q\"]\n";
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let mix = get(&c, &proxy.url("/search?q=a&type=mix"), &[]).await;
+    let dj = get(&c, &proxy.url("/search?q=a&type=dj"), &[]).await;
+    assert_eq!(mix.body, "q=a", "the origin never saw type");
+    assert!(dj.is_hit(), "one page for every type: {}", dj.cache());
+    // Someone sends many made-up names: the labels stay bounded.
+    for i in 0..40 {
+        get(&c, &proxy.url(&format!("/search?q=b&junk{i}=1")), &[]).await;
+    }
+    let m = metrics_after(&proxy, 42.0).await;
+    let family = "crossfade_query_params_dropped_total";
+    assert_eq!(
+        sample(&m, family, &["route=\"search\"", "param=\"type\""]),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(sample(&m, family, &["param=\"other\""]), 21.0, "{m}");
+    let labels = m.lines().filter(|l| l.starts_with(family)).count();
+    assert_eq!(labels, 21, "20 names of their own and other");
+    let warned = |p: &Proxy| {
+        p.stderr()
+            .lines()
+            .filter(|l| l.contains("query_keep drops") && l.contains("\"type\""))
+            .count()
+    };
+    assert_eq!(warned(&proxy), 1, "said once: {}", proxy.stderr());
+    let logged = eventually(Duration::from_secs(5), || async {
+        proxy
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("query_dropped=\"type\""))
+            .count()
+            == 2
+    })
+    .await;
+    assert!(logged, "access log: {}", proxy.stdout());
+}

@@ -104,20 +104,39 @@ pub fn normalize_query(query: Option<&str>, filter: &QueryFilter, sort: bool) ->
     let mut pairs: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let raw_name = p.split_once('=').map_or(*p, |(n, _)| n);
-            // Match on the decoded name so `utm%5Fsource` is dropped like `utm_source`.
-            let name: String = form_urlencoded::parse(raw_name.as_bytes())
-                .next()
-                .map(|(n, _)| n.into_owned())
-                .unwrap_or_default();
-            filter.keeps(&name)
-        })
+        .filter(|p| filter.keeps(&param_name(p)))
         .collect();
     if sort {
         pairs.sort_unstable();
     }
     pairs.join("&")
+}
+
+/// The decoded name of one `name=value` pair: the filter matches `utm%5Fsource` as it matches
+/// `utm_source`.
+fn param_name(pair: &str) -> String {
+    let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
+    form_urlencoded::parse(raw_name.as_bytes())
+        .next()
+        .map(|(n, _)| n.into_owned())
+        .unwrap_or_default()
+}
+
+/// The names of the parameters an allow-list (`query_keep`) removes from `query`, each once,
+/// in the order they came: what [`normalize_query`] drops that the rule did not say to drop
+/// by name. Empty for a `query_drop` rule (its names are dropped on purpose).
+pub fn dropped_by_allow_list(query: &str, filter: &QueryFilter) -> Vec<String> {
+    let QueryFilter::Keep(_) = filter else {
+        return Vec::new();
+    };
+    let mut dropped: Vec<String> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = param_name(pair);
+        if !filter.keeps(&name) && !dropped.contains(&name) {
+            dropped.push(name);
+        }
+    }
+    dropped
 }
 
 /// The primary key: site, host, path, normalised query and the pool (release) whose pages it
@@ -192,6 +211,11 @@ mod tests {
             "q=abba"
         );
         assert_eq!(normalize_query(None, &keep, true), "");
+        assert_eq!(
+            dropped_by_allow_list("q=abba&type=mix&type=dj&page=2&x%79z=1", &keep),
+            vec!["type", "page", "xyz"]
+        );
+        assert!(dropped_by_allow_list("utm_source=x", &drop).is_empty());
     }
 
     #[test]

@@ -92,7 +92,7 @@ struct HitAnswer {
     body: Option<Body>,
     status: u16,
     site: Arc<str>,
-    route: Arc<str>,
+    rule: Arc<crate::rules::Rule>,
     pool: String,
     request_id: String,
     method: Method,
@@ -333,7 +333,7 @@ impl FastPath {
             &self.metrics,
             &crate::telemetry::Finished {
                 site: &a.site,
-                route: &a.route,
+                route: &a.rule.name,
                 pool: &a.pool,
                 method: a.method.as_str(),
                 path: &a.path,
@@ -350,6 +350,7 @@ impl FastPath {
                 error: "",
                 request_id: &a.request_id,
                 origin: crate::stats::Asked::No,
+                query_filter: Some(&a.rule.query),
             },
         );
     }
@@ -469,7 +470,7 @@ fn hit(
         body: (method == Method::GET).then_some(body),
         status: status.as_u16(),
         site: f.site.name.clone(),
-        route: f.rule.name.clone(),
+        rule: f.rule.clone(),
         pool: f.pool.clone(),
         request_id,
         method,

@@ -623,6 +623,7 @@ impl FastPath {
                 error: r.error,
                 request_id: &relay.request_id,
                 origin: r.origin,
+                query_filter: Some(&relay.rule.query),
             },
         );
     }

@@ -695,6 +695,7 @@ impl ProxyHttp for EdgeProxy {
                 error: e.map_or("", |e| e.etype().as_str()),
                 request_id: &ctx.request_id,
                 origin,
+                query_filter: ctx.rule.as_ref().map(|r| &r.query),
             },
         );
     }
