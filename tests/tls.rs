@@ -205,3 +205,32 @@ async fn large_cached_bodies_are_encrypted_whole_over_http1_and_http2() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(open.is_some_and(|n| n >= 2.0), "{open:?}");
 }
+
+#[test]
+fn dev_certificates_keep_their_keys_private_and_last_a_year() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    dev_certs(dir.path(), &["a.test"]);
+    for key in ["ca-key.pem", "a.test-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}: {mode:o}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for cert in ["ca.pem", "a.test.pem"] {
+        let pem = std::fs::read(dir.path().join(cert)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let parsed = pem.parse_x509().unwrap();
+        let until = parsed.validity().not_after.timestamp();
+        let days = (until - now) / 86_400;
+        assert!(
+            (364..=366).contains(&days),
+            "{cert}: valid for {days} more days"
+        );
+    }
+}
