@@ -74,11 +74,85 @@ servers = ["127.0.0.1:9"]
         "crossfade.toml: proxy.listen[0]: \"nowhere\" is not an address",
         "crossfade.toml: sites[0].active_pool: \"purple\" is not one of this site's pools",
         "rules.toml: routes[0].edge_ttl: \"5 minutes please\" is not a duration",
-        "rules.toml: routes[1].edg_ttl: unknown field `edg_ttl`",
+        "rules.toml: routes[1].edg_ttl: unknown key `edg_ttl`; did you mean `edge_ttl`?",
         "rules.toml: routes[2].glob: invalid glob",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+}
+
+#[test]
+fn each_kind_of_mistake_gets_its_own_exact_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crossfade.toml");
+    let run = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let (ok, out) = check(&[config.to_str().unwrap()]);
+        assert!(!ok, "{text}");
+        let file = config.display().to_string();
+        out.lines()
+            .map(|l| l.replace(&file, "crossfade.toml"))
+            .collect::<Vec<_>>()
+    };
+    let syntax = run("[server]\nthreads = 2\n[proxy]\nlisten = [\"127.0.0.1:8080\"\n");
+    assert_eq!(
+        syntax,
+        vec!["crossfade.toml: not valid TOML at line 5, column 1: invalid array; expected `]`"]
+    );
+    let many = run(r#"
+[server]
+thredas = 2
+[proxy]
+listen = ["127.0.0.1:8080"]
+[[sites]]
+name = "a"
+hosts = ["a.test"]
+rules = "missing.toml"
+active_pool = "blue"
+[sites.pools.blue]
+servers = ["127.0.0.1:9000", "127.0.0.1:9000"]
+[[sites]]
+name = "b"
+hosts = ["a.test"]
+active_pool = "blue"
+[sites.pools.blue]
+servers = []
+health_interval = "soon"
+[[sites]]
+name = "c"
+hosts = ["c.test"]
+default = "yes"
+[sites.pools.blue]
+servers = ["127.0.0.1:9001"]
+"#);
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let expected = [
+        "crossfade.toml: server.thredas: unknown key `thredas`; did you mean `threads`?".to_string(),
+        "crossfade.toml: sites[2].default: invalid type: string \"yes\", expected true or false".into(),
+        "crossfade.toml: sites[0].pools.blue.servers[1]: \"127.0.0.1:9000\" is listed twice (give it a weight instead)".into(),
+        format!("crossfade.toml: sites[0].rules: {missing} does not exist (a rules path is relative to this file's directory)"),
+        "crossfade.toml: sites[1].hosts[0]: \"a.test\" is claimed by sites[0] too".into(),
+        "crossfade.toml: sites[1].pools.blue.servers: needs at least one server".into(),
+        "crossfade.toml: sites[1].pools.blue.health_path: health check settings need a health_path".into(),
+        "crossfade.toml: sites[1].pools.blue.health_interval: \"soon\" is not a duration above 0s (use e.g. \"2s\")".into(),
+    ];
+    for line in &expected {
+        assert!(
+            many.contains(line),
+            "missing {line:?} in:\n{}",
+            many.join("\n")
+        );
+    }
+    assert_eq!(many.len(), expected.len(), "{}", many.join("\n"));
+    let words = run("[server]\nthreads = \"two\"\n");
+    assert!(
+        words.contains(
+            &"crossfade.toml: server.threads: invalid type: string \"two\", expected a whole number"
+                .to_string()
+        ),
+        "{}",
+        words.join("\n")
+    );
 }
 
 #[test]

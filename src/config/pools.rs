@@ -207,6 +207,10 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<PoolSpec> {
     let mut servers = Vec::new();
     for (j, s) in p.servers.iter().enumerate() {
         match s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            Some(addr) if servers.contains(&addr) => push(
+                format!("{key}.servers[{j}]"),
+                format!("{s:?} is listed twice (give it a weight instead)"),
+            ),
             Some(addr) => servers.push(addr),
             None => push(
                 format!("{key}.servers[{j}]"),
@@ -251,6 +255,13 @@ fn pool(name: &str, p: &PoolFile, key: &str, push: Push) -> Option<PoolSpec> {
             format!("{key}.health_path"),
             "health check settings need a health_path".into(),
         );
+        // Their values are still checked: both mistakes are reported at once.
+        for (setting, value) in [
+            ("health_interval", &p.health_interval),
+            ("health_timeout", &p.health_timeout),
+        ] {
+            duration(&format!("{key}.{setting}"), value, Duration::ZERO, push);
+        }
     }
     if servers.is_empty() {
         return None;

@@ -90,17 +90,64 @@ impl Issues<'_> {
                 };
                 // toml appends "in `key`" and blank lines; the key path is already reported.
                 let message = e.into_inner().to_string();
-                let first = message
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                self.push(key, first);
+                let first = message.lines().next().unwrap_or_default().trim();
+                self.push(key, in_words(first));
                 None
             }
         }
     }
+}
+
+/// serde's message in an operator's words: an unknown key names the nearest known one, and
+/// type names say what to write.
+fn in_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((unknown, expected)) = rest.split_once("`, expected ") {
+            let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let nearest = known
+                .iter()
+                .map(|k| (edit_distance(unknown, k), *k))
+                .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+                .min();
+            return match nearest {
+                Some((_, k)) => format!("unknown key `{unknown}`; did you mean `{k}`?"),
+                None => format!(
+                    "unknown key `{unknown}`; known keys here: {}",
+                    known.join(", ")
+                ),
+            };
+        }
+    }
+    let mut out = message.to_string();
+    for (serde, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a quoted string"),
+        ("expected a sequence", "expected a list like [\"a\", \"b\"]"),
+    ] {
+        out = out.replace(serde, words);
+    }
+    out
+}
+
+/// Levenshtein distance (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 pub(super) fn read_table(path: &Path, issues: &mut Issues) -> Option<toml::Table> {
@@ -114,7 +161,20 @@ pub(super) fn read_table(path: &Path, issues: &mut Issues) -> Option<toml::Table
     match text.parse::<toml::Table>() {
         Ok(t) => Some(t),
         Err(e) => {
-            issues.push("", format!("not valid TOML: {}", e.message()));
+            let message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            issues.push("", format!("not valid TOML{at}: {message}"));
             None
         }
     }
@@ -362,6 +422,8 @@ pub(super) fn valid_name(name: &str) -> bool {
 fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> Sites {
     let mut sites = Sites::default();
     let mut names = HashSet::new();
+    // Host → the site that claimed it first.
+    let mut claimed: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, f) in files {
         let mut issues = Issues {
             file: config.to_path_buf(),
@@ -384,6 +446,15 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
             issues.push(format!("{at}.hosts"), "needs at least one host name");
         }
         let hosts: Vec<String> = f.hosts.iter().map(|h| normalize_host(h)).collect();
+        // Checked for every site, also one with other problems: "every problem" means all.
+        for (j, host) in hosts.iter().enumerate() {
+            if let Some(other) = claimed.insert(host.clone(), i) {
+                issues.push(
+                    format!("{at}.hosts[{j}]"),
+                    format!("{host:?} is claimed by sites[{other}] too"),
+                );
+            }
+        }
         let mut push = |key: String, message: String| issues.push(key, message);
         let pools = super::pools::pools(&f, &at, valid_name, &mut push);
         let assets = super::pools::assets(&f, &at, &mut push);
@@ -392,10 +463,13 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
                 .iter()
                 .position(|p| &p.name == name)
                 .unwrap_or_else(|| {
-                    issues.push(
-                        format!("{at}.active_pool"),
-                        format!("{name:?} is not one of this site's pools"),
-                    );
+                    // A pool that is configured but invalid has its own message already.
+                    if !f.pools.contains_key(name) {
+                        issues.push(
+                            format!("{at}.active_pool"),
+                            format!("{name:?} is not one of this site's pools"),
+                        );
+                    }
                     0
                 }),
             (None, 0 | 1) => 0,
@@ -410,7 +484,18 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
         let routes = match &f.rules {
             Some(rules) => {
                 let rules_path = relative_to(config, rules);
-                super::routes::compile_rules(&rules_path, all)
+                if rules_path.is_file() {
+                    super::routes::compile_rules(&rules_path, all)
+                } else {
+                    issues.push(
+                        format!("{at}.rules"),
+                        format!(
+                            "{} does not exist (a rules path is relative to this file's directory)",
+                            rules_path.display()
+                        ),
+                    );
+                    None
+                }
             }
             None => Some(crate::rules::RouteTable {
                 routes: vec![],
@@ -436,20 +521,17 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
             file: config.to_path_buf(),
             out: all,
         };
-        for (j, host) in hosts.iter().enumerate() {
-            let taken = if let Some(suffix) = host.strip_prefix('*') {
-                sites.wildcards.iter().any(|(s, _)| s == suffix) || {
+        for host in &hosts {
+            // A host claimed twice was reported above.
+            if let Some(suffix) = host.strip_prefix('*') {
+                if !sites.wildcards.iter().any(|(s, _)| s == suffix) {
                     sites.wildcards.push((suffix.to_string(), site.clone()));
-                    false
                 }
             } else {
-                sites.by_host.insert(host.clone(), site.clone()).is_some()
-            };
-            if taken {
-                issues.push(
-                    format!("{at}.hosts[{j}]"),
-                    format!("{host:?} is claimed by another site"),
-                );
+                sites
+                    .by_host
+                    .entry(host.clone())
+                    .or_insert_with(|| site.clone());
             }
         }
         if f.default {
