@@ -9,6 +9,7 @@ pub mod demo;
 pub mod fleet;
 pub mod metrics;
 pub mod pools;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

@@ -110,6 +110,8 @@ pub struct Metrics {
     query_dropped: IntCounterVec,
     /// The parameter names given their own label, per site and route (the rest: `other`).
     dropped_names: std::sync::Mutex<DroppedNames>,
+    /// The process's memory, CPU, file descriptors and build.
+    pub process: crate::process::ProcessMetrics,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     statsd: Option<Statsd>,
@@ -351,6 +353,7 @@ impl Metrics {
             pool_shed: counter(&r, "crossfade_pool_shed_total", "Requests a pool at max_inflight did not take within max_wait, by what the client got instead (stale or unavailable).", &["site", "pool", "answer"]),
             query_dropped: counter(&r, "crossfade_query_params_dropped_total", "Query parameters a route's query_keep removed from the cache key and the origin request, by name (the first 20 names of a route; later ones as other).", &["site", "route", "param"]),
             dropped_names: Default::default(),
+            process: crate::process::ProcessMetrics::new(&r),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),

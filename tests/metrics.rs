@@ -358,3 +358,36 @@ async fn parameters_an_allow_list_drops_are_counted_logged_once_and_in_the_acces
     .await;
     assert!(logged, "access log: {}", proxy.stdout());
 }
+
+#[tokio::test]
+async fn the_process_and_its_build_are_measured() {
+    let origin = Origin::start(|_| async { reply(200, &[], "x") }).await;
+    let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    let m = metrics(&proxy).await;
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{m}"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(now - started < 120.0 && started <= now, "{started}");
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("crossfade_build_info{"))
+        .unwrap_or_else(|| panic!("no build info in:\n{m}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+}

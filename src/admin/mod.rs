@@ -365,6 +365,7 @@ impl AdminApp {
     /// Refreshes the gauges that mirror state, then renders every metric.
     fn metrics(&self, rt: &Runtime) -> Response<Vec<u8>> {
         let m = &self.metrics;
+        m.process.refresh();
         m.cache_objects.set(self.storage.object_count() as i64);
         m.cache_bytes.set(self.storage.weighted_bytes() as i64);
         let evicted = self.storage.evictions();
