@@ -12,7 +12,20 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<ExitCode> {
+/// Errors end the process with a one-line (or, for a config, one-line-per-problem) message on
+/// stderr and exit code 1, without a backtrace even when `RUST_BACKTRACE` is set: they are the
+/// operator's to read, not a crash.
+fn main() -> ExitCode {
+    match command() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("crossfade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn command() -> Result<ExitCode> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
     if !matches!(command, Command::Run(_) | Command::Demo(_)) {

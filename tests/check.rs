@@ -212,3 +212,26 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_cli_without_its_token_names_the_missing_variable_and_shows_no_backtrace() {
+    let out = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["purge", "url", "www.store.test/track/1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CROSSFADE_OPS_TOKEN")
+        .env_remove("CROSSFADE_RELEASE_TOKEN")
+        .env_remove("CROSSFADE_TOKEN")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("crossfade: no token")
+            && stderr.contains(
+                "admin.tokens[0].token_env: environment variable CROSSFADE_OPS_TOKEN is not set"
+            ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}

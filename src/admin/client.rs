@@ -16,15 +16,27 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no token: pass --token, set CROSSFADE_TOKEN, or configure [[admin.tokens]]")]
-    NoToken,
+    #[error("no token: pass --token, set CROSSFADE_TOKEN, or configure [[admin.tokens]] ({why})")]
+    NoToken { why: String },
     #[error("the admin API answered something that is not HTTP")]
     BadResponse,
 }
 
 /// Address and token for the admin API, from flags, environment and config, in that order.
 pub fn target(args: &AdminArgs, scope: Scope) -> Result<(String, String), ClientError> {
-    let rt = crate::config::load(&args.config).ok();
+    let loaded = crate::config::load(&args.config);
+    let config = args.config.display();
+    // Why the config gave no token, for the error: a token that comes from an unset
+    // environment variable is the usual reason, and it is named.
+    let why = match &loaded {
+        Err(crate::config::LoadError::Invalid(issues)) => {
+            let first: Vec<String> = issues.iter().take(3).map(|i| i.to_string()).collect();
+            format!("{config} could not be used: {}", first.join("; "))
+        }
+        Ok(rt) if rt.admin.is_none() => format!("{config} has no [admin] section"),
+        Ok(_) => format!("no token in {config} has the {scope:?} scope"),
+    };
+    let rt = loaded.ok();
     let admin = rt.as_ref().and_then(|rt| rt.admin.as_ref());
     let addr = args
         .admin
@@ -43,7 +55,7 @@ pub fn target(args: &AdminArgs, scope: Scope) -> Result<(String, String), Client
                     .map(|t| t.secret.clone())
             })
         })
-        .ok_or(ClientError::NoToken)?;
+        .ok_or(ClientError::NoToken { why })?;
     Ok((addr, token))
 }
 
