@@ -18,15 +18,32 @@ async fn status(p: &Proxy) -> serde_json::Value {
         .1
 }
 
+/// Nodes with these names on `redis`, each subscribed and seeing all the others.
+async fn fleet_of<const N: usize>(origin: &Origin, redis: &Redis, names: [&str; N]) -> [Proxy; N] {
+    let mut nodes = Vec::new();
+    for name in names {
+        nodes.push(node(origin, redis, name).await);
+    }
+    for n in &nodes {
+        until_meshed(n, N - 1).await;
+    }
+    nodes
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N nodes were started"))
+}
+
 /// Nodes n1 and n2 on `redis`, each subscribed and seeing the other.
 async fn pair(origin: &Origin, redis: &Redis) -> (Proxy, Proxy) {
-    let (n1, n2) = (
-        node(origin, redis, "n1").await,
-        node(origin, redis, "n2").await,
-    );
-    until_meshed(&n1, 1).await;
-    until_meshed(&n2, 1).await;
+    let [n1, n2] = fleet_of(origin, redis, ["n1", "n2"]).await;
     (n1, n2)
+}
+
+/// Stores `path` on every node (a miss, then a hit on each).
+async fn cached_everywhere(nodes: &[Proxy], path: &str) {
+    for n in nodes {
+        hit_on(n, path).await;
+        assert!(hit_on(n, path).await, "{path} is cached on every node");
+    }
 }
 
 /// Waits until `p` is subscribed and sees `peers` other nodes.
@@ -62,19 +79,9 @@ async fn a_purge_on_one_node_reaches_every_node() {
     })
     .await;
     let redis = Redis::start().await;
-    let nodes = [
-        node(&origin, &redis, "n1").await,
-        node(&origin, &redis, "n2").await,
-        node(&origin, &redis, "n3").await,
-    ];
-    for n in &nodes {
-        until_meshed(n, 2).await;
-    }
+    let nodes = fleet_of(&origin, &redis, ["n1", "n2", "n3"]).await;
     let clients: Vec<_> = nodes.iter().map(|n| n.client(&["www.shop.test"])).collect();
-    for (n, c) in nodes.iter().zip(&clients) {
-        get(c, &n.url("/a"), &[]).await;
-        assert!(get(c, &n.url("/a"), &[]).await.is_hit());
-    }
+    cached_everywhere(&nodes, "/a").await;
     let report = nodes[0]
         .purge(json!({"kind": "url", "url": "www.shop.test/a"}))
         .await;
@@ -166,18 +173,9 @@ async fn two_processes_with_one_name_still_purge_each_other_and_say_so() {
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
     let redis = Redis::start().await;
     // Two instances on one host with one name (a container image with a fixed hostname).
-    let twins = [
-        node(&origin, &redis, "twin").await,
-        node(&origin, &redis, "twin").await,
-    ];
-    for t in &twins {
-        until_meshed(t, 1).await;
-    }
+    let twins = fleet_of(&origin, &redis, ["twin", "twin"]).await;
     let clients: Vec<_> = twins.iter().map(|t| t.client(&["www.shop.test"])).collect();
-    for (t, c) in twins.iter().zip(&clients) {
-        get(c, &t.url("/p"), &[]).await;
-        assert!(get(c, &t.url("/p"), &[]).await.is_hit());
-    }
+    cached_everywhere(&twins, "/p").await;
     let report = twins[0]
         .purge(json!({"kind": "url", "url": "www.shop.test/p"}))
         .await;
@@ -206,14 +204,7 @@ async fn a_node_that_stops_announces_it_and_purges_stay_complete() {
     let origin =
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "x") }).await;
     let redis = Redis::start().await;
-    let nodes = [
-        node(&origin, &redis, "n1").await,
-        node(&origin, &redis, "n2").await,
-        node(&origin, &redis, "n3").await,
-    ];
-    for n in &nodes {
-        until_meshed(n, 2).await;
-    }
+    let nodes = fleet_of(&origin, &redis, ["n1", "n2", "n3"]).await;
     // A rolling restart takes n3 down (SIGTERM): for the seconds after, while its heartbeat
     // would still look recent, every purge is complete (it either confirms or has left).
     signal(nodes[2].pid(), "TERM");
