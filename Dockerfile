@@ -12,11 +12,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY vendor ./vendor
 COPY src ./src
 COPY assets ./assets
 COPY examples ./examples
-RUN cargo build --release --locked --bin crossfade
+# The production build: no embedded demo store, no `certs dev` (features `demo`, `dev-certs`),
+# and the `dist` profile: the release build without the debug info kept for profiling.
+RUN cargo build --profile dist --locked --no-default-features --bin crossfade
 
 FROM debian:bookworm-slim
 # hadolint ignore=DL3008
@@ -24,7 +27,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/crossfade --create-home crossfade
-COPY --from=build /src/target/release/crossfade /usr/local/bin/crossfade
+COPY --from=build /src/target/dist/crossfade /usr/local/bin/crossfade
 USER 10001
 WORKDIR /etc/crossfade
 EXPOSE 8080 8443

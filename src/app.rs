@@ -100,10 +100,14 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         &runtime.load(),
         runtime.load().release.state_file.clone(),
     ));
-    let metrics = {
-        let m = &runtime.load().metrics;
-        Arc::new(Metrics::new(m.statsd.map(|a| (a, m.statsd_prefix.clone()))))
-    };
+    let metrics = Arc::new(Metrics::new());
+    server.add_service(pingora::services::background::background_service(
+        "statsd resolver",
+        crate::metrics::statsd::Resolver {
+            runtime: runtime.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
     let purger = Arc::new(Purger::new(
         runtime.clone(),
         cache.storage,
@@ -116,12 +120,12 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         ));
     }
     let verdicts = Arc::new(Verdicts::default());
-    let reloader = Arc::new(Reloader {
-        runtime: runtime.clone(),
-        release: release.clone(),
-        pools: pools.clone(),
-        metrics: metrics.clone(),
-    });
+    let reloader = Arc::new(Reloader::new(
+        runtime.clone(),
+        release.clone(),
+        pools.clone(),
+        metrics.clone(),
+    ));
     server.add_service(pingora::services::background::background_service(
         "reload on SIGHUP",
         SighupService(reloader.clone()),
@@ -141,7 +145,8 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         tracing::info!(listen = %admin.listen, tokens = admin.tokens.len(), "admin API");
         server.add_service(service);
     }
-    if runtime.load().release.judge.is_some() {
+    // Always running: without `[release.judge]` it does nothing, and a reload may add one.
+    {
         let judge = Judge {
             runtime: runtime.clone(),
             release: release.clone(),

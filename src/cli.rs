@@ -1,4 +1,5 @@
-//! The command line: `run` (the default), `check`, `demo`.
+//! The command line: `run` (the default), `check`, `demo`, and the admin API's commands
+//! (`purge`, `pools`, `maintenance`, `reload`).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -20,14 +21,19 @@ pub enum Command {
     /// Validate config files and every rules file they name; print every error.
     Check(CheckArgs),
     /// Start the embedded demo store and crossfade in front of it.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Purge the cache on every node (through the admin API).
     Purge(PurgeArgs),
     /// Blue/green release control: status, flip, canary, rollback (through the admin API).
     Pools(PoolsArgs),
+    /// Reload the config and rules of a running crossfade (as SIGHUP does) and say what
+    /// changed, what took effect and what needs a restart.
+    Reload(ReloadArgs),
     /// Put a site or one of its routes into maintenance, or take it out.
     Maintenance(MaintenanceArgs),
     /// Certificates: `certs dev --out DIR HOST…` makes a local CA and a certificate per host.
+    #[cfg(feature = "dev-certs")]
     Certs(CertsArgs),
 }
 
@@ -70,6 +76,15 @@ pub enum PoolsWhat {
     },
     /// Return a site to its previous pool state.
     Rollback { site: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Only say what a reload would apply and what would need a restart; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Parser;
 use crossfade::admin::client;
 use crossfade::cli::{Cli, Command};
-use crossfade::{app, config, demo, telemetry};
+use crossfade::{app, config, telemetry};
 use std::process::ExitCode;
 
 /// glibc malloc took about a tenth of the hit path's CPU (per-request header maps and buffers
@@ -28,7 +28,11 @@ fn main() -> ExitCode {
 fn command() -> Result<ExitCode> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
-    if !matches!(command, Command::Run(_) | Command::Demo(_)) {
+    #[cfg(feature = "demo")]
+    let serves = matches!(command, Command::Run(_) | Command::Demo(_));
+    #[cfg(not(feature = "demo"))]
+    let serves = matches!(command, Command::Run(_));
+    if !serves {
         // A command-line tool whose reader went away (`crossfade check | head -1`) ends
         // quietly, as `cat` does, instead of panicking on the closed pipe. Not the server:
         // a client that closes its socket must not end the process.
@@ -88,18 +92,21 @@ fn command() -> Result<ExitCode> {
         Command::Purge(args) => exit(client::purge(args)?),
         Command::Pools(args) => exit(client::pools(args)?),
         Command::Maintenance(args) => exit(client::maintenance(args)?),
+        Command::Reload(args) => exit(client::reload(args)?),
+        #[cfg(feature = "dev-certs")]
         Command::Certs(args) => match args.what {
             crossfade::cli::CertsWhat::Dev { out, hosts } => {
-                for path in crossfade::tls::make_dev_certs(&out, &hosts)? {
+                for path in crossfade::tls::dev::make_dev_certs(&out, &hosts)? {
                     println!("{}", path.display());
                 }
                 Ok(ExitCode::SUCCESS)
             }
         },
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
             let runtime = config::load(&args.config)?;
             telemetry::init(&runtime.log);
-            demo::run(runtime)
+            crossfade::demo::run(runtime)
         }
     }
 }

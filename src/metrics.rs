@@ -1,18 +1,19 @@
 //! Metrics: one [`Metrics`] struct registered on an explicit Prometheus registry (exposed on
 //! the admin listener's `/metrics`), and a statsd sink with the store's naming scheme
-//! (`<prefix>.<site>.<route>.<metric>`).
+//! (`<prefix>.<site>.<route>.<metric>`, [`statsd`]).
 //!
 //! Label values come only from config (site, route and pool names, server addresses) or from
 //! fixed sets (cache outcome, status class, bypass and not-stored reasons), never from a
 //! client's request, so cardinality is bounded whatever clients send. Requests for unknown
 //! hosts are counted under site `-`.
 
+pub mod statsd;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -114,7 +115,8 @@ pub struct Metrics {
     pub process: crate::process::ProcessMetrics,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
-    statsd: Option<Statsd>,
+    /// Where statsd packets go; the address is set and kept current by [`statsd::Resolver`].
+    pub statsd: statsd::Statsd,
 }
 
 /// (site, route) → the dropped parameter names that have a label of their own.
@@ -196,6 +198,12 @@ fn histogram(
 }
 
 /// `2xx`, `4xx`, … (`0xx` when nothing was sent).
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub fn status_class(status: u16) -> &'static str {
     match status / 100 {
         1 => "1xx",
@@ -208,7 +216,7 @@ pub fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
-    pub fn new(statsd: Option<(SocketAddr, String)>) -> Self {
+    pub fn new() -> Self {
         let r = Registry::new();
         let page = ["site", "route", "pool"];
         Metrics {
@@ -274,7 +282,7 @@ impl Metrics {
             config_reloads: counter(
                 &r,
                 "crossfade_config_reloads_total",
-                "Config reloads by result (ok, rejected).",
+                "Config reloads by result: ok, rejected, certificates (a certificate file changed: certificates only), certificates-partly (some did not load and kept their running one).",
                 &["result"],
             ),
             canary_rollbacks: counter(
@@ -356,7 +364,7 @@ impl Metrics {
             process: crate::process::ProcessMetrics::new(&r),
             registry: r,
             stats: crate::stats::Stats::default(),
-            statsd: statsd.and_then(|(addr, prefix)| Statsd::new(addr, prefix)),
+            statsd: statsd::Statsd::default(),
         }
     }
 
@@ -416,9 +424,7 @@ impl Metrics {
             origin: e.origin,
         };
         self.stats.record((e.site, e.route, e.pool), &sample);
-        if let Some(s) = &self.statsd {
-            s.request(e);
-        }
+        self.statsd.request(e);
     }
 
     /// Runs `f` on the per-request metric children of one label set (site, route, pool,
@@ -508,51 +514,13 @@ impl Metrics {
     }
 }
 
-/// Pushes timers and counters to statsd over UDP. Sending never blocks: the socket is
-/// non-blocking and a full buffer or a dead server only drops the packet.
-struct Statsd {
-    socket: UdpSocket,
-    prefix: String,
-}
-
-impl Statsd {
-    fn new(addr: SocketAddr, prefix: String) -> Option<Self> {
-        let bind = if addr.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let socket = UdpSocket::bind(bind).ok()?;
-        socket.set_nonblocking(true).ok()?;
-        socket.connect(addr).ok()?;
-        Some(Statsd { socket, prefix })
-    }
-
-    fn request(&self, e: &RequestEvent) {
-        let base = format!("{}.{}.{}", self.prefix, e.site, e.route);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let mut lines = vec![
-            format!("{base}.requests:1|c"),
-            format!("{base}.response_time:{:.3}|ms", ms(e.total)),
-            format!("{base}.response_size:{}|ms", e.bytes),
-            format!("{base}.{}:1|c", e.cache.replace('-', "_")),
-            format!("{base}.status_{}:1|c", status_class(e.status)),
-        ];
-        if let Some(u) = e.upstream {
-            lines.push(format!("{base}.upstream_time:{:.3}|ms", ms(u)));
-        }
-        // One datagram per request; errors (no listener, full buffer) are deliberately ignored.
-        let _ = self.socket.send(lines.join("\n").as_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn requests_are_counted_and_rendered() {
-        let m = Metrics::new(None);
+        let m = Metrics::new();
         m.request(&RequestEvent {
             site: "shop",
             route: "home",
@@ -589,7 +557,7 @@ mod tests {
             store: None,
             origin: crate::stats::Asked::No,
         };
-        let (a, b) = (Metrics::new(None), Metrics::new(None));
+        let (a, b) = (Metrics::new(), Metrics::new());
         for _ in 0..3 {
             a.request(&event("home", None));
         }

@@ -267,6 +267,19 @@ impl Stats {
         }
     }
 
+    /// Keeps only the series `keep(site, route, pool)` says still exist (after a reload that
+    /// removed sites, routes or pools, whose series would otherwise stay in memory and on
+    /// the dashboard for as long as the process runs).
+    pub fn retain(&self, keep: impl Fn(&str, &str, &str) -> bool) {
+        for shard in &self.shards {
+            let mut all = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|_, bucket| {
+                bucket.retain(|(k, _)| keep(&k.0, &k.1, &k.2));
+                !bucket.is_empty()
+            });
+        }
+    }
+
     /// The (site, route, pool) series that exist.
     pub fn keys(&self) -> Vec<(String, String, String)> {
         let mut keys: Vec<_> = Vec::new();

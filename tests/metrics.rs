@@ -219,6 +219,75 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Receives statsd lines until one contains `want`, or `within` passes.
+async fn statsd_line(udp: &tokio::net::UdpSocket, want: &str, within: Duration) -> Option<String> {
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n = tokio::time::timeout_at(deadline, udp.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if let Some(l) = text.lines().find(|l| l.contains(want)) {
+            return Some(l.to_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_statsd_name_that_does_not_resolve_never_stops_the_proxy_and_a_reload_points_it_elsewhere(
+) {
+    let origin = Origin::start(|_| async { reply(200, &[], "abc") }).await;
+    // `.invalid` never resolves (RFC 6761).
+    let proxy = Proxy::single(
+        &origin,
+        OVERRIDE_ALL,
+        "[metrics]\nstatsd = \"statsd.no-such-host.invalid:8125\"\n",
+    )
+    .await;
+    let c = proxy.client(&["www.shop.test"]);
+    assert_eq!(get(&c, &proxy.url("/a"), &[]).await.status, 200);
+    let warned = eventually(Duration::from_secs(10), || async {
+        proxy.stderr().contains("statsd does not resolve")
+    })
+    .await;
+    assert!(warned, "a warning names the problem: {}", proxy.stderr());
+
+    // A name that resolves (localhost is 127.0.0.1 here), set by a reload.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let config = proxy.dir.path().join("crossfade.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace(
+            "statsd.no-such-host.invalid:8125",
+            &format!("localhost:{port}"),
+        )
+        .replace("[metrics]\n", "[metrics]\nstatsd_prefix = \"moved\"\n");
+    std::fs::write(&config, text).unwrap();
+    proxy.hup();
+    let mut line = None;
+    for _ in 0..20 {
+        assert_eq!(get(&c, &proxy.url("/b"), &[]).await.status, 200);
+        line = statsd_line(&udp, ".requests:1|c", Duration::from_millis(500)).await;
+        if line.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        line.as_deref(),
+        Some("moved.shop.all.requests:1|c"),
+        "after the reload, packets go to the resolved name with the new prefix: {}",
+        proxy.stderr()
+    );
+    assert!(
+        proxy.stderr().contains("restart_required=[]"),
+        "statsd and its prefix apply on reload: {}",
+        proxy.stderr()
+    );
+}
+
 #[tokio::test]
 async fn request_ids_are_propagated_or_generated() {
     let origin = Origin::start(|seen| async move {
@@ -274,7 +343,7 @@ async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
                 .unwrap()]
         })
         .collect();
-    let defined = crossfade::metrics::Metrics::new(None).families();
+    let defined = crossfade::metrics::Metrics::new().families();
     assert!(exposed.contains("# TYPE crossfade_requests_total counter"));
     for name in names {
         let family = name.trim_end_matches("_bucket");

@@ -253,3 +253,131 @@ async fn a_reload_keeps_what_the_edge_learned_of_its_pools() {
         assert_eq!(h.await.unwrap(), 200);
     }
 }
+
+/// Runs `crossfade reload` against `proxy`'s admin API; (success, stdout, stderr).
+fn cli_reload(proxy: &Proxy, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .arg("reload")
+        .args(args)
+        .args(["--admin", &proxy.admin.to_string(), "--token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reload_says_what_took_effect_and_what_needs_a_restart_and_check_changes_nothing() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=600")], "page") }).await;
+    let extra = format!(
+        "[[admin.tokens]]\nname = \"root\"\ntoken = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
+    );
+    let proxy = Proxy::single(&origin, HONOR_ALL, &extra).await;
+    let c = proxy.client(&["www.shop.test"]);
+    get(&c, &proxy.url("/private/x"), &[]).await;
+    assert!(get(&c, &proxy.url("/private/x"), &[]).await.is_hit());
+
+    // Three settings fixed at start, two applied on reload, and a new route.
+    let config = proxy.dir.path().join("crossfade.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("grace_period = \"1s\"", "grace_period = \"2s\"")
+        + "[cache]\ncapacity = \"32MiB\"\n[log]\nformat = \"json\"\n[release]\nretry_after = \"7s\"\n\
+           [metrics]\nstatsd_prefix = \"edge\"\n";
+    std::fs::write(&config, text).unwrap();
+    let new_rules = format!(
+        "{HONOR_ALL}\n[[routes]]\nname = \"private\"\nprefix = \"/private/\"\nmode = \"pass\"\n"
+    );
+    std::fs::write(rules_file(&proxy), new_rules).unwrap();
+    let fixed = ["server.grace_period", "cache.capacity", "log.format"];
+    let applied = [
+        "release.retry_after",
+        "metrics.statsd_prefix",
+        "sites[shop]",
+    ];
+
+    // --check: the same lists, and nothing changes.
+    let (ok, answer, stderr) = cli_reload(&proxy, &["--check"]);
+    assert!(ok, "{answer}");
+    assert_eq!(answer["valid"], true);
+    assert_eq!(strings(&answer["restart_required"]), fixed, "{answer}");
+    assert_eq!(strings(&answer["applied"]), applied, "{answer}");
+    assert!(
+        stderr.contains(
+            "server.grace_period, cache.capacity, log.format changed but keep the running value"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        get(&c, &proxy.url("/private/x"), &[]).await.is_hit(),
+        "a check applies nothing"
+    );
+
+    // The reload: the same lists in the answer and the log, and the route is in force.
+    let (ok, answer, _) = cli_reload(&proxy, &[]);
+    assert!(ok, "{answer}");
+    assert_eq!(answer["reloaded"], true);
+    assert_eq!(strings(&answer["report"]["restart_required"]), fixed);
+    assert_eq!(strings(&answer["report"]["applied"]), applied);
+    let got = get(&c, &proxy.url("/private/x"), &[]).await;
+    assert!(
+        got.cache().contains("detail=route-pass"),
+        "{} {}",
+        got.cache(),
+        proxy.stderr()
+    );
+    let log = proxy.stderr();
+    assert!(
+        log.contains(r#"restart_required=["server.grace_period", "cache.capacity", "log.format"]"#),
+        "{log}"
+    );
+    assert!(log.contains("keep their running values until crossfade is restarted or upgraded"));
+
+    // Nothing else changed since: nothing more to apply, and the fixed settings are still
+    // pending (the process still runs with the old ones).
+    let (_, answer, stderr) = cli_reload(&proxy, &["--check"]);
+    assert!(strings(&answer["applied"]).is_empty(), "{answer}");
+    assert_eq!(strings(&answer["restart_required"]), fixed, "{answer}");
+    assert!(stderr.contains("keep the running value"), "{stderr}");
+
+    // A route removed by a reload leaves no series behind on the dashboard.
+    get(&c, &proxy.url("/private/y"), &[]).await;
+    let routes = || async {
+        let (_, data) = proxy
+            .admin_call(
+                Some(READ_TOKEN),
+                Method::GET,
+                "/dashboard/data?window=300",
+                "",
+            )
+            .await;
+        data["sites"][0]["routes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{data}"))
+            .iter()
+            .map(|r| r["route"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(routes().await.contains(&"private".to_string()));
+    std::fs::write(rules_file(&proxy), HONOR_ALL).unwrap();
+    let (ok, answer, _) = cli_reload(&proxy, &[]);
+    assert!(
+        ok && strings(&answer["report"]["applied"]) == ["sites[shop]"],
+        "{answer}"
+    );
+    let left = routes().await;
+    assert!(!left.contains(&"private".to_string()), "{left:?}");
+}

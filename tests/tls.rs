@@ -113,6 +113,19 @@ async fn sni_http2_rotation_and_redirect() {
         c2.get(&url).send().await.is_err(),
         "the old certificate is not trusted by the new CA"
     );
+    // A rules file edited on disk at the same moment is not applied by the rotation: only
+    // certificates are re-read.
+    let pass = format!(
+        "{HONOR_ALL}\n[[routes]]\nname = \"private\"\nprefix = \"/private/\"\nmode = \"pass\"\n"
+    );
+    std::fs::write(proxy.dir.path().join("a.rules.toml"), pass).unwrap();
+    let route_pass = || async {
+        get(&plain, &proxy.url_for("a.test", "/private/x"), &[])
+            .await
+            .cache()
+            .contains("detail=route-pass")
+    };
+    assert!(!route_pass().await);
     for f in ["a.test.pem", "a.test-key.pem"] {
         std::fs::copy(new_ca.path().join(f), certs.path().join(f)).unwrap();
     }
@@ -121,6 +134,20 @@ async fn sni_http2_rotation_and_redirect() {
     })
     .await;
     assert!(rotated, "the new certificate is served: {}", proxy.stderr());
+    assert!(
+        !route_pass().await,
+        "the half-edited rules file is not applied by a certificate change: {}",
+        proxy.stderr()
+    );
+    assert!(proxy.stderr().contains("certificates reloaded"));
+    assert!(
+        !proxy.stderr().contains("config reloaded"),
+        "{}",
+        proxy.stderr()
+    );
+    // The next reload applies it.
+    proxy.hup();
+    assert!(eventually(Duration::from_secs(5), route_pass).await);
 }
 
 #[tokio::test]

@@ -160,6 +160,37 @@ pub fn pools(args: crate::cli::PoolsArgs) -> Result<bool, ClientError> {
     run(&args.admin, Scope::Release, "POST", path, &body)
 }
 
+/// `crossfade reload [--check]`. Settings that need a restart are repeated on stderr.
+pub fn reload(args: crate::cli::ReloadArgs) -> Result<bool, ClientError> {
+    let path = if args.check {
+        "/reload?check"
+    } else {
+        "/reload"
+    };
+    let warn = |answer: &serde_json::Value| {
+        let report = answer.get("report").unwrap_or(answer);
+        let fixed: Vec<&str> = report["restart_required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if !fixed.is_empty() {
+            eprintln!(
+                "crossfade: warning: {} changed but keep{} the running value until crossfade is restarted or upgraded",
+                fixed.join(", "),
+                if fixed.len() == 1 { "s" } else { "" }
+            );
+        }
+    };
+    run_then(
+        &args.admin,
+        Scope::Admin,
+        "POST",
+        path,
+        &serde_json::Value::Null,
+        warn,
+    )
+}
+
 /// `crossfade maintenance on|off …`.
 pub fn maintenance(args: crate::cli::MaintenanceArgs) -> Result<bool, ClientError> {
     let body = serde_json::json!({

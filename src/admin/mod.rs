@@ -6,7 +6,8 @@
 //! | method | path      | scope | body → answer |
 //! | ------ | --------- | ----- | ------------- |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
-//! | POST   | `/reload` | admin | → reload config and rules: `{"reloaded":true,"report":{…}}`, or 422 with every issue (the running config is kept) |
+//! | POST   | `/reload` | admin | → reload config and rules: `{"reloaded":true,"report":{…, "applied":[…], "restart_required":[…]}}`, or 422 with every issue (the running config is kept) |
+//! | POST   | `/reload?check` | admin | → what a reload would apply and what would need a restart, installing nothing: `{"valid":true,"applied":[…],"restart_required":[…]}`, or 422 with every issue |
 //! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
 //! | GET    | `/dashboard/login?token=…` | any | sets the dashboard cookie, redirects to `/dashboard` |
 //! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | any | the live dashboard |
@@ -218,7 +219,25 @@ impl AdminApp {
                 };
                 self.change(&rt, &path, &body, &token).await
             }
-            Scope::Admin => match self.reloader.reload() {
+            Scope::Admin
+                if req_query(session).is_some_and(|q| q.split('&').any(|p| p == "check")) =>
+            {
+                match self.reloader.check().await {
+                    Ok(changes) => json_response(
+                        StatusCode::OK,
+                        json!({ "valid": true, "applied": changes.applied, "restart_required": changes.restart_required }),
+                    ),
+                    Err(issues) => json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({
+                            "valid": false,
+                            "error": "the config on disk has errors; a reload would keep the running config",
+                            "issues": issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                        }),
+                    ),
+                }
+            }
+            Scope::Admin => match self.reloader.reload().await {
                 Ok(report) => json_response(
                     StatusCode::OK,
                     json!({ "reloaded": true, "report": report }),

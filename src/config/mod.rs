@@ -57,8 +57,8 @@ fn list(issues: &[Issue]) -> String {
         .join("\n")
 }
 
-/// The validated configuration the proxy runs on.
-#[derive(Debug)]
+/// The validated configuration the proxy runs on. Cloning is cheap (sites are shared).
+#[derive(Debug, Clone)]
 pub struct Runtime {
     pub source: PathBuf,
     pub server: ServerSettings,
@@ -123,9 +123,46 @@ pub struct OriginSettings {
 
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
-    /// Where to push statsd metrics; `None`: no statsd.
-    pub statsd: Option<SocketAddr>,
+    /// Where to push statsd metrics; `None`: no statsd. Resolved in the background
+    /// (`metrics::statsd`), never at load: a name that does not resolve is not a config error.
+    pub statsd: Option<StatsdTarget>,
     pub statsd_prefix: String,
+}
+
+/// `metrics.statsd`: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsdTarget {
+    /// A name, an IPv4 address, or an IPv6 address in brackets (`[::1]`).
+    pub host: String,
+    pub port: u16,
+}
+
+impl StatsdTarget {
+    /// `host:port`; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<StatsdTarget> {
+        let (host, port) = s.rsplit_once(':')?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        let name_ok = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        };
+        let ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => name_ok(host),
+        };
+        ok.then(|| StatsdTarget {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for StatsdTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +202,7 @@ impl Site {
 }
 
 /// All sites, indexed by host name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Sites {
     pub list: Vec<Arc<Site>>,
     /// foldhash (seeded per process): every request looks its host up here, and SipHash
@@ -223,6 +260,29 @@ pub fn relative_to(base_file: &Path, path: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::normalize_host;
+
+    #[test]
+    fn statsd_targets_are_names_or_addresses_with_a_port() {
+        use super::StatsdTarget;
+        let t = StatsdTarget::parse("stats.internal:8125").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("stats.internal", 8125));
+        assert_eq!(
+            StatsdTarget::parse("[::1]:8125").unwrap().to_string(),
+            "[::1]:8125"
+        );
+        assert!(StatsdTarget::parse("10.0.0.1:8125").is_some());
+        for bad in [
+            "stats",
+            "stats:",
+            ":8125",
+            "stats:0",
+            "stats:99999",
+            "a b:1",
+            "[x]:1",
+        ] {
+            assert!(StatsdTarget::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts_normalise() {

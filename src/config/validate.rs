@@ -277,16 +277,14 @@ fn metrics_settings(
     push: &mut dyn FnMut(String, String),
 ) -> MetricsSettings {
     let statsd = f.statsd.as_ref().and_then(|a| {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
-            .ok()
-            .and_then(|mut x| x.next());
-        if addr.is_none() {
+        let target = super::StatsdTarget::parse(a);
+        if target.is_none() {
             push(
                 "metrics.statsd".into(),
-                format!("{a:?} is not a host:port like \"127.0.0.1:8125\""),
+                format!("{a:?} is not host:port (a name or an address, and a port: \"statsd.internal:8125\", \"127.0.0.1:8125\")"),
             );
         }
-        addr
+        target
     });
     let prefix = f.statsd_prefix.unwrap_or_else(|| "crossfade".into());
     if prefix.is_empty() || prefix.contains([':', '|', '\n', ' ']) {

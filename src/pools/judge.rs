@@ -104,14 +104,15 @@ impl Judge {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Judge {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let interval = self
-            .runtime
-            .load()
-            .release
-            .judge
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |j| j.interval);
         loop {
+            // Read each round: a reload may add, change or remove `[release.judge]`.
+            let interval = self
+                .runtime
+                .load()
+                .release
+                .judge
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(5), |j| j.interval);
             tokio::select! {
                 _ = tokio::time::sleep(interval) => self.judge_once().await,
                 _ = shutdown.changed() => return,

@@ -141,10 +141,11 @@ impl FastPath {
             peer,
             writable,
         } = conn;
-        let rt = self.runtime.load_full();
-        let limits = &rt.proxy.limits;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
-        let longest = limits.max_uri + limits.max_header_bytes + 64;
+        let longest = {
+            let limits = &self.runtime.load().proxy.limits;
+            limits.max_uri + limits.max_header_bytes + 64
+        };
         // What arrived while pingora had the previous request comes after what was read before.
         buf.extend_from_slice(&stream.unfence());
         let head_len = loop {
@@ -163,6 +164,10 @@ impl FastPath {
             }
         };
         stream.head_complete();
+        // The config in force when the head arrived: a reload while this kept-alive
+        // connection sat idle applies to its next request.
+        let rt = self.runtime.load_full();
+        let limits = &rt.proxy.limits;
         // Timed from a complete head, as pingora's path is (idle keep-alive time is not the
         // request's).
         let start = Instant::now();

@@ -74,6 +74,12 @@ fn sweep_idle(idle: Duration, now: Instant) {
     });
 }
 
+/// Closes the idle connections to every server not in `servers` (after a reload removed some:
+/// nothing would take them again).
+pub fn forget_idle_except(servers: &std::collections::HashSet<SocketAddr>) {
+    idle_pool().retain(|addr, _| servers.contains(addr));
+}
+
 /// The background service that closes idle origin connections on time: `take_idle` and
 /// `put_idle` only look at an origin's connections when one is taken or returned, so after a
 /// flip the old pool's stayed open until the process ended.
