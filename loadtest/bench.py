@@ -101,6 +101,8 @@ http {{
     location /c/ {{ alias {files}/; add_header Cache-Control "public, max-age=3600"; }}
     location /p/ {{ alias {files}/; add_header Cache-Control "private"; }}
     location /obj/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; add_header Surrogate-Key "bench-all"; try_files /1k =404; root {files}; }}
+    location /obj16k/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; add_header Surrogate-Key "bench-all"; try_files /16k =404; root {files}; }}
+    location /obj256k/ {{ default_type text/plain; add_header Cache-Control "public, max-age=3600"; add_header Surrogate-Key "bench-all"; try_files /256k =404; root {files}; }}
     location /page/ {{ default_type text/html; add_header Cache-Control "public, max-age=3600"; try_files /16k =404; root {files}; }}
     location /static/ {{ default_type text/css; add_header Cache-Control "public, max-age=31536000"; try_files /16k =404; root {files}; }}
   }}
@@ -265,9 +267,10 @@ def admin_call(port, method, path, body=None):
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def unique_urls_lua(work, name, prefix, stop_after=None):
-    """A wrk script asking for a new `/obj/<prefix>-…` URL on every request (each a miss);
-    with `stop_after`, each of wrk's two threads stops after that many."""
+def unique_urls_lua(work, name, prefix, stop_after=None, under="/obj/"):
+    """A wrk script asking for a new `<under><prefix>-…` URL on every request (each a miss;
+    the origin's `/obj/` answers 1 KiB, `/obj16k/` 16 KiB, `/obj256k/` 256 KiB); with
+    `stop_after`, each of wrk's two threads stops after that many."""
     path = os.path.join(work, f"{name}.lua")
     stop = (f"response = function() if counter >= {stop_after} then wrk.thread:stop() end end"
             if stop_after else "")
@@ -280,7 +283,7 @@ function setup(thread) n = n + 1; thread:set("tid", n) end
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/obj/{prefix}-" .. tid .. "-" .. counter)
+  return wrk.format("GET", "{under}{prefix}-" .. tid .. "-" .. counter)
 end
 {stop}
 """)

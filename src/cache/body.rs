@@ -11,7 +11,9 @@
 //! same bytes through a read-only shared mapping of the file, wrapped as `Bytes` without a copy.
 //! A memory file costs one descriptor and one mapping for its life, so how many may exist at
 //! once is capped well below the process's descriptor limit and the kernel's mapping limit;
-//! past the cap, or when any step fails, the body simply stays on the heap.
+//! past the cap, or when any step fails, the body simply stays on the heap. A file is sealed
+//! once written (`F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK`), so the kernel enforces that
+//! its bytes never change under the mappings and `sendfile`s that share them.
 
 use bytes::{Bytes, BytesMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -92,7 +94,12 @@ impl BodyFile {
 
     fn create_unchecked(body: &[u8]) -> Option<BodyFile> {
         // SAFETY: a plain syscall on a NUL-terminated name; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"crossfade-body".as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(
+                c"crossfade-body".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if raw < 0 {
             return None;
         }
@@ -108,6 +115,15 @@ impl BodyFile {
                 _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
                 _ => return None,
             }
+        }
+        // The kernel, not only this module, now guarantees what every reader relies on: the
+        // bytes never change and the file never shrinks under a mapping (a shrink would turn
+        // a read of the mapping into SIGBUS).
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own; the result is checked.
+        if unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) } != 0 {
+            return None;
         }
         let map = Mapping::new(raw, body.len())?;
         Some(BodyFile {
@@ -235,6 +251,16 @@ mod tests {
         let n = unsafe { libc::pread(file.raw_fd(), back.as_mut_ptr().cast(), back.len(), 0) };
         assert_eq!(n as usize, data.len());
         assert_eq!(back, data);
+        // Sealed: neither written nor resized, by anyone holding the descriptor.
+        let fd = file.raw_fd();
+        // SAFETY: plain syscalls on a live descriptor, from live buffers.
+        unsafe {
+            assert_eq!(libc::pwrite(fd, b"x".as_ptr().cast(), 1, 0), -1);
+            assert_eq!(libc::ftruncate(fd, 10), -1);
+            assert_eq!(libc::ftruncate(fd, (data.len() * 2) as libc::off_t), -1);
+            assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, 0), -1, "sealed for good");
+        }
+        assert_eq!(&body.bytes()[..], &data[..]);
         // A view outlives the body and its descriptor.
         let view = body.bytes().slice(10..20);
         drop(body);

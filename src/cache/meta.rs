@@ -11,21 +11,55 @@
 //!
 //! Parsing the header (httparse and a `HeaderMap` build) was the next 17% of a small hit. A hot
 //! object (read [`PROMOTE_AFTER`] times) keeps a parsed copy, and later hits rebuild the
-//! `CacheMeta` from it with a clone. The copy costs about 1.6 KB (a header map and its
-//! case-preserving twin), so the long tail of objects read once or twice does not carry it;
-//! the capacity accounting counts it for every object, so the cache never grows past its bound
-//! when the whole set turns hot.
+//! `CacheMeta` from it with a clone. The copy costs about 2 KB (a header map and its
+//! case-preserving twin), so the long tail of objects read once or twice does not carry it.
+//! Parsed copies are paid from a [`ParsedBudget`], a fixed share of the capacity set aside for
+//! them: an object is charged for what it holds, and the cache never grows past its bound when
+//! the whole set turns hot (past the budget, hot objects are parsed on each hit, as cold ones).
 
 use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 /// Reads after which an object keeps its metadata parsed.
 pub const PROMOTE_AFTER: u32 = 3;
+
+/// The bytes parsed copies may take, and how many they take now.
+#[derive(Debug)]
+pub struct ParsedBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl ParsedBudget {
+    pub fn new(limit: u64) -> Arc<ParsedBudget> {
+        Arc::new(ParsedBudget {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes held by parsed copies now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 
 /// Response metadata as a cache object holds it.
 pub struct Stored {
@@ -36,6 +70,16 @@ pub struct Stored {
     split: u32,
     reads: AtomicU32,
     parsed: OnceLock<Box<Parsed>>,
+    /// Where a parsed copy's bytes come from (and go back to when the object is dropped).
+    budget: Arc<ParsedBudget>,
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        if self.parsed.get().is_some() {
+            self.budget.give(self.parsed_weight() as u64);
+        }
+    }
 }
 
 /// Everything `CacheMeta` carries that a hit needs, already parsed.
@@ -52,7 +96,7 @@ struct Parsed {
 }
 
 impl Stored {
-    pub fn new(meta: &CacheMeta) -> Result<Stored> {
+    pub fn new(meta: &CacheMeta, budget: &Arc<ParsedBudget>) -> Result<Stored> {
         let (mut bytes, header) = serialize(meta)?;
         let split = bytes.len() as u32;
         bytes.extend_from_slice(&header);
@@ -61,6 +105,7 @@ impl Stored {
             split,
             reads: AtomicU32::new(0),
             parsed: OnceLock::new(),
+            budget: budget.clone(),
         })
     }
 
@@ -87,7 +132,11 @@ impl Stored {
         if self.reads.fetch_add(1, Ordering::Relaxed) + 1 < PROMOTE_AFTER {
             return Ok(meta);
         }
-        let _ = self.parsed.set(Box::new(Parsed {
+        let cost = self.parsed_weight() as u64;
+        if !self.budget.take(cost) {
+            return Ok(meta);
+        }
+        let set = self.parsed.set(Box::new(Parsed {
             header: meta.response_header_copy(),
             fresh_until: meta.fresh_until(),
             created: meta.created(),
@@ -96,16 +145,24 @@ impl Stored {
             stale_if_error: meta.stale_if_error_sec(),
             variance: meta.variance(),
         }));
+        if set.is_err() {
+            // Another reader promoted it first and paid.
+            self.budget.give(cost);
+        }
         Ok(meta)
     }
 
-    /// Bytes to account for: the serialised form plus an upper estimate of the parsed copy
-    /// (a header map entry and its case-preserving twin per line, measured at about 150 B,
-    /// plus the value bytes, which the parsed copy holds again).
+    /// Bytes to account for against the capacity: the serialised form.
     pub fn weight(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// An upper estimate of a parsed copy: a header map entry and its case-preserving twin
+    /// per line (measured at about 150 B), the value bytes, which it holds again, and the box.
+    fn parsed_weight(&self) -> usize {
         let header = &self.bytes[self.split as usize..];
         let lines = header.windows(2).filter(|w| w == b"\r\n").count();
-        self.bytes.len() + header.len() + 160 * lines + 128
+        header.len() + 160 * lines + 128
     }
 }
 
@@ -206,7 +263,8 @@ mod tests {
         // A revalidation: `updated` moves on, `created` stays; Age counts from `updated`.
         meta.update_freshness(SystemTime::now() + Duration::from_secs(60), 5, 7);
         meta.set_variance_key([7u8; 16]);
-        let stored = Stored::new(&meta).unwrap();
+        let budget = ParsedBudget::new(1 << 20);
+        let stored = Stored::new(&meta, &budget).unwrap();
         let first = stored.to_meta().unwrap(); // parses
         for _ in 1..PROMOTE_AFTER {
             stored.to_meta().unwrap(); // parses, the last one keeps a copy
@@ -234,5 +292,36 @@ mod tests {
         let mut wire = Vec::new();
         second.response_header().header_to_h1_wire(&mut wire);
         assert!(String::from_utf8_lossy(&wire).contains("Cache-Control: max-age=60"));
+        // The copy is paid from the budget, and paid back when the object goes.
+        assert_eq!(budget.used(), stored.parsed_weight() as u64);
+        drop(stored);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn past_the_budget_hot_objects_are_parsed_on_each_read() {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("Cache-Control", "max-age=60").unwrap();
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let one = Stored::new(&meta, &ParsedBudget::new(0)).unwrap();
+        let budget = ParsedBudget::new(one.parsed_weight() as u64);
+        let (a, b) = (
+            Stored::new(&meta, &budget).unwrap(),
+            Stored::new(&meta, &budget).unwrap(),
+        );
+        for _ in 0..PROMOTE_AFTER {
+            a.to_meta().unwrap();
+            b.to_meta().unwrap();
+        }
+        assert!(a.parsed.get().is_some(), "the first fits");
+        assert!(b.parsed.get().is_none(), "the second does not");
+        assert_eq!(b.to_meta().unwrap().fresh_until(), meta.fresh_until());
+        drop(a);
+        for _ in 0..PROMOTE_AFTER {
+            b.to_meta().unwrap();
+        }
+        assert!(b.parsed.get().is_some(), "room again once the first went");
+        drop(one);
     }
 }

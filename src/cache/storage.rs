@@ -36,9 +36,14 @@ mod objects;
 use objects::Objects;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Fixed bookkeeping per object beyond its bytes (key, Arc, map slot, index entries), so
-/// that many tiny objects cannot overshoot the capacity by their overhead alone.
-const OBJECT_OVERHEAD: usize = 256;
+/// Fixed bookkeeping per object beyond its bytes (key, Arc, map slot, index entries, the
+/// allocator's share), measured with `loadtest/capacity.py`, so that many tiny objects cannot
+/// overshoot the capacity by their overhead alone.
+const OBJECT_OVERHEAD: usize = 540;
+
+/// The share of the capacity set aside for parsed copies of hot objects' heads
+/// (`meta::ParsedBudget`): 1/16.
+const PARSED_SHARE: u64 = 16;
 
 /// One stored response: serialised meta (as pingora-cache defines it) and the whole body.
 struct Object {
@@ -58,10 +63,15 @@ const SYNC_REMOVAL_LIMIT: usize = 256;
 const RECLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Object {
-    /// An object weighed once: its stored head, body, URL and keys, plus fixed bookkeeping.
+    /// An object weighed once: its stored head, body (a memory file's in whole pages), URL
+    /// and keys, plus fixed bookkeeping.
     fn new(meta: super::meta::Stored, body: Body, entry: Arc<Entry>) -> Object {
         let tags: usize = entry.tags.iter().map(|t| t.len() + 48).sum();
-        let bytes = meta.weight() + body.len() + entry.url.len() + tags + OBJECT_OVERHEAD;
+        let body_bytes = match &body {
+            Body::Heap(b) => b.len(),
+            Body::File(f) => f.len().div_ceil(4096) * 4096,
+        };
+        let bytes = meta.weight() + body_bytes + entry.url.len() + tags + OBJECT_OVERHEAD;
         Object {
             meta,
             body,
@@ -132,6 +142,7 @@ pub struct PurgeCount {
 pub struct EdgeStorage {
     objects: Arc<Objects>,
     tag_headers: Vec<String>,
+    parsed: Arc<super::meta::ParsedBudget>,
 }
 
 fn id(key: &impl CacheHashKey) -> u128 {
@@ -141,10 +152,13 @@ fn id(key: &impl CacheHashKey) -> u128 {
 impl EdgeStorage {
     /// `max_object_bytes`: the largest body stored (sizes the map's shards);
     /// `tag_headers`: response headers whose values are surrogate keys (lowercase names).
+    /// `capacity_bytes` bounds what objects hold, parsed copies of hot heads included.
     pub fn new(capacity_bytes: u64, max_object_bytes: u64, tag_headers: Vec<String>) -> Self {
+        let parsed = capacity_bytes / PARSED_SHARE;
         EdgeStorage {
-            objects: Arc::new(Objects::new(capacity_bytes, max_object_bytes)),
+            objects: Arc::new(Objects::new(capacity_bytes - parsed, max_object_bytes)),
             tag_headers,
+            parsed: super::meta::ParsedBudget::new(parsed),
         }
     }
 
@@ -154,9 +168,9 @@ impl EdgeStorage {
         lock(&self.objects.index).live(None)
     }
 
-    /// Bytes stored, as weighed for the capacity.
+    /// Bytes stored, as weighed for the capacity: objects, and parsed copies of hot heads.
     pub fn weighted_bytes(&self) -> u64 {
-        self.objects.weight()
+        self.objects.weight() + self.parsed.used()
     }
 
     /// Objects evicted for space since start.
@@ -174,7 +188,7 @@ impl EdgeStorage {
     fn restore(&self, id: u128, obj: &Object, meta: &CacheMeta) -> Result<bool> {
         let born = journal::ns_at(meta.created());
         let updated = Object::new(
-            super::meta::Stored::new(meta)?,
+            super::meta::Stored::new(meta, &self.parsed)?,
             obj.body.clone(),
             Arc::new(obj.entry.renewed(born)),
         );
@@ -437,7 +451,7 @@ impl Storage for EdgeStorage {
         Ok(Box::new(Fill {
             id: id(key),
             born: journal::ns_at(meta.created()),
-            meta: Some(super::meta::Stored::new(meta)?),
+            meta: Some(super::meta::Stored::new(meta, &self.parsed)?),
             body: BytesMut::with_capacity(
                 meta.headers()
                     .get(http::header::CONTENT_LENGTH)

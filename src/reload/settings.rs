@@ -325,3 +325,103 @@ fn tls_settings(c: &mut Changes, old: &Option<TlsSettings>, new: &mut Option<Tls
         _ => c.restart_present("tls", old, new),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn runtime() -> Runtime {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shop.toml"), "").unwrap();
+        let path = dir.path().join("crossfade.toml");
+        std::fs::write(
+            &path,
+            "[proxy]\nlisten = [\"127.0.0.1:1\"]\n[admin]\nlisten = \"127.0.0.1:2\"\n\
+             [[admin.tokens]]\nname = \"ops\"\ntoken = \"settings-test-token-0123456789\"\nscopes = [\"purge\"]\n\
+             [[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.toml\"\n\
+             [sites.pools.blue]\nservers = [\"127.0.0.1:3\"]\n",
+        )
+        .unwrap();
+        crate::config::load(&path).unwrap()
+    }
+
+    #[test]
+    fn every_setting_fixed_at_start_is_reported_and_keeps_its_running_value() {
+        let old = runtime();
+        let mut new = old.clone();
+        let later = Duration::from_secs(99);
+        new.server.threads += 1;
+        new.server.work_stealing = !new.server.work_stealing;
+        new.server.grace_period = later;
+        new.server.graceful_shutdown_timeout = later;
+        new.server.pid_file = "/x.pid".into();
+        new.server.upgrade_sock = "/x.sock".into();
+        new.proxy.listen = vec!["127.0.0.1:9".parse().unwrap()];
+        new.proxy.h2c = !new.proxy.h2c;
+        new.cache.capacity += 1;
+        new.cache.max_object_size += 1;
+        new.cache.lock_timeout = later;
+        new.cache.tag_headers.push("x-tags".into());
+        new.log.level = "trace".into();
+        new.log.access_log = !new.log.access_log;
+        new.admin.as_mut().unwrap().listen = "127.0.0.1:8".parse().unwrap();
+        new.fleet.node = "other".into();
+        new.fleet.redis = Some("redis://127.0.0.1:1".into());
+        new.fleet.channel = "other".into();
+        new.fleet.confirm_timeout = later;
+        new.release.state_file = Some("/x.json".into());
+        // Applied on reload.
+        new.proxy.limits.max_uri += 1;
+        new.origin.read_timeout = later;
+        new.release.retry_after = later;
+        new.metrics.statsd_prefix = "edge".into();
+        let c = changes(&old, &mut new);
+        assert_eq!(
+            c.restart_required,
+            [
+                "server.threads",
+                "server.work_stealing",
+                "server.grace_period",
+                "server.graceful_shutdown_timeout",
+                "server.pid_file",
+                "server.upgrade_sock",
+                "proxy.listen",
+                "proxy.h2c",
+                "cache.capacity",
+                "cache.max_object_size",
+                "cache.lock_timeout",
+                "cache.tag_headers",
+                "log.level",
+                "log.access_log",
+                "admin.listen",
+                "fleet.node",
+                "fleet.redis",
+                "fleet.channel",
+                "fleet.confirm_timeout",
+                "release.state_file",
+            ]
+        );
+        assert_eq!(
+            c.applied,
+            [
+                "proxy.max_uri",
+                "origin.read_timeout",
+                "release.retry_after",
+                "metrics.statsd_prefix"
+            ]
+        );
+        // The installed config says what the process runs with.
+        assert_eq!(new.server.threads, old.server.threads);
+        assert_eq!(new.cache.capacity, old.cache.capacity);
+        assert_eq!(new.fleet.redis, old.fleet.redis);
+        assert_eq!(new.proxy.limits.max_uri, old.proxy.limits.max_uri + 1);
+        // Adding or removing a section bound at start.
+        let mut none = old.clone();
+        none.admin = None;
+        let c = changes(&old, &mut none);
+        assert_eq!(c.restart_required, ["admin"]);
+        assert!(none.admin.is_some(), "the running admin settings stay");
+        assert_eq!(changes(&old, &mut old.clone()), Changes::default());
+    }
+}
