@@ -361,6 +361,12 @@ async fn maintenance_and_state_survive_a_restart() {
             .starts_with("pool=green"),
         "the flip survived a restart"
     );
+    let log = proxy.stderr();
+    assert!(
+        log.contains("release state restored from the state file")
+            && log.contains("active=green configured=blue"),
+        "a restored flip is said at start: {log}"
+    );
     let (status, answer) = release(&proxy, "/pools/rollback", json!({"site": "shop"})).await;
     assert_eq!(status, 200, "{answer}");
     assert!(

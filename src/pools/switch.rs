@@ -175,6 +175,22 @@ impl Release {
                 .filter(|s| site.pools.iter().any(|p| p.name == s.active))
                 .cloned()
                 .unwrap_or_else(|| initial(site));
+            // Said at start: an operator (or a demo) that expects the configured pool must see
+            // that an earlier flip, canary or maintenance was restored instead.
+            if state.active != initial(site).active
+                || state.canary.is_some()
+                || state.maintenance != Maintenance::default()
+            {
+                tracing::warn!(
+                    site = %site.name,
+                    active = %state.active,
+                    configured = %site.active_pool().name,
+                    canary = ?state.canary.as_ref().map(|c| (&c.pool, c.percent)),
+                    maintenance = ?state.maintenance,
+                    file = %file.as_deref().map(|f| f.display().to_string()).unwrap_or_default(),
+                    "release state restored from the state file (not the config's active_pool); `crossfade pools status` shows it"
+                );
+            }
             states.insert(site.name.to_string(), state);
         }
         Release {
