@@ -30,6 +30,7 @@ pub fn init(settings: &LogSettings) {
         EnvFilter::new(format!("{},pingora_cache::meta=error", settings.level))
     });
     let access = settings.access_log;
+    ACCESS_ON.store(access, std::sync::atomic::Ordering::Relaxed);
     let is_access = |m: &tracing::Metadata<'_>| m.target() == ACCESS_TARGET;
     let registry = tracing_subscriber::registry();
     let ansi_out = std::io::stdout().is_terminal();
@@ -70,6 +71,59 @@ pub fn init(settings: &LogSettings) {
     .ok();
 }
 
+/// Whether access-log events are written (what a request must keep for its line, like the
+/// client's user agent, is only kept then).
+static ACCESS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn access_log_on() -> bool {
+    ACCESS_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Who asked, for the access log: kept by a transport only when [`access_log_on`].
+#[derive(Debug, Default, Clone)]
+pub struct Client {
+    /// The client's IP address (the TCP peer).
+    pub addr: String,
+    /// The Host header (or HTTP/2 `:authority`) as sent.
+    pub host: String,
+    /// `HTTP/1.1`, `HTTP/2`, … and `+tls` over TLS.
+    pub protocol: String,
+    pub user_agent: String,
+    pub referer: String,
+}
+
+impl Client {
+    /// From a request's parts; `header` looks a request header up by lowercase name.
+    pub fn new<'h>(
+        addr: String,
+        version: http::Version,
+        tls: bool,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Client {
+        let text = |name: &str| {
+            header(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let version = match version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        };
+        Client {
+            addr,
+            host: text("host"),
+            protocol: if tls {
+                format!("{version}+tls")
+            } else {
+                version.to_string()
+            },
+            user_agent: text("user-agent"),
+            referer: text("referer"),
+        }
+    }
+}
+
 /// One finished request, as every transport reports it: the access-log event and the request
 /// metrics are both made from this one record, so the two transports cannot log or count a
 /// request differently.
@@ -99,11 +153,14 @@ pub struct Finished<'a> {
     pub request_id: &'a str,
     /// The route's query filter, when there was a route.
     pub query_filter: Option<&'a crate::rules::QueryFilter>,
+    /// Who asked (empty when the access log is off).
+    pub client: &'a Client,
 }
 
 /// Logs and counts one finished request.
 pub fn finished(metrics: &Metrics, f: &Finished) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // Milliseconds to the microsecond: more digits are noise in a log line.
+    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     // A cacheable request's query lost what the route's `query_keep` does not list: said in
     // the log and counted, so a parameter the application needs is not dropped in silence.
     let dropped = match f.query_filter {
@@ -131,6 +188,7 @@ pub fn finished(metrics: &Metrics, f: &Finished) {
         error: f.error,
         request_id: f.request_id,
         query_dropped: &dropped.join(","),
+        client: f.client,
     });
     metrics.request(&RequestEvent {
         site: f.site,
@@ -166,12 +224,17 @@ struct AccessEvent<'a> {
     request_id: &'a str,
     /// Parameters `query_keep` dropped, comma-separated.
     query_dropped: &'a str,
+    client: &'a Client,
 }
 
 /// Emits one access-log event.
 fn access(e: &AccessEvent) {
+    let c = e.client;
     tracing::info!(
         target: ACCESS_TARGET,
+        client = c.addr.as_str(),
+        host = c.host.as_str(),
+        protocol = c.protocol.as_str(),
         site = e.site,
         route = e.route,
         method = e.method,
@@ -187,6 +250,8 @@ fn access(e: &AccessEvent) {
         bytes = e.bytes,
         error = e.error,
         request_id = e.request_id,
+        user_agent = c.user_agent.as_str(),
+        referer = c.referer.as_str(),
         "request"
     );
 }

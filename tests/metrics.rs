@@ -321,6 +321,58 @@ async fn request_ids_are_propagated_or_generated() {
 }
 
 #[tokio::test]
+async fn the_access_log_says_who_asked_on_every_transport() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "[log]\nformat = \"json\"\n").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let who = [
+        ("user-agent", "crossfade-test/1"),
+        ("referer", "https://ref.test/x"),
+    ];
+    get(&c, &proxy.url("/hit"), &who).await;
+    assert!(get(&c, &proxy.url("/hit"), &who).await.is_hit());
+    let pass = [who[0], who[1], ("cookie", "session=1")];
+    get(&c, &proxy.url("/pass"), &pass).await;
+    let h2 = proxy.h2_client(&["www.shop.test"]);
+    assert!(get(&h2, &proxy.url("/hit"), &who).await.is_hit());
+    let events = || -> Vec<serde_json::Value> {
+        proxy
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { events().len() >= 4 }).await);
+    let events = events();
+    let of = |path: &str, cache: &str, protocol: &str| {
+        events
+            .iter()
+            .find(|e| e["path"] == path && e["cache"] == cache && e["protocol"] == protocol)
+            .unwrap_or_else(|| panic!("no {path} {cache} {protocol} in {events:#?}"))
+    };
+    for e in [
+        of("/hit", "miss", "HTTP/1.1"),
+        of("/hit", "hit", "HTTP/1.1"),
+        of("/pass", "bypass", "HTTP/1.1"),
+        of("/hit", "hit", "HTTP/2"),
+    ] {
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+        assert!(
+            e["host"].as_str().unwrap().starts_with("www.shop.test"),
+            "{e}"
+        );
+        assert_eq!(e["user_agent"], "crossfade-test/1", "{e}");
+        assert_eq!(e["referer"], "https://ref.test/x", "{e}");
+        let ms = e["total_ms"].as_f64().unwrap();
+        assert!(
+            ((ms * 1000.0).round() - ms * 1000.0).abs() < 1e-6,
+            "milliseconds to the microsecond: {e}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
     let origin =
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;

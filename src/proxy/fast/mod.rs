@@ -98,6 +98,7 @@ struct HitAnswer {
     method: Method,
     path: String,
     query: String,
+    client: crate::telemetry::Client,
 }
 
 /// Bodies up to this size go out in the same write as the head, copied after it: one write,
@@ -277,6 +278,20 @@ impl FastPath {
             return None;
         }
         let request_id = headers::request_id(headers.get("x-request-id"));
+        let who = if crate::telemetry::access_log_on() {
+            let fields = &parsed.headers;
+            crate::telemetry::Client::new(
+                client_ip(peer, stream).to_string(),
+                http::Version::HTTP_11,
+                tls,
+                |name| {
+                    let found = fields.iter().find(|h| h.name.eq_ignore_ascii_case(name));
+                    found.map(|h| h.value)
+                },
+            )
+        } else {
+            crate::telemetry::Client::default()
+        };
         let reason = match &f.cache {
             Caching::Bypass(b) => Reason::Bypass(*b),
             Caching::Cacheable { primary, .. } => {
@@ -301,7 +316,7 @@ impl FastPath {
                         .storage
                         .fresh_variant_hit(hash, SystemTime::now(), variance);
                     if let Some((meta, body)) = found {
-                        return hit(rt, &f, method.clone(), request_id, &meta, body);
+                        return hit(rt, &f, method.clone(), (request_id, who), &meta, body);
                     }
                 }
                 let mut k = CacheKey::new(primary.clone(), &*f.site.name);
@@ -321,14 +336,9 @@ impl FastPath {
             client: (!client.is_empty()).then_some(client),
             tls,
         };
-        Some(Decision::Relay(Relay::new(
-            rt,
-            &f,
-            reason,
-            request_id,
-            method.clone(),
-            &from,
-        )))
+        let mut relay = Relay::new(rt, &f, reason, request_id, method.clone(), &from);
+        relay.client = who;
+        Some(Decision::Relay(relay))
     }
 
     fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
@@ -356,6 +366,7 @@ impl FastPath {
                 request_id: &a.request_id,
                 origin: crate::stats::Asked::No,
                 query_filter: Some(&a.rule.query),
+                client: &a.client,
             },
         );
     }
@@ -414,7 +425,7 @@ fn hit(
     rt: &Runtime,
     f: &decide::Forward,
     method: Method,
-    request_id: String,
+    (request_id, client): (String, crate::telemetry::Client),
     meta: &pingora::cache::CacheMeta,
     body: Body,
 ) -> Option<Decision> {
@@ -481,6 +492,7 @@ fn hit(
         method,
         path: f.path.to_string(),
         query: f.query.unwrap_or("").to_string(),
+        client,
     };
     Some(Decision::Hit(out, answer))
 }

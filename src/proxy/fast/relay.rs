@@ -58,6 +58,8 @@ pub struct Relay {
     pub method: Method,
     pub path: String,
     pub query: String,
+    /// Who asked, for the access log (empty when it is off).
+    pub client: crate::telemetry::Client,
 }
 
 /// What the relay takes from the client connection besides the plan.
@@ -101,6 +103,7 @@ impl Relay {
             method,
             path: f.path.to_string(),
             query: f.query.unwrap_or("").to_string(),
+            client: crate::telemetry::Client::default(),
         }
     }
 }
@@ -624,6 +627,7 @@ impl FastPath {
                 request_id: &relay.request_id,
                 origin: r.origin,
                 query_filter: Some(&relay.rule.query),
+                client: &relay.client,
             },
         );
     }

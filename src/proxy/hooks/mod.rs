@@ -674,6 +674,28 @@ impl ProxyHttp for EdgeProxy {
             (None, Some(_)) if !client_left => Asked::Failed,
             (None, _) => Asked::No,
         };
+        let client = if crate::telemetry::access_log_on() {
+            let addr = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            let mut c = crate::telemetry::Client::new(
+                addr.unwrap_or_default(),
+                req.version,
+                ctx.tls,
+                |name| req.headers.get(name).map(|v| v.as_bytes()),
+            );
+            if c.host.is_empty() {
+                c.host = req
+                    .uri
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+            }
+            c
+        } else {
+            crate::telemetry::Client::default()
+        };
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
@@ -696,6 +718,7 @@ impl ProxyHttp for EdgeProxy {
                 request_id: &ctx.request_id,
                 origin,
                 query_filter: ctx.rule.as_ref().map(|r| &r.query),
+                client: &client,
             },
         );
     }
