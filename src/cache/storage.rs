@@ -6,8 +6,8 @@
 //! Eviction is CLOCK-PRO (see [`objects`]): an object must be read again soon after it is
 //! stored to displace others when the cache is full, which keeps one-off URLs (cache-busting
 //! query strings) from flushing the hot set. Purging everything (or a site) is an epoch bump
-//! checked on lookup, so it is O(1) and immediate; the dead objects' memory is reclaimed on a
-//! helper thread.
+//! checked on lookup, so it is O(1) and immediate; the dead objects' memory is reclaimed on
+//! the storage's one reclaim thread ([`reclaim`]).
 //!
 //! Every object is born when the origin was asked for it (the request's start, carried in the
 //! meta's creation time), on the cache's monotonic clock ([`journal::now_ns`]): a purge made
@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 mod objects;
+mod reclaim;
 use objects::Objects;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -143,6 +144,7 @@ pub struct EdgeStorage {
     objects: Arc<Objects>,
     tag_headers: Vec<String>,
     parsed: Arc<super::meta::ParsedBudget>,
+    reclaimer: reclaim::Reclaimer,
 }
 
 fn id(key: &impl CacheHashKey) -> u128 {
@@ -159,6 +161,7 @@ impl EdgeStorage {
             objects: Arc::new(Objects::new(capacity_bytes - parsed, max_object_bytes)),
             tag_headers,
             parsed: super::meta::ParsedBudget::new(parsed),
+            reclaimer: reclaim::Reclaimer::default(),
         }
     }
 
@@ -307,7 +310,7 @@ impl EdgeStorage {
     }
 
     /// Removes purged entries' objects (only those versions: a newer object stored since then
-    /// stays) and their index entries: at once when they are few, else on a helper thread.
+    /// stays) and their index entries: at once when they are few, else on the reclaim thread.
     fn reclaim(&self, doomed: Vec<Arc<Entry>>) {
         let objects = self.objects.clone();
         let few = doomed.len() <= SYNC_REMOVAL_LIMIT;
@@ -318,7 +321,7 @@ impl EdgeStorage {
         if few {
             remove(None);
         } else {
-            std::thread::spawn(move || remove(Some(RECLAIM_PAUSE)));
+            self.reclaimer.run(move || remove(Some(RECLAIM_PAUSE)));
         }
     }
 
@@ -382,7 +385,7 @@ impl EdgeStorage {
         let site: Option<Arc<str>> = site.map(Arc::from);
         // Reclaims the memory in the background; lookups already treat these as gone.
         let objects = self.objects.clone();
-        std::thread::spawn(move || {
+        self.reclaimer.run(move || {
             let gone = |o: &Object| {
                 o.entry.born <= cutoff && site.as_ref().is_none_or(|s| *s == o.entry.site)
             };
