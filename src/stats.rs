@@ -144,7 +144,8 @@ fn key_hash(key: (&str, &str, &str)) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch (0 on a clock before it).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

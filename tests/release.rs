@@ -385,6 +385,74 @@ async fn maintenance_and_state_survive_a_restart() {
     );
 }
 
+/// Rollback is not one undo step: each rollback returns to the choice before, as far back as
+/// the history goes, and the history survives a restart.
+#[tokio::test]
+async fn rollbacks_walk_back_through_the_release_history() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let proxy = start(&[&blue], &[&green], "").await;
+    let (status, answer) = release(
+        &proxy,
+        "/pools/canary",
+        json!({"site": "shop", "pool": "green", "percent": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    flip(&proxy, "green").await;
+    let proxy = proxy.restart().await;
+    let (_, pools) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/pools", "")
+        .await;
+    let history = &pools["sites"][0]["state"]["history"];
+    assert_eq!(
+        (
+            history[0]["active"].as_str(),
+            history[1]["active"].as_str(),
+            history[1]["canary"]["percent"].as_u64()
+        ),
+        (Some("blue"), Some("blue"), Some(10)),
+        "oldest first: blue, then blue with a 10% canary: {pools}"
+    );
+    let (status, back) = release(&proxy, "/pools/rollback", json!({"site": "shop"})).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(
+        (
+            back["state"]["active"].as_str(),
+            back["state"]["canary"]["percent"].as_u64()
+        ),
+        (Some("blue"), Some(10)),
+        "the first rollback returns to the canary: {back}"
+    );
+    let (status, back) = release(&proxy, "/pools/rollback", json!({"site": "shop"})).await;
+    assert_eq!(
+        status, 200,
+        "a second rollback goes one step further: {back}"
+    );
+    assert_eq!(
+        (
+            back["state"]["active"].as_str(),
+            back["state"]["canary"].is_null()
+        ),
+        (Some("blue"), true),
+        "{back}"
+    );
+    let c = proxy.client(&["www.shop.test"]);
+    for i in 0..5 {
+        let page = get(&c, &proxy.url(&format!("/after/{i}")), &[]).await;
+        assert!(page.body.starts_with("pool=blue"), "{}", page.body);
+    }
+    assert_eq!(
+        release(&proxy, "/pools/rollback", json!({"site": "shop"}))
+            .await
+            .0,
+        409,
+        "the history is used up"
+    );
+}
+
 #[tokio::test]
 async fn two_nodes_on_one_redis_flip_together() {
     let (blue, green) = (

@@ -1,5 +1,5 @@
-//! Release state: per site, the active pool, a canary split, maintenance, and the previous
-//! state for rollback. Changed by the admin API (and the fleet), persisted atomically (write a
+//! Release state: per site, the active pool, a canary split, maintenance, and the history of
+//! earlier pool choices that rollbacks walk back through. Changed by the admin API (and the fleet), persisted atomically (write a
 //! temp file, fsync, rename) so it survives a restart, read on every request.
 //!
 //! Cohorts: during a canary each visitor has a bucket 0–99 (from the `cohort_cookie`, else a
@@ -38,16 +38,80 @@ impl Maintenance {
     }
 }
 
+/// How many earlier pool choices a site keeps: a rollback returns to the last one, the next
+/// rollback to the one before (as a deploy tool's release list, not one undo step).
+pub const HISTORY: usize = 10;
+
 /// The release state of one site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StateOnDisk")]
 pub struct SiteState {
     pub active: String,
     pub canary: Option<Canary>,
-    #[serde(default)]
     pub maintenance: Maintenance,
-    /// Where `rollback` returns to (pool choice only; maintenance is not rolled back).
+    /// Earlier pool choices, oldest first, at most [`HISTORY`]: where rollbacks return to
+    /// (the pool choice only; maintenance is not rolled back).
+    pub history: Vec<Choice>,
+}
+
+/// A pool choice a site had, and when it was left (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub active: String,
+    pub canary: Option<Canary>,
     #[serde(default)]
-    pub previous: Option<Box<SiteState>>,
+    pub until: u64,
+}
+
+/// What a state file (or a fleet message) holds: today's `history`, or the single `previous`
+/// state that crossfade wrote before it kept a history (read so an upgrade keeps it).
+#[derive(Deserialize)]
+struct StateOnDisk {
+    active: String,
+    canary: Option<Canary>,
+    #[serde(default)]
+    maintenance: Maintenance,
+    #[serde(default)]
+    history: Vec<Choice>,
+    #[serde(default)]
+    previous: Option<Box<SiteState>>,
+}
+
+impl From<StateOnDisk> for SiteState {
+    fn from(d: StateOnDisk) -> Self {
+        let mut history = d.history;
+        if history.is_empty() {
+            if let Some(p) = d.previous {
+                history.push(Choice {
+                    active: p.active,
+                    canary: p.canary,
+                    until: 0,
+                });
+            }
+        }
+        SiteState {
+            active: d.active,
+            canary: d.canary,
+            maintenance: d.maintenance,
+            history,
+        }
+    }
+}
+
+impl SiteState {
+    /// This state's history with its own pool choice added last (the oldest dropped beyond
+    /// [`HISTORY`]): what a flip or canary change leaves behind.
+    fn left_behind(&self) -> Vec<Choice> {
+        let mut history = self.history.clone();
+        history.push(Choice {
+            active: self.active.clone(),
+            canary: self.canary.clone(),
+            until: crate::stats::now_secs(),
+        });
+        let extra = history.len().saturating_sub(HISTORY);
+        history.drain(..extra);
+        history
+    }
 }
 
 /// A change to a site's release state.
@@ -149,7 +213,7 @@ fn initial(site: &Site) -> SiteState {
         active: site.active_pool().name.clone(),
         canary: None,
         maintenance: Maintenance::default(),
-        previous: None,
+        history: Vec::new(),
     }
 }
 
@@ -216,6 +280,15 @@ impl Release {
                 tracing::warn!(site = %site.name, "release state reset to the configured active pool");
                 all.insert(site.name.to_string(), initial(site));
             }
+            // A rollback must never return to a pool the config no longer has.
+            if let Some(state) = all.get_mut(&*site.name) {
+                state.history.retain(|c| {
+                    site.pool(&c.active).is_some()
+                        && c.canary
+                            .as_ref()
+                            .is_none_or(|k| site.pool(&k.pool).is_some())
+                });
+            }
         }
         self.states.store(Arc::new(all));
     }
@@ -268,18 +341,13 @@ impl Release {
             }
             Ok(())
         };
-        let remember = |s: &SiteState| {
-            let mut prev = s.clone();
-            prev.previous = None;
-            Some(Box::new(prev))
-        };
         let next = match change {
             Change::Flip { pool, .. } => {
                 usable(pool)?;
                 SiteState {
                     active: pool.clone(),
                     canary: None,
-                    previous: remember(&current),
+                    history: current.left_behind(),
                     ..current.clone()
                 }
             }
@@ -297,19 +365,20 @@ impl Release {
                 });
                 SiteState {
                     canary,
-                    previous: remember(&current),
+                    history: current.left_behind(),
                     ..current.clone()
                 }
             }
             Change::Rollback { .. } => {
-                let prev = current
-                    .previous
-                    .clone()
+                let mut history = current.history.clone();
+                let back = history
+                    .pop()
                     .ok_or_else(|| ChangeError::NothingToRollBack(site_name.into()))?;
                 SiteState {
+                    active: back.active,
+                    canary: back.canary,
                     maintenance: current.maintenance.clone(),
-                    previous: None,
-                    ..*prev
+                    history,
                 }
             }
             Change::Maintenance {
@@ -433,5 +502,28 @@ mod tests {
                 .unwrap();
         assert_eq!(parsed.site(), "s");
         assert!(serde_json::from_str::<Change>(r#"{"action":"flip","site":"s"}"#).is_err());
+    }
+
+    /// A state file written before the history existed keeps its one rollback step.
+    #[test]
+    fn a_state_file_with_a_previous_state_reads_as_a_history_of_one() {
+        let old = r#"{"active":"green","canary":null,"maintenance":{"site":false,"routes":[],"serve_cached":false},
+            "previous":{"active":"blue","canary":{"pool":"green","percent":5},"previous":null}}"#;
+        let state: SiteState = serde_json::from_str(old).unwrap();
+        assert_eq!(state.history.len(), 1);
+        assert_eq!(state.history[0].active, "blue");
+        assert_eq!(state.history[0].canary.as_ref().map(|c| c.percent), Some(5));
+        let mut long = state.clone();
+        for _ in 0..HISTORY + 3 {
+            long.history = long.left_behind();
+        }
+        assert_eq!(
+            long.history.len(),
+            HISTORY,
+            "the oldest choices are dropped"
+        );
+        let again: SiteState =
+            serde_json::from_str(&serde_json::to_string(&long).unwrap()).unwrap();
+        assert_eq!(again, long);
     }
 }
