@@ -150,6 +150,9 @@ pub struct AdminArgs {
     /// Config file to read the admin address and token from.
     #[arg(long, global = true, default_value = "config/crossfade.toml")]
     pub config: PathBuf,
+    /// Print the admin API's JSON answer as it is (for scripts) instead of a summary.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

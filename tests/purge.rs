@@ -431,20 +431,36 @@ async fn cli_purge_prints_the_report_and_fails_on_errors() {
             .output()
             .unwrap()
     };
+    // For people: one line, what was purged, each node's count, complete or not.
     let out = run(PURGE_TOKEN, &["key", "tag-track"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("purged key tag-track (hard): ")
+            && text.ends_with(" 1 removed; complete\n")
+            && text.lines().count() == 1,
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
+    // For scripts: the API's report as it is.
+    get(&c, &proxy.url("/track/9"), &[]).await;
+    let out = run(PURGE_TOKEN, &["key", "tag-track", "--json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(removed(&report), 1);
-    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
     // A purge that matches nothing (a typo) succeeds, with a warning on stderr.
     let typo = run(PURGE_TOKEN, &["key", "tag-trakc"]);
     assert!(typo.status.success());
     let warning = String::from_utf8_lossy(&typo.stderr);
     assert!(warning.contains("matched no cached object"), "{warning}");
+    let refused = run(READ_TOKEN, &["all"]);
+    assert_eq!(refused.status.code(), Some(1), "a 403 fails the command");
+    assert!(refused.stdout.is_empty(), "errors are not output");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !run(READ_TOKEN, &["all"]).status.success(),
-        "a 403 fails the command"
+        stderr.starts_with("crossfade: ") && stderr.trim_end().ends_with("(HTTP 403)"),
+        "{stderr}"
     );
     assert!(!run(PURGE_TOKEN, &["url", "nowhere.test/x"])
         .status

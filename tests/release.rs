@@ -416,6 +416,31 @@ async fn rollbacks_walk_back_through_the_release_history() {
         (Some("blue"), Some("blue"), Some(10)),
         "oldest first: blue, then blue with a 10% canary: {pools}"
     );
+    // For people: the state, a table of pools, where rollbacks go.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["pools", "status", "--admin", &proxy.admin.to_string()])
+        .args(["--token", READ_TOKEN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "shop: active green", "{text}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["pool", "role", "healthy", "release", "asset", "hash", "servers"],
+        "{text}"
+    );
+    let blue_row = format!("blue - 1/1 blue b1 {} up", blue.addr);
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>().join(" "),
+        blue_row
+    );
+    assert!(lines[3].starts_with("  green  active  1/1"), "{text}");
+    assert!(
+        lines[4].starts_with("  rollback returns to: blue + canary green 10% (left ")
+            && lines[4].contains("), then blue (left "),
+        "{text}"
+    );
     let (status, back) = release(&proxy, "/pools/rollback", json!({"site": "shop"})).await;
     assert_eq!(status, 200, "{back}");
     assert_eq!(

@@ -260,6 +260,7 @@ fn cli_reload(proxy: &Proxy, args: &[&str]) -> (bool, serde_json::Value, String)
         .arg("reload")
         .args(args)
         .args(["--admin", &proxy.admin.to_string(), "--token", ADMIN_TOKEN])
+        .arg("--json")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -320,6 +321,17 @@ async fn a_reload_says_what_took_effect_and_what_needs_a_restart_and_check_chang
             "server.grace_period, cache.capacity, log.format changed but keep the running value"
         ),
         "{stderr}"
+    );
+    // For people: what would apply, what would wait.
+    let human = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["reload", "--check", "--admin", &proxy.admin.to_string()])
+        .args(["--token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&human.stdout),
+        "would apply: release.retry_after, metrics.statsd_prefix, sites[shop]\n\
+         needs a restart: server.grace_period, cache.capacity, log.format\n"
     );
     assert!(
         get(&c, &proxy.url("/private/x"), &[]).await.is_hit(),

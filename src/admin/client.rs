@@ -1,6 +1,7 @@
 //! A small client for the admin API, used by the CLI (`crossfade purge …`). It speaks plain
 //! HTTP/1.1 to the admin listener, which is loopback by default.
 
+use super::human;
 use crate::cli::AdminArgs;
 use crate::config::admin::Scope;
 use std::io::{Read, Write};
@@ -20,6 +21,9 @@ pub enum ClientError {
     NoToken { why: String },
     #[error("the admin API answered something that is not HTTP")]
     BadResponse,
+    /// The API refused the call; its reason, as it said it.
+    #[error("{message} (HTTP {status})")]
+    Refused { status: u16, message: String },
 }
 
 /// Address and token for the admin API, from flags, environment and config, in that order.
@@ -95,26 +99,17 @@ pub fn call(
     Ok((status, body.to_string()))
 }
 
-/// Runs one admin call for the CLI and prints the answer; true when it succeeded.
-pub fn run(
+/// Runs one admin call for the CLI and prints the answer — `render`ed for people, or as the
+/// API's JSON with `--json` — and returns it. A refusal (any status but 200) is an error: its
+/// reason goes to stderr (with `--json`, the JSON body also to stdout) and the exit code is 1.
+fn run(
     args: &AdminArgs,
     scope: Scope,
     method: &str,
     path: &str,
     body: &serde_json::Value,
-) -> Result<bool, ClientError> {
-    run_then(args, scope, method, path, body, |_| {})
-}
-
-/// [`run`], then `after` on the parsed answer (to warn on stderr of what the JSON says).
-fn run_then(
-    args: &AdminArgs,
-    scope: Scope,
-    method: &str,
-    path: &str,
-    body: &serde_json::Value,
-    after: impl FnOnce(&serde_json::Value),
-) -> Result<bool, ClientError> {
+    render: impl FnOnce(&serde_json::Value) -> String,
+) -> Result<serde_json::Value, ClientError> {
     let (addr, token) = target(args, scope)?;
     let body = if body.is_null() {
         String::new()
@@ -122,14 +117,22 @@ fn run_then(
         body.to_string()
     };
     let (status, answer) = call(&addr, &token, method, path, &body)?;
-    println!("{}", answer.trim_end());
     let parsed = serde_json::from_str::<serde_json::Value>(&answer).ok();
-    if let Some(v) = &parsed {
-        after(v);
+    if args.json {
+        println!("{}", answer.trim_end());
     }
-    let complete =
-        parsed.is_some_and(|v| v.get("complete").is_none_or(|c| c.as_bool() == Some(true)));
-    Ok(status == 200 && complete)
+    if status != 200 {
+        let message = parsed
+            .as_ref()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| answer.trim().to_string());
+        return Err(ClientError::Refused { status, message });
+    }
+    let parsed = parsed.ok_or(ClientError::BadResponse)?;
+    if !args.json {
+        println!("{}", render(&parsed).trim_end());
+    }
+    Ok(parsed)
 }
 
 /// `crossfade pools …`.
@@ -138,13 +141,16 @@ pub fn pools(args: crate::cli::PoolsArgs) -> Result<bool, ClientError> {
     use serde_json::json;
     let (path, body) = match args.what {
         PoolsWhat::Status => {
-            return run(
+            let null = serde_json::Value::Null;
+            run(
                 &args.admin,
                 Scope::Read,
                 "GET",
                 "/pools",
-                &serde_json::Value::Null,
-            )
+                &null,
+                human::pools,
+            )?;
+            return Ok(true);
         }
         PoolsWhat::Flip { site, pool } => ("/pools/flip", json!({ "site": site, "pool": pool })),
         PoolsWhat::Canary {
@@ -157,7 +163,15 @@ pub fn pools(args: crate::cli::PoolsArgs) -> Result<bool, ClientError> {
         ),
         PoolsWhat::Rollback { site } => ("/pools/rollback", json!({ "site": site })),
     };
-    run(&args.admin, Scope::Release, "POST", path, &body)
+    run(
+        &args.admin,
+        Scope::Release,
+        "POST",
+        path,
+        &body,
+        human::change,
+    )?;
+    Ok(true)
 }
 
 /// `crossfade reload [--check]`. Settings that need a restart are repeated on stderr.
@@ -167,8 +181,16 @@ pub fn reload(args: crate::cli::ReloadArgs) -> Result<bool, ClientError> {
     } else {
         "/reload"
     };
-    let warn = |answer: &serde_json::Value| {
-        let report = answer.get("report").unwrap_or(answer);
+    let answer = run(
+        &args.admin,
+        Scope::Admin,
+        "POST",
+        path,
+        &serde_json::Value::Null,
+        |a| human::reload(a, args.check),
+    )?;
+    {
+        let report = answer.get("report").unwrap_or(&answer);
         let fixed: Vec<&str> = report["restart_required"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
@@ -180,15 +202,8 @@ pub fn reload(args: crate::cli::ReloadArgs) -> Result<bool, ClientError> {
                 if fixed.len() == 1 { "s" } else { "" }
             );
         }
-    };
-    run_then(
-        &args.admin,
-        Scope::Admin,
-        "POST",
-        path,
-        &serde_json::Value::Null,
-        warn,
-    )
+    }
+    Ok(true)
 }
 
 /// `crossfade maintenance on|off …`.
@@ -199,7 +214,15 @@ pub fn maintenance(args: crate::cli::MaintenanceArgs) -> Result<bool, ClientErro
         "on": matches!(args.state, crate::cli::OnOff::On),
         "serve_cached": args.serve_cached,
     });
-    run(&args.admin, Scope::Release, "POST", "/maintenance", &body)
+    run(
+        &args.admin,
+        Scope::Release,
+        "POST",
+        "/maintenance",
+        &body,
+        human::change,
+    )?;
+    Ok(true)
 }
 
 /// `crossfade purge …`.
@@ -214,8 +237,16 @@ pub fn purge(args: crate::cli::PurgeArgs) -> Result<bool, ClientError> {
         PurgeWhat::All { site } => Purge::All { site, soft },
     };
     let body = serde_json::to_value(&purge).unwrap_or_default();
+    let report = run(
+        &args.admin,
+        Scope::Purge,
+        "POST",
+        "/purge",
+        &body,
+        human::purge,
+    )?;
     // A purge that matched nothing anywhere is usually a typo; it still succeeded (exit 0).
-    let warn_if_nothing = |report: &serde_json::Value| {
+    {
         let nodes = report["nodes"]
             .as_array()
             .map(Vec::as_slice)
@@ -229,13 +260,7 @@ pub fn purge(args: crate::cli::PurgeArgs) -> Result<bool, ClientError> {
                  URL, prefix, key or site)"
             );
         }
-    };
-    run_then(
-        &args.admin,
-        Scope::Purge,
-        "POST",
-        "/purge",
-        &body,
-        warn_if_nothing,
-    )
+    }
+    // Exit 1 when a node did not confirm: the purge may not be everywhere.
+    Ok(report["complete"].as_bool() == Some(true))
 }

@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod client;
 pub mod dashboard;
+pub mod human;
 
 use crate::cache::purge::Purge;
 use crate::cache::storage::EdgeStorage;

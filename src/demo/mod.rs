@@ -73,12 +73,15 @@ pub fn run(runtime: Runtime) -> ! {
          \x20 curl -si -H 'Host: {host}' -H 'Cookie: session=alice.1' http://{addr}/track/1 | grep -i -e cache-status -e logged\n\
          \x20 curl -si -H 'Host: {host}' http://{addr}/static/{hash}/app.js | grep -i -e cache-control -e cache-status\n\
          \x20 curl -si -H 'Host: unknown.test' http://{addr}/    # 421: unknown hosts are never proxied\n\
-         \x20 cargo run --release -- purge --config config/demo.toml key tracks   # purge by surrogate key\n\
-         \x20 cargo run --release -- pools --config config/demo.toml canary store green 50   # half the visitors on green\n\
+         \n\
+         In another shell (the `crossfade` command: `cargo install --path . --locked` once, from the clone):\n\
+         \x20 crossfade purge --config config/demo.toml key tracks                # purge by surrogate key\n\
+         \x20 crossfade pools --config config/demo.toml status                    # pools, health, releases\n\
+         \x20 crossfade pools --config config/demo.toml canary store green 50     # half the visitors on green\n\
          \x20   (pages are cached per release; curl without a cookie jar is a new visitor every time)\n\
-         \x20 cargo run --release -- pools --config config/demo.toml flip store green        # everyone on green\n\
-         \x20 cargo run --release -- pools --config config/demo.toml rollback store          # back\n\
-         \x20 cargo run --release -- maintenance --config config/demo.toml on store --route checkout\n"
+         \x20 crossfade pools --config config/demo.toml flip store green          # everyone on green\n\
+         \x20 crossfade pools --config config/demo.toml rollback store            # back, one step per rollback\n\
+         \x20 crossfade maintenance --config config/demo.toml on store --route checkout\n"
     );
     crate::app::run(runtime, false)
 }
