@@ -1,5 +1,5 @@
 //! The command line: `run` (the default), `check`, `demo`, and the admin API's commands
-//! (`purge`, `pools`, `maintenance`, `reload`).
+//! (`purge`, `pools`, `maintenance`, `reload`, `health`).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,6 +32,8 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Put a site or one of its routes into maintenance, or take it out.
     Maintenance(MaintenanceArgs),
+    /// Exit 0 when crossfade's admin listener answers (a container HEALTHCHECK; no token).
+    Health(AdminArgs),
     /// Certificates: `certs dev --out DIR HOST…` makes a local CA and a certificate per host.
     #[cfg(feature = "dev-certs")]
     Certs(CertsArgs),

@@ -93,6 +93,7 @@ fn command() -> Result<ExitCode> {
         Command::Pools(args) => exit(client::pools(args)?),
         Command::Maintenance(args) => exit(client::maintenance(args)?),
         Command::Reload(args) => exit(client::reload(args)?),
+        Command::Health(args) => exit(client::health(&args)?),
         #[cfg(feature = "dev-certs")]
         Command::Certs(args) => match args.what {
             crossfade::cli::CertsWhat::Dev { out, hosts } => {

@@ -10,6 +10,7 @@ fn check(args: &[&str]) -> (bool, String) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CROSSFADE_OPS_TOKEN", "test-placeholder-ops-token")
         .env("CROSSFADE_RELEASE_TOKEN", "test-placeholder-release-token")
+        .env("CROSSFADE_METRICS_TOKEN", "test-placeholder-metrics-token")
         .output()
         .unwrap();
     let text =
@@ -220,6 +221,7 @@ fn a_cli_without_its_token_names_the_missing_variable_and_shows_no_backtrace() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CROSSFADE_OPS_TOKEN")
         .env_remove("CROSSFADE_RELEASE_TOKEN")
+        .env_remove("CROSSFADE_METRICS_TOKEN")
         .env_remove("CROSSFADE_TOKEN")
         .env("RUST_BACKTRACE", "1")
         .output()

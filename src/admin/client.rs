@@ -63,6 +63,30 @@ pub fn target(args: &AdminArgs, scope: Scope) -> Result<(String, String), Client
     Ok((addr, token))
 }
 
+/// `crossfade health`: true when the admin listener answers `/healthz` (no token needed), for
+/// a container HEALTHCHECK or a service manager's probe. The address: `--admin`, else
+/// `$CROSSFADE_ADMIN_LISTEN`, else `[admin] listen` of `--config`, else 127.0.0.1:9901.
+pub fn health(args: &AdminArgs) -> Result<bool, ClientError> {
+    let addr = args
+        .admin
+        .clone()
+        .or_else(|| std::env::var(crate::config::admin::ADMIN_LISTEN_ENV).ok())
+        .or_else(|| {
+            let rt = crate::config::load(&args.config).ok()?;
+            Some(rt.admin?.listen.to_string())
+        })
+        .unwrap_or_else(|| "127.0.0.1:9901".into());
+    let (status, _) = call(&addr, "", "GET", "/healthz", "")?;
+    if status != 200 {
+        return Err(ClientError::Refused {
+            status,
+            message: format!("{addr} is not healthy"),
+        });
+    }
+    println!("ok");
+    Ok(true)
+}
+
 /// Sends one request and returns (status, body).
 pub fn call(
     addr: &str,

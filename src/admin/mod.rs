@@ -5,6 +5,7 @@
 //!
 //! | method | path      | scope | body → answer |
 //! | ------ | --------- | ----- | ------------- |
+//! | GET    | `/healthz` | none | → `{"ok":true}`: the process is up (container HEALTHCHECK, systemd) |
 //! | GET    | `/status` | any   | → node, cache objects/bytes, purge index sizes, fleet |
 //! | POST   | `/reload` | admin | → reload config and rules: `{"reloaded":true,"report":{…, "applied":[…], "restart_required":[…]}}`, or 422 with every issue (the running config is kept) |
 //! | POST   | `/reload?check` | admin | → what a reload would apply and what would need a restart, installing nothing: `{"valid":true,"applied":[…],"restart_required":[…]}`, or 422 with every issue |
@@ -139,6 +140,11 @@ impl AdminApp {
         let scope = match (method.clone(), path.as_str()) {
             (Method::GET, "/status" | "/pools" | "/metrics") => Scope::Read,
             (Method::GET, "/dashboard/login") => return self.login(&rt, req.uri.query()),
+            // Liveness for container and service-manager checks: no token (a HEALTHCHECK has
+            // none) and nothing in the answer but that this process serves its admin listener.
+            (Method::GET | Method::HEAD, "/healthz") => {
+                return json_response(StatusCode::OK, json!({ "ok": true }))
+            }
             (Method::GET, p) if p == "/dashboard" || p.starts_with("/dashboard/") => Scope::Read,
             (Method::POST, "/purge") => Scope::Purge,
             (Method::POST, "/reload") => Scope::Admin,

@@ -119,6 +119,9 @@ impl Cidr {
     }
 }
 
+/// The environment variable that overrides `admin.listen` (containers).
+pub const ADMIN_LISTEN_ENV: &str = "CROSSFADE_ADMIN_LISTEN";
+
 /// Tokens shorter than this are refused: they could be guessed.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -127,10 +130,19 @@ pub(super) fn admin(
     push: &mut dyn FnMut(String, String),
 ) -> Option<AdminSettings> {
     let f = f?;
-    let raw = f.listen.unwrap_or_else(|| "127.0.0.1:9901".into());
+    // A container's loopback is its own: an image sets CROSSFADE_ADMIN_LISTEN (e.g.
+    // 0.0.0.0:9901) so Prometheus outside can scrape, while the same config file keeps
+    // loopback on a host. The tokens still guard every call.
+    let (raw, key) = match std::env::var(ADMIN_LISTEN_ENV) {
+        Ok(v) => (v, format!("admin.listen (from ${ADMIN_LISTEN_ENV})")),
+        Err(_) => (
+            f.listen.unwrap_or_else(|| "127.0.0.1:9901".into()),
+            "admin.listen".to_string(),
+        ),
+    };
     let listen = raw.parse::<SocketAddr>().map_err(|_| {
         push(
-            "admin.listen".into(),
+            key,
             format!("{raw:?} is not an address like \"127.0.0.1:9901\""),
         )
     });
