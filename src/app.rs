@@ -21,13 +21,13 @@ use std::sync::Arc;
 
 /// A listening address crossfade cannot bind.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({key}): {source}; another process may hold it, or the address is not this machine's")]
+#[error("cannot listen on {addr} ({key}): {error}; another process may hold it, or the address is not this machine's")]
 pub struct BindError {
     /// The config key that names the address.
     pub key: &'static str,
     pub addr: std::net::SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    /// In the message, not a `source`: the one line printed would repeat it.
+    pub error: std::io::Error,
 }
 
 /// Binds (and releases) every address the config listens on, before anything starts: pingora
@@ -42,10 +42,10 @@ pub fn check_listeners(runtime: &Runtime) -> Result<(), BindError> {
         .flat_map(|t| t.listen.iter().map(|a| ("tls.listen", a)));
     let admin = runtime.admin.iter().map(|a| ("admin.listen", &a.listen));
     for (key, addr) in proxy.chain(tls).chain(admin) {
-        std::net::TcpListener::bind(addr).map_err(|source| BindError {
+        std::net::TcpListener::bind(addr).map_err(|error| BindError {
             key,
             addr: *addr,
-            source,
+            error,
         })?;
     }
     Ok(())

@@ -156,9 +156,13 @@ async fn a_listener_that_cannot_bind_stops_crossfade_with_the_address() {
         "still running 10 s after it could not bind: {stderr}"
     );
     assert!(!out.status.success(), "exited {:?}: {stderr}", out.status);
+    let said = format!(
+        "crossfade: cannot listen on {addr} (proxy.listen): Address already in use (os error 98); \
+         another process may hold it, or the address is not this machine's\n"
+    );
     assert!(
-        stderr.contains(&format!("cannot listen on {addr} (proxy.listen)")),
-        "{stderr}"
+        stderr.ends_with(&said) && stderr.matches("already in use").count() == 1,
+        "the address, its key and the reason, once: {stderr}"
     );
     drop(taken);
 }
