@@ -71,15 +71,20 @@ servers = ["127.0.0.1:9"]
     let (ok, text) = check(&[config.to_str().unwrap()]);
     assert!(!ok, "a broken config must fail the check");
     for expected in [
-        "crossfade.toml: cache.capacity: \"lots\" is not a size",
-        "crossfade.toml: proxy.listen[0]: \"nowhere\" is not an address",
-        "crossfade.toml: sites[0].active_pool: \"purple\" is not one of this site's pools",
-        "rules.toml: routes[0].edge_ttl: \"5 minutes please\" is not a duration",
-        "rules.toml: routes[1].edg_ttl: unknown key `edg_ttl`; did you mean `edge_ttl`?",
-        "rules.toml: routes[2].glob: invalid glob",
+        "crossfade.toml:3: cache.capacity: \"lots\" is not a size",
+        "crossfade.toml:5: proxy.listen[0]: \"nowhere\" is not an address",
+        "crossfade.toml:10: sites[0].active_pool: \"purple\" is not one of this site's pools",
+        "rules.toml:6: routes[0].edge_ttl: \"5 minutes please\" is not a duration",
+        "rules.toml:10: routes[1].edg_ttl: unknown key `edg_ttl`; did you mean `edge_ttl`?",
+        "rules.toml:13: routes[2].glob: invalid glob",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    assert_eq!(
+        text.matches("routes[0].edge_ttl").count(),
+        1,
+        "an invalid edge_ttl is one problem, not also a missing one: {text}"
+    );
 }
 
 #[test]
@@ -98,7 +103,7 @@ fn each_kind_of_mistake_gets_its_own_exact_message() {
     let syntax = run("[server]\nthreads = 2\n[proxy]\nlisten = [\"127.0.0.1:8080\"\n");
     assert_eq!(
         syntax,
-        vec!["crossfade.toml: not valid TOML at line 5, column 1: invalid array; expected `]`"]
+        vec!["crossfade.toml:5: not valid TOML (column 1): invalid array; expected `]`"]
     );
     let many = run(r#"
 [server]
@@ -128,14 +133,14 @@ servers = ["127.0.0.1:9001"]
 "#);
     let missing = dir.path().join("missing.toml").display().to_string();
     let expected = [
-        "crossfade.toml: server.thredas: unknown key `thredas`; did you mean `threads`?".to_string(),
-        "crossfade.toml: sites[2].default: invalid type: string \"yes\", expected true or false".into(),
-        "crossfade.toml: sites[0].pools.blue.servers[1]: \"127.0.0.1:9000\" is listed twice (give it a weight instead)".into(),
-        format!("crossfade.toml: sites[0].rules: {missing} does not exist (a rules path is relative to this file's directory)"),
-        "crossfade.toml: sites[1].hosts[0]: \"a.test\" is claimed by sites[0] too".into(),
-        "crossfade.toml: sites[1].pools.blue.servers: needs at least one server".into(),
-        "crossfade.toml: sites[1].pools.blue.health_path: health check settings need a health_path".into(),
-        "crossfade.toml: sites[1].pools.blue.health_interval: \"soon\" is not a duration above 0s (use e.g. \"2s\")".into(),
+        "crossfade.toml:3: server.thredas: unknown key `thredas`; did you mean `threads`?".to_string(),
+        "crossfade.toml:23: sites[2].default: invalid type: string \"yes\", expected true or false".into(),
+        "crossfade.toml:12: sites[0].pools.blue.servers[1]: \"127.0.0.1:9000\" is listed twice (give it a weight instead)".into(),
+        format!("crossfade.toml:9: sites[0].rules: {missing} does not exist (a rules path is relative to this file's directory)"),
+        "crossfade.toml:15: sites[1].hosts[0]: \"a.test\" is claimed by sites[0] too".into(),
+        "crossfade.toml:18: sites[1].pools.blue.servers: needs at least one server".into(),
+        "crossfade.toml:17: sites[1].pools.blue.health_path: health check settings need a health_path".into(),
+        "crossfade.toml:19: sites[1].pools.blue.health_interval: \"soon\" is not a duration above 0s (use e.g. \"2s\")".into(),
     ];
     for line in &expected {
         assert!(
@@ -148,7 +153,7 @@ servers = ["127.0.0.1:9001"]
     let words = run("[server]\nthreads = \"two\"\n");
     assert!(
         words.contains(
-            &"crossfade.toml: server.threads: invalid type: string \"two\", expected a whole number"
+            &"crossfade.toml:2: server.threads: invalid type: string \"two\", expected a whole number"
                 .to_string()
         ),
         "{}",

@@ -75,13 +75,13 @@ async fn a_broken_config_is_rejected_with_every_error_and_the_old_one_serves() {
     assert!(
         issues
             .iter()
-            .any(|i| i.contains("shop.rules.toml: routes[0].edge_ttl")),
+            .any(|i| i.contains("shop.rules.toml:5: routes[0].edge_ttl")),
         "{issues:?}"
     );
     assert!(
         issues
             .iter()
-            .any(|i| i.contains("shop.rules.toml: routes[1].glob")),
+            .any(|i| i.contains("shop.rules.toml:8: routes[1].glob")),
         "{issues:?}"
     );
     assert!(

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod file;
+mod lines;
 pub mod pools;
 pub mod proxy;
 mod routes;
@@ -27,6 +28,9 @@ pub use validate::load;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
     pub file: PathBuf,
+    /// The line the key is on (or, for a missing key, the table it belongs in), as editors
+    /// and compilers say `file:line`.
+    pub line: Option<usize>,
     /// Dotted key path inside the file (`routes[3].edge_ttl`); empty for whole-file problems.
     pub key: String,
     pub message: String,
@@ -34,11 +38,14 @@ pub struct Issue {
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
         }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 

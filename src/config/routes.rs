@@ -266,7 +266,10 @@ fn route(rf: &RouteFile, d: &RouteDefaultsFile, at: &str, issues: &mut Issues) -
         }
     }
     match mode {
-        Mode::Override if edge_ttl.is_none() && rf.ttl_by_status.is_none() => {
+        // An edge_ttl that is there but invalid has its own message already.
+        Mode::Override
+            if edge_ttl.is_none() && rf.edge_ttl.is_none() && rf.ttl_by_status.is_none() =>
+        {
             issues.push(format!("{at}.edge_ttl"), "mode = \"override\" needs edge_ttl (or ttl_by_status)");
         }
         Mode::Honor if rf.edge_ttl.is_some() || rf.ttl_by_status.is_some() => issues.push(

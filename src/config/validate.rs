@@ -26,8 +26,19 @@ impl Issues<'_> {
     pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.out.push(Issue {
             file: self.file.clone(),
+            line: None,
             key: key.into(),
             message: message.into(),
+        });
+    }
+
+    /// An issue at a line of the file rather than at a key (a syntax error).
+    fn push_at(&mut self, line: usize, message: String) {
+        self.out.push(Issue {
+            file: self.file.clone(),
+            line: Some(line),
+            key: String::new(),
+            message,
         });
     }
 
@@ -168,13 +179,15 @@ pub(super) fn read_table(path: &Path, issues: &mut Issues) -> Option<toml::Table
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
                 .join("; ");
-            let at = e.span().map_or(String::new(), |span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!(" at line {line}, column {column}")
-            });
-            issues.push("", format!("not valid TOML{at}: {message}"));
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    issues.push_at(line, format!("not valid TOML (column {column}): {message}"));
+                }
+                None => issues.push("", format!("not valid TOML: {message}")),
+            }
             None
         }
     }
@@ -198,7 +211,26 @@ pub fn load(path: &Path) -> Result<Runtime, LoadError> {
     let runtime = build(path, &mut all);
     match runtime {
         Some(rt) if all.is_empty() => Ok(rt),
-        _ => Err(LoadError::Invalid(all)),
+        _ => {
+            locate(&mut all);
+            Err(LoadError::Invalid(all))
+        }
+    }
+}
+
+/// Gives each issue the line of its key, reading each file named once.
+fn locate(all: &mut [Issue]) {
+    let mut texts: std::collections::HashMap<PathBuf, Option<String>> = Default::default();
+    for issue in all.iter_mut() {
+        if issue.line.is_some() || issue.key.is_empty() {
+            continue;
+        }
+        let text = texts
+            .entry(issue.file.clone())
+            .or_insert_with(|| std::fs::read_to_string(&issue.file).ok());
+        issue.line = text
+            .as_deref()
+            .and_then(|t| super::lines::line_of(t, &issue.key));
     }
 }
 
@@ -546,6 +578,7 @@ fn sites(config: &Path, files: Vec<(usize, SiteFile)>, all: &mut Vec<Issue>) -> 
     if sites.list.is_empty() && all.is_empty() {
         all.push(Issue {
             file: config.to_path_buf(),
+            line: None,
             key: "sites".into(),
             message: "no site is configured; add a [[sites]] table".into(),
         });
