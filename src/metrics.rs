@@ -468,7 +468,7 @@ impl Metrics {
     /// The names of every metric family (also those with no sample yet).
     pub fn families(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 29] = [
+        let collectors: [&dyn Collector; 30] = [
             &self.connections_open,
             &self.fast_hits,
             &self.fast_passes,
@@ -498,6 +498,7 @@ impl Metrics {
             &self.pool_inflight,
             &self.pool_active,
             &self.pool_canary_percent,
+            &self.query_dropped,
         ];
         collectors
             .iter()

@@ -395,12 +395,48 @@ async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
                 .unwrap()]
         })
         .collect();
+    // A fleet is one dashboard: a node variable, and every query filtered by it.
+    let variables = parsed["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "instance" && v["multi"] == true),
+        "no instance (node) variable"
+    );
+    for panel in parsed["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(
+                expr.contains("instance=~\"$instance\""),
+                "{}: {expr} ignores the node variable",
+                panel["title"]
+            );
+        }
+    }
+    for process in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(dashboard.contains(process), "no {process} panel");
+        assert!(
+            exposed.contains(&format!("# TYPE {process} ")),
+            "{process} is not exposed"
+        );
+    }
+    for family in [
+        "crossfade_connections_open",
+        "crossfade_fast_path_hits_total",
+    ] {
+        assert!(dashboard.contains(family), "no panel for {family}");
+    }
     let defined = crossfade::metrics::Metrics::new().families();
     assert!(exposed.contains("# TYPE crossfade_requests_total counter"));
     for name in names {
         let family = name.trim_end_matches("_bucket");
+        // Families of the registry, or of the process collector (build info).
         assert!(
-            defined.iter().any(|d| d == family),
+            defined.iter().any(|d| d == family) || exposed.contains(&format!("# TYPE {family} ")),
             "{name} is not a crossfade metric"
         );
     }
