@@ -92,8 +92,8 @@ async fn crossfade_admin_listen_in_the_environment_moves_the_admin_listener() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
-            "{}: admin.listen (from $CROSSFADE_ADMIN_LISTEN): \"everywhere\" is not an address \
-             like \"127.0.0.1:9901\"\n",
+            "{}:10: admin.listen (from $CROSSFADE_ADMIN_LISTEN): \"everywhere\" is not an \
+             address like \"127.0.0.1:9901\"\n",
             config.display()
         )
     );
