@@ -56,6 +56,48 @@ pub fn check_listeners(runtime: &Runtime) -> Result<(), BindError> {
 /// request went nowhere) is tried on another server, each server at most once.
 pub const MAX_TRIES: usize = 8;
 
+/// Opens the release timeline beside the release state and says this process started (or
+/// took over in an upgrade, naming the version it replaced, read from the timeline).
+fn start_timeline(rt: &Runtime, metrics: &Metrics, upgrade: bool) {
+    use crate::events::{Event, Kind};
+    let timeline = &metrics.timeline;
+    timeline.attach(
+        &rt.fleet.node,
+        rt.release
+            .state_file
+            .as_deref()
+            .map(crate::events::file_beside),
+    );
+    let version = format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("CROSSFADE_COMMIT")
+    );
+    let event = if upgrade {
+        let before = timeline
+            .since(0)
+            .into_iter()
+            .rev()
+            .find(|e| e.node == rt.fleet.node && matches!(e.kind, Kind::Start | Kind::Upgrade))
+            .and_then(|e| e.detail["version"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "an unknown version".into());
+        Event::new(
+            Kind::Upgrade,
+            "crossfade",
+            format!("binary upgrade: {before} → {version}"),
+        )
+        .detail(serde_json::json!({ "version": version, "from": before }))
+    } else {
+        Event::new(
+            Kind::Start,
+            "crossfade",
+            format!("started, version {version}"),
+        )
+        .detail(serde_json::json!({ "version": version }))
+    };
+    metrics.event(event);
+}
+
 /// Starts serving with `runtime`; never returns (Pingora owns the process from here).
 pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     raise_nofile(runtime.proxy.limits.max_connections);
@@ -114,6 +156,8 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         release.clone(),
         metrics.clone(),
     ));
+    // After the purger: with a fleet, it has given the timeline its way to the other nodes.
+    start_timeline(&runtime.load(), &metrics, upgrade);
     if let Some(fleet) = purger.service() {
         server.add_service(pingora::services::background::background_service(
             "fleet", fleet,
@@ -181,7 +225,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     };
     server.add_service(pingora::services::background::background_service(
         "drain on quit",
-        DrainOnSignal(proxy.draining()),
+        DrainOnSignal(proxy.draining(), metrics.clone()),
     ));
     server.add_service(pingora::services::background::background_service(
         "idle origin connections",
@@ -191,7 +235,10 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
-        HealthService { pools },
+        HealthService {
+            pools,
+            metrics: metrics.clone(),
+        },
     ));
     let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
     app.server_options = Some(options);

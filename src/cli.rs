@@ -1,5 +1,5 @@
 //! The command line: `run` (the default), `check`, `demo`, and the admin API's commands
-//! (`purge`, `pools`, `maintenance`, `reload`, `health`).
+//! (`purge`, `pools`, `maintenance`, `reload`, `health`, `events`).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +34,9 @@ pub enum Command {
     Maintenance(MaintenanceArgs),
     /// Exit 0 when crossfade's admin listener answers (a container HEALTHCHECK; no token).
     Health(AdminArgs),
+    /// The release timeline: flips, canaries, rollbacks, maintenance, purges, reloads,
+    /// upgrades, health changes, on every node (the retrospective's first draft).
+    Events(EventsArgs),
     /// Certificates: `certs dev --out DIR HOST…` makes a local CA and a certificate per host.
     #[cfg(feature = "dev-certs")]
     Certs(CertsArgs),
@@ -78,6 +81,15 @@ pub enum PoolsWhat {
     },
     /// Return a site to its previous pool state.
     Rollback { site: String },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// From when: a duration ago (`2h`, `30m`, `7d`) or Unix seconds.
+    #[arg(long, default_value = "1day")]
+    pub since: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, Args)]

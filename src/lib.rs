@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod events;
 pub mod fleet;
 pub mod metrics;
 pub mod pools;

@@ -94,6 +94,7 @@ fn command() -> Result<ExitCode> {
         Command::Maintenance(args) => exit(client::maintenance(args)?),
         Command::Reload(args) => exit(client::reload(args)?),
         Command::Health(args) => exit(client::health(&args)?),
+        Command::Events(args) => exit(client::events(args)?),
         #[cfg(feature = "dev-certs")]
         Command::Certs(args) => match args.what {
             crossfade::cli::CertsWhat::Dev { out, hosts } => {

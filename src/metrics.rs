@@ -105,14 +105,19 @@ pub struct Metrics {
     pub origin_retries: IntCounterVec,
     /// Requests that waited for one of a pool's `max_inflight` slots.
     pub pool_waits: IntCounterVec,
-    /// Requests a full pool did not take (`answer`: `stale` or `unavailable`).
-    pub pool_shed: IntCounterVec,
+    /// Requests a full pool did not take (`answer`: `stale` or `unavailable`); see [`Metrics::shed`].
+    pool_shed: IntCounterVec,
+    /// When each (site, pool) last shed a request (Unix seconds): a shed after a quiet minute
+    /// starts an episode, which is a timeline event.
+    last_shed: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// Query parameters a route's `query_keep` removed from cacheable requests, by name.
     query_dropped: IntCounterVec,
     /// The parameter names given their own label, per site and route (the rest: `other`).
     dropped_names: std::sync::Mutex<DroppedNames>,
     /// The process's memory, CPU, file descriptors and build.
     pub process: crate::process::ProcessMetrics,
+    /// The release timeline (its counters are in this registry).
+    pub timeline: crate::events::Timeline,
     /// Sliding-window statistics for the dashboard and the canary judge.
     pub stats: crate::stats::Stats,
     /// Where statsd packets go; the address is set and kept current by [`statsd::Resolver`].
@@ -361,11 +366,48 @@ impl Metrics {
             pool_shed: counter(&r, "crossfade_pool_shed_total", "Requests a pool at max_inflight did not take within max_wait, by what the client got instead (stale or unavailable).", &["site", "pool", "answer"]),
             query_dropped: counter(&r, "crossfade_query_params_dropped_total", "Query parameters a route's query_keep removed from the cache key and the origin request, by name (the first 20 names of a route; later ones as other).", &["site", "route", "param"]),
             dropped_names: Default::default(),
+            last_shed: Default::default(),
             process: crate::process::ProcessMetrics::new(&r),
+            timeline: crate::events::Timeline::new(
+                counter(&r, "crossfade_events_total", "Release timeline events (flips, canaries, rollbacks, maintenance, purges, reloads, starts, upgrades, health changes, shedding) by kind; see GET /events.", &["kind"]),
+                gauge_vec(&r, "crossfade_event_last_timestamp_seconds", "Unix time of the last event of each kind (for Grafana annotations).", &["kind"]),
+            ),
             registry: r,
             stats: crate::stats::Stats::default(),
             statsd: statsd::Statsd::default(),
         }
+    }
+
+    /// A request a full pool did not take (`answer`: `stale` or `unavailable`): counted, and
+    /// the first after a quiet minute is a timeline event (origin protection started shedding).
+    pub fn shed(&self, site: &str, pool: &str, answer: &str) {
+        self.pool_shed
+            .with_label_values(&[site, pool, answer])
+            .inc();
+        let now = crate::stats::now_secs();
+        let starts = {
+            let mut last = self.last_shed.lock().unwrap_or_else(|e| e.into_inner());
+            let before = last.insert((site.to_string(), pool.to_string()), now);
+            before.is_none_or(|t| now.saturating_sub(t) > 60)
+        };
+        if starts {
+            let what = format!(
+                "pool {pool} is at max_inflight: origin protection turns requests away ({answer})"
+            );
+            self.event(
+                crate::events::Event::new(crate::events::Kind::Shedding, "crossfade", what)
+                    .site(site)
+                    .pool(pool),
+            );
+        }
+    }
+
+    /// Records a release timeline event (its ring, log, file, fleet and Prometheus; statsd
+    /// `<prefix>.events.<kind>`).
+    pub fn event(&self, event: crate::events::Event) {
+        self.statsd
+            .count(&format!("events.{}", event.kind.as_str()));
+        self.timeline.record(event);
     }
 
     /// Records one finished request (Prometheus and statsd).

@@ -17,6 +17,7 @@ pub mod settings;
 
 use crate::config::tls::{load_cert, TlsSettings};
 use crate::config::{load, Issue, LoadError, Runtime};
+use crate::events::{Event, Kind};
 use crate::metrics::Metrics;
 use crate::pools::switch::Release;
 use crate::pools::Registry;
@@ -64,9 +65,11 @@ impl Reloader {
     }
 
     /// Reloads the config and every file it names, off the serving threads.
-    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, Vec<Issue>> {
+    /// Reloads config and rules; `by` (a token's name, `SIGHUP`) goes into the timeline.
+    pub async fn reload(self: &Arc<Self>, by: &str) -> Result<Reloaded, Vec<Issue>> {
         let this = self.clone();
-        blocking(move || this.reload_now()).await
+        let by = by.to_string();
+        blocking(move || this.reload_now(&by)).await
     }
 
     /// What a reload would change now, without installing anything (`crossfade reload --check`).
@@ -82,7 +85,7 @@ impl Reloader {
         .await
     }
 
-    fn reload_now(&self) -> Result<Reloaded, Vec<Issue>> {
+    fn reload_now(&self, by: &str) -> Result<Reloaded, Vec<Issue>> {
         let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.runtime.load_full();
         match load(&old.source) {
@@ -103,6 +106,20 @@ impl Reloader {
                 if !report.restart_required.is_empty() {
                     tracing::warn!(settings = ?report.restart_required, "these settings changed but keep their running values until crossfade is restarted or upgraded");
                 }
+                let mut what = if report.applied.is_empty() {
+                    "config reloaded: no setting changed".to_string()
+                } else {
+                    format!("config reloaded: {}", report.applied.join(", "))
+                };
+                if !report.restart_required.is_empty() {
+                    what += &format!("; needs a restart: {}", report.restart_required.join(", "));
+                }
+                self.metrics.event(
+                    Event::new(Kind::Reload, by, what).detail(serde_json::json!({
+                        "applied": report.applied,
+                        "restart_required": report.restart_required,
+                    })),
+                );
                 Ok(report)
             }
             Err(LoadError::Invalid(issues)) => {
@@ -113,6 +130,17 @@ impl Reloader {
                 for issue in &issues {
                     tracing::error!(%issue, "config reload rejected; the running config stays");
                 }
+                let first = issues.first().map(|i| i.to_string()).unwrap_or_default();
+                let what = format!(
+                    "config reload rejected ({} problem{}): {first}",
+                    issues.len(),
+                    if issues.len() == 1 { "" } else { "s" }
+                );
+                let all: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+                self.metrics.event(
+                    Event::new(Kind::ReloadRejected, by, what)
+                        .detail(serde_json::json!({ "issues": all })),
+                );
                 Err(issues)
             }
         }
@@ -221,7 +249,7 @@ impl pingora::services::background::BackgroundService for SighupService {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.0.reload().await; }
+                _ = hup.recv() => { let _ = self.0.reload("SIGHUP").await; }
                 _ = shutdown.changed() => return,
             }
         }

@@ -202,6 +202,16 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
             .unwrap();
         assert!((0.0..5000.0).contains(&v), "{l}");
     }
+    // Release timeline events are counted per kind too.
+    proxy
+        .purge(serde_json::json!({"kind": "key", "key": "k"}))
+        .await;
+    assert_eq!(
+        statsd_line(&udp, ".events.purge", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("store.events.purge:1|c")
+    );
 
     // Nobody listens here: requests are not slowed down or failed.
     let dead = free_port();
@@ -413,6 +423,18 @@ async fn the_grafana_dashboard_uses_only_metrics_that_exist() {
             );
         }
     }
+    // The release timeline's markers, as Grafana annotations.
+    let annotation = &parsed["annotations"]["list"][0];
+    assert!(
+        annotation["expr"]
+            .as_str()
+            .is_some_and(|e| e.contains("crossfade_event_last_timestamp_seconds")),
+        "{annotation}"
+    );
+    assert!(
+        exposed.contains("crossfade_event_last_timestamp_seconds{kind=\"start\"}"),
+        "the start of the process is an event"
+    );
     for process in [
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",

@@ -507,6 +507,192 @@ async fn two_nodes_on_one_redis_flip_together() {
     })
     .await;
     assert!(together, "node 2 flipped with node 1");
+    let shared = eventually(Duration::from_secs(3), || async {
+        events(&n2)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "flip" && e["node"] == "n1" && e["by"] == "release")
+    })
+    .await;
+    assert!(
+        shared,
+        "node 2's timeline shows node 1's flip: {:?}",
+        events(&n2).await
+    );
+}
+
+/// The release timeline (`GET /events`), oldest first.
+async fn events(proxy: &Proxy) -> Vec<serde_json::Value> {
+    let (status, answer) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/events?since=1h", "")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every release action is an event: what, by whom (the token's name, the health check),
+/// on which node; in the log and in Prometheus; kept across a restart; read by the CLI.
+#[tokio::test]
+async fn every_release_action_is_on_the_timeline_by_whom_and_survives_a_restart() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let admin = "[[admin.tokens]]\nname = \"root\"\ntoken = \"test-admin-token-0123456789\"\nscopes = [\"admin\"]\n";
+    let proxy = start(&[&blue], &[&green], admin).await;
+    for (path, body) in [
+        (
+            "/pools/canary",
+            json!({"site": "shop", "pool": "green", "percent": 10}),
+        ),
+        (
+            "/pools/canary",
+            json!({"site": "shop", "pool": "green", "percent": 30}),
+        ),
+        ("/pools/flip", json!({"site": "shop", "pool": "green"})),
+        (
+            "/maintenance",
+            json!({"site": "shop", "route": "checkout", "on": true}),
+        ),
+        (
+            "/maintenance",
+            json!({"site": "shop", "route": "checkout", "on": false}),
+        ),
+        ("/pools/rollback", json!({"site": "shop"})),
+    ] {
+        let (status, answer) = release(&proxy, path, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    proxy
+        .purge(json!({"kind": "key", "key": "nothing-tagged"}))
+        .await;
+    let reload = || {
+        proxy.admin_call(
+            Some("test-admin-token-0123456789"),
+            Method::POST,
+            "/reload",
+            "",
+        )
+    };
+    assert_eq!(reload().await.0, 200);
+    let rules = proxy.dir.path().join("shop.rules.toml");
+    let good = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(&rules, "[[routes]]\nname = \"x\"\nglob = \"/[\"\n").unwrap();
+    assert_eq!(reload().await.0, 422);
+    std::fs::write(&rules, good).unwrap();
+    green.kill().await;
+    let down = eventually(Duration::from_secs(5), || async {
+        events(&proxy)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "server_down")
+    })
+    .await;
+    assert!(down, "a server failing its health check is an event");
+
+    let seen: Vec<(String, String, String)> = events(&proxy)
+        .await
+        .iter()
+        .filter(|e| !matches!(e["kind"].as_str(), Some("start" | "release_seen")))
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("kind"), s("by"), s("what"))
+        })
+        .collect();
+    let expected = [
+        ("canary_start", "release", "canary green 10%"),
+        ("canary_change", "release", "canary green 10% → 30%"),
+        ("flip", "release", "flip blue + canary green 30% → green"),
+        (
+            "maintenance_on",
+            "release",
+            "maintenance on for route checkout",
+        ),
+        (
+            "maintenance_off",
+            "release",
+            "maintenance off for route checkout",
+        ),
+        (
+            "rollback",
+            "release",
+            "rollback green → blue + canary green 30%",
+        ),
+    ];
+    for (i, (kind, by, what)) in expected.iter().enumerate() {
+        assert_eq!(
+            (seen[i].0.as_str(), seen[i].1.as_str(), seen[i].2.as_str()),
+            (*kind, *by, *what),
+            "{seen:#?}"
+        );
+    }
+    let rest: Vec<&str> = seen[expected.len()..]
+        .iter()
+        .map(|e| e.0.as_str())
+        .collect();
+    assert_eq!(
+        rest,
+        ["purge", "reload", "reload_rejected", "server_down"],
+        "{seen:#?}"
+    );
+    assert_eq!(seen[6].1, "ops", "a purge is by the purge token's name");
+    assert!(
+        seen[6].2.starts_with("purge key nothing-tagged (hard): "),
+        "{seen:#?}"
+    );
+    assert_eq!((seen[7].1.as_str(), seen[8].1.as_str()), ("root", "root"));
+    assert!(
+        seen[8]
+            .2
+            .starts_with("config reload rejected (1 problem): "),
+        "{seen:#?}"
+    );
+    assert!(seen[9].2.contains(&green.addr.to_string()), "{seen:#?}");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("crossfade::events: flip blue + canary green 30% → green"),
+        "one log line per event: {log}"
+    );
+    let (_, metrics) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
+        .await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("crossfade_events_total{kind=\"flip\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("crossfade_event_last_timestamp_seconds{kind=\"flip\"} "));
+
+    // A restart keeps the timeline (beside the release state) and adds its own start.
+    let proxy = proxy.restart().await;
+    let after = events(&proxy).await;
+    assert!(after.iter().any(|e| e["kind"] == "flip"), "{after:?}");
+    assert_eq!(
+        after.iter().filter(|e| e["kind"] == "start").count(),
+        2,
+        "{after:?}"
+    );
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args([
+            "events",
+            "--since",
+            "1h",
+            "--admin",
+            &proxy.admin.to_string(),
+        ])
+        .args(["--token", READ_TOKEN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&cli.stdout);
+    assert!(text.starts_with("when (UTC)"), "{text}");
+    let flip_line = text
+        .lines()
+        .find(|l| l.ends_with("flip blue + canary green 30% → green"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        flip_line.contains(" release ") && flip_line.contains(" shop "),
+        "{flip_line}"
+    );
 }
 
 /// Many new visitors (own cookie jars), each one request to a pass route.
@@ -569,6 +755,19 @@ async fn a_failing_canary_is_rolled_back_automatically_and_a_healthy_one_is_not(
     })
     .await;
     assert!(recorded, "the rollback is counted and logged");
+    let judged = events(&proxy)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "rollback")
+        .unwrap_or_default();
+    assert_eq!(judged["by"], "judge", "{judged}");
+    assert!(
+        judged["what"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("rollback blue + canary green 50% → blue (canary green error-rate: errors 100.0% vs 0.0%"),
+        "the judge's rollback says why: {judged}"
+    );
 
     let (blue, green) = (
         release_origin("blue", "b1").await,

@@ -230,6 +230,15 @@ pub fn reload(args: crate::cli::ReloadArgs) -> Result<bool, ClientError> {
     Ok(true)
 }
 
+/// `crossfade events [--since 2h]`.
+pub fn events(args: crate::cli::EventsArgs) -> Result<bool, ClientError> {
+    let since: String = form_urlencoded::byte_serialize(args.since.as_bytes()).collect();
+    let path = format!("/events?since={since}");
+    let null = serde_json::Value::Null;
+    run(&args.admin, Scope::Read, "GET", &path, &null, human::events)?;
+    Ok(true)
+}
+
 /// `crossfade maintenance on|off …`.
 pub fn maintenance(args: crate::cli::MaintenanceArgs) -> Result<bool, ClientError> {
     let body = serde_json::json!({

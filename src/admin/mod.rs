@@ -10,6 +10,7 @@
 //! | POST   | `/reload` | admin | → reload config and rules: `{"reloaded":true,"report":{…, "applied":[…], "restart_required":[…]}}`, or 422 with every issue (the running config is kept) |
 //! | POST   | `/reload?check` | admin | → what a reload would apply and what would need a restart, installing nothing: `{"valid":true,"applied":[…],"restart_required":[…]}`, or 422 with every issue |
 //! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
+//! | GET    | `/events?since=2h` | any | → the release timeline (`since`: Unix seconds or a duration ago; default a day) |
 //! | GET    | `/dashboard/login?token=…` | any | sets the dashboard cookie, redirects to `/dashboard` |
 //! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | any | the live dashboard |
 //! | GET    | `/dashboard/data?window=300&compare_at=UNIX` | any | → per site: pools, routes, history, before/after |
@@ -138,7 +139,7 @@ impl AdminApp {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let scope = match (method.clone(), path.as_str()) {
-            (Method::GET, "/status" | "/pools" | "/metrics") => Scope::Read,
+            (Method::GET, "/status" | "/pools" | "/metrics" | "/events") => Scope::Read,
             (Method::GET, "/dashboard/login") => return self.login(&rt, req.uri.query()),
             // Liveness for container and service-manager checks: no token (a HEALTHCHECK has
             // none) and nothing in the answer but that this process serves its admin listener.
@@ -154,8 +155,8 @@ impl AdminApp {
             ) => Scope::Release,
             (
                 _,
-                "/status" | "/metrics" | "/purge" | "/reload" | "/pools" | "/pools/flip"
-                | "/pools/canary" | "/pools/rollback" | "/maintenance",
+                "/status" | "/metrics" | "/events" | "/purge" | "/reload" | "/pools"
+                | "/pools/flip" | "/pools/canary" | "/pools/rollback" | "/maintenance",
             ) => {
                 return error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -212,10 +213,13 @@ impl AdminApp {
                 };
                 tracing::info!(token = %token, ?purge, "admin purge");
                 match self.purger.purge(purge).await {
-                    Ok(report) => json_response(
-                        StatusCode::OK,
-                        serde_json::to_value(report).unwrap_or_default(),
-                    ),
+                    Ok(report) => {
+                        self.metrics.event(crate::events::of_purge(&report, &token));
+                        json_response(
+                            StatusCode::OK,
+                            serde_json::to_value(report).unwrap_or_default(),
+                        )
+                    }
                     Err(e) => error(StatusCode::BAD_REQUEST, e),
                 }
             }
@@ -244,7 +248,7 @@ impl AdminApp {
                     ),
                 }
             }
-            Scope::Admin => match self.reloader.reload().await {
+            Scope::Admin => match self.reloader.reload(&token).await {
                 Ok(report) => json_response(
                     StatusCode::OK,
                     json!({ "reloaded": true, "report": report }),
@@ -259,6 +263,7 @@ impl AdminApp {
                 ),
             },
             _ if path == "/pools" => self.pools(&rt),
+            _ if path == "/events" => self.events(req_query(session)),
             _ if path.starts_with("/dashboard") => self.dashboard(&rt, &path, req_query(session)),
             _ if path == "/metrics" => self.metrics(&rt),
             _ => self.status(&rt),
@@ -292,12 +297,19 @@ impl AdminApp {
                 )
             }
         };
+        let before = self.release.get(change.site());
         match self
             .release
             .apply(rt, &self.reloader.pools, &change, Save::Required)
         {
             Ok(state) => {
                 tracing::warn!(token = %token, ?change, "release change applied");
+                self.metrics.event(crate::events::of_change(
+                    &change,
+                    before.as_ref(),
+                    &state,
+                    token,
+                ));
                 self.metrics
                     .release_changes
                     .with_label_values(&[change.site(), action])
@@ -312,6 +324,31 @@ impl AdminApp {
             Err(e @ ChangeError::NotSaved { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
+    }
+
+    /// `/events?since=…` (Unix seconds, or a duration ago like `2h`; default: the last day):
+    /// the release timeline, oldest first.
+    fn events(&self, query: Option<String>) -> Response<Vec<u8>> {
+        let since = query.as_deref().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| v.into_owned())
+        });
+        let since_ms = match since.as_deref().map(crate::events::parse_since) {
+            Some(Some(ms)) => ms,
+            Some(None) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "since must be Unix seconds or a duration like 2h",
+                )
+            }
+            None => crate::events::parse_since("1day").unwrap_or_default(),
+        };
+        let events = self.metrics.timeline.since(since_ms);
+        json_response(
+            StatusCode::OK,
+            json!({ "since_ms": since_ms, "events": events }),
+        )
     }
 
     /// `/dashboard/login?token=…`: a valid token becomes the dashboard cookie.

@@ -3,6 +3,7 @@
 //!
 //! Without `[fleet] redis` a node works alone and reports only itself.
 
+mod events;
 mod redis;
 
 use crate::cache::purge::{Purge, PurgeError};
@@ -47,6 +48,8 @@ pub struct Purger {
     next_id: AtomicU64,
     release: Arc<Release>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This node's release events on their way to the fleet (taken by the fleet service).
+    events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::events::Event>>>,
 }
 
 impl Purger {
@@ -69,6 +72,11 @@ impl Purger {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let events = link.as_ref().map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            metrics.timeline.set_outbox(tx);
+            rx
+        });
         Purger {
             runtime,
             storage,
@@ -77,6 +85,7 @@ impl Purger {
             next_id: AtomicU64::new(seed),
             release,
             metrics,
+            events: std::sync::Mutex::new(events),
         }
     }
 
@@ -86,6 +95,11 @@ impl Purger {
             link: link.clone(),
             purger: Arc::downgrade(self),
         })
+    }
+
+    /// Records a release timeline event (for callers that hold the purger, not the metrics).
+    pub fn record(&self, event: crate::events::Event) {
+        self.metrics.event(event);
     }
 
     /// Fleet state for the status endpoint.
@@ -256,6 +270,14 @@ pub struct FleetService {
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for FleetService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let events = self
+            .purger
+            .upgrade()
+            .and_then(|p| p.events.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(events) = events {
+            let link = self.link.clone();
+            tokio::spawn(async move { link.publish_events(events).await });
+        }
         let run = self.link.clone().run(self.purger.clone());
         tokio::pin!(run);
         tokio::select! {

@@ -175,6 +175,8 @@ pub struct RedisLink {
     members_channel: String,
     release_channel: String,
     release_key: String,
+    pub(super) events_channel: String,
+    pub(super) events_key: String,
     pub(super) confirm_timeout: Duration,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Set when the process is shutting down: it no longer announces itself.
@@ -218,6 +220,8 @@ impl RedisLink {
             members_channel: format!("{channel}:members"),
             release_channel: format!("{channel}:release"),
             release_key: format!("{channel}:release-state"),
+            events_channel: format!("{channel}:events"),
+            events_key: format!("{channel}:events-log"),
             confirm_timeout,
             conn: tokio::sync::Mutex::new(None),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -244,7 +248,10 @@ impl RedisLink {
 
     /// Runs one command; a failure on a connection made before Redis restarted is retried once
     /// on a fresh connection.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LinkError> {
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, LinkError> {
         let mut c = self.conn().await?;
         match within(cmd.query_async(&mut c)).await {
             Ok(v) => Ok(v),
@@ -287,7 +294,7 @@ impl RedisLink {
         (s.subscribed, s.last_error.clone())
     }
 
-    async fn publish(&self, channel: &str, payload: String) -> Result<(), LinkError> {
+    pub(super) async fn publish(&self, channel: &str, payload: String) -> Result<(), LinkError> {
         self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
             .await
             .map(|_| ())
@@ -475,6 +482,8 @@ impl RedisLink {
                 Ok(m) => self.observe(&m.from),
                 Err(_) => tracing::warn!("fleet: unreadable member message ignored"),
             }
+        } else if channel == self.events_channel {
+            self.on_event(purger, payload);
         } else if channel == self.release_channel {
             match serde_json::from_str::<ReleaseMsg>(payload) {
                 Ok(msg) if msg.from != self.id => {
@@ -573,6 +582,7 @@ impl RedisLink {
                     tracing::info!(node = %self.node, "fleet: subscribed to purges");
                     if let Some(p) = purger.upgrade() {
                         self.sync_release(&p).await;
+                        self.sync_events(&p).await;
                     }
                     if ever_subscribed {
                         if let Some(p) = purger.upgrade() {
@@ -628,6 +638,7 @@ impl RedisLink {
             &self.ack_channel,
             &self.members_channel,
             &self.release_channel,
+            &self.events_channel,
         ] {
             within(pubsub.subscribe(channel)).await?;
         }

@@ -50,6 +50,15 @@ impl Statsd {
         let _ = sink.socket.send(lines.join("\n").as_bytes());
     }
 
+    /// Counts one `<prefix>.<name>` (a release event), never blocking.
+    pub fn count(&self, name: &str) {
+        if let Some(sink) = self.sink.load().as_ref() {
+            let _ = sink
+                .socket
+                .send(format!("{}.{name}:1|c", sink.prefix).as_bytes());
+        }
+    }
+
     fn set(&self, to: Option<(SocketAddr, String)>) -> std::io::Result<()> {
         let sink = match to {
             None => None,

@@ -5,6 +5,8 @@
 
 use super::{Pool, Registry, Server};
 use crate::config::pools::HealthCheck;
+use crate::events::{Event, Kind};
+use crate::metrics::Metrics;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -73,20 +75,43 @@ async fn check(server: &Server, hc: &HealthCheck) -> HealthAnswer {
         .unwrap_or_default()
 }
 
-async fn check_pool(pool: &Pool, hc: &HealthCheck) {
+async fn check_pool(site: &str, pool: &Pool, hc: &HealthCheck, metrics: &Metrics) {
     for server in &pool.servers {
         let answer = check(server, hc).await;
-        server.record_check(answer.ok, hc.rise, hc.fall);
+        let event = |kind, what: String| {
+            Event::new(kind, "health", what)
+                .site(site)
+                .pool(pool.name())
+                .detail(serde_json::json!({ "server": server.addr.to_string() }))
+        };
+        if let Some(up) = server.record_check(answer.ok, hc.rise, hc.fall) {
+            let (kind, state) = if up {
+                (Kind::ServerUp, "up: passes its health check again")
+            } else {
+                (Kind::ServerDown, "down: fails its health check")
+            };
+            metrics.event(event(kind, format!("server {} {state}", server.addr)));
+        }
         if answer.ok {
             let announced = &pool.announced;
-            if let Some(r) = answer.release {
-                *announced.release.write().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            let mut changed = Vec::new();
+            for (what, slot, new) in [
+                ("release", &announced.release, answer.release),
+                ("asset hash", &announced.asset_hash, answer.asset_hash),
+            ] {
+                let Some(new) = new else { continue };
+                let mut slot = slot.write().unwrap_or_else(|e| e.into_inner());
+                if slot.as_deref() != Some(new.as_str()) {
+                    changed.push(match slot.as_deref() {
+                        Some(old) => format!("{what} {old} → {new}"),
+                        None => format!("{what} {new}"),
+                    });
+                    *slot = Some(new);
+                }
             }
-            if let Some(h) = answer.asset_hash {
-                *announced
-                    .asset_hash
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(h);
+            if !changed.is_empty() {
+                let what = format!("pool {} now serves {}", pool.name(), changed.join(", "));
+                metrics.event(event(Kind::ReleaseSeen, what));
             }
         }
     }
@@ -96,6 +121,8 @@ async fn check_pool(pool: &Pool, hc: &HealthCheck) {
 /// pools added or changed by a reload are checked too.
 pub struct HealthService {
     pub pools: Arc<Registry>,
+    /// Where server state and announced releases that change become timeline events.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How often the service looks for checks that are due.
@@ -127,7 +154,8 @@ impl pingora::services::background::BackgroundService for HealthService {
                     }
                     due.insert(key, now + hc.interval);
                     let pool = pool.clone();
-                    running.spawn(async move { check_pool(&pool, &hc).await });
+                    let (site, metrics) = (site.to_string(), self.metrics.clone());
+                    running.spawn(async move { check_pool(&site, &pool, &hc, &metrics).await });
                 }
             }
             while running.try_join_next().is_some() {}

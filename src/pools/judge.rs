@@ -74,15 +74,27 @@ impl Judge {
             });
             self.verdicts.set(&site.name, verdict);
             let Some(reason) = reason else { continue };
-            match self.release.apply(
-                &rt,
-                &self.pools,
-                &Change::Rollback {
-                    site: site.name.to_string(),
-                },
-                Save::BestEffort,
-            ) {
+            let rollback = Change::Rollback {
+                site: site.name.to_string(),
+            };
+            match self
+                .release
+                .apply(&rt, &self.pools, &rollback, Save::BestEffort)
+            {
                 Ok(new_state) => {
+                    let mut event =
+                        crate::events::of_change(&rollback, Some(&state), &new_state, "judge");
+                    event.what = format!(
+                        "{} (canary {} {reason}: errors {:.1}% vs {:.1}%, p99 {:.0} ms vs {:.0} ms)",
+                        event.what,
+                        canary.pool,
+                        c.origin_error_rate * 100.0,
+                        s.origin_error_rate * 100.0,
+                        c.p99_ms,
+                        s.p99_ms
+                    );
+                    event.detail["reason"] = serde_json::json!(reason);
+                    self.metrics.event(event);
                     tracing::error!(
                         site = %site.name, canary = %canary.pool, reason,
                         canary_error_rate = c.origin_error_rate, stable_error_rate = s.origin_error_rate,

@@ -88,19 +88,21 @@ impl ServerState {
         self.checked_up.load(Ordering::Acquire)
     }
 
-    /// Records an active check result, applying the rise/fall thresholds.
-    pub fn record_check(&self, ok: bool, rise: u32, fall: u32) {
+    /// Records an active check result, applying the rise/fall thresholds; the new state when
+    /// this result changed it.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let up = self.checked_up.load(Ordering::Acquire);
         if ok == up {
             self.streak.store(0, Ordering::Release);
-            return;
+            return None;
         }
         let streak = self.streak.fetch_add(1, Ordering::AcqRel) + 1;
         if streak >= if up { fall } else { rise } {
             self.checked_up.store(ok, Ordering::Release);
             self.streak.store(0, Ordering::Release);
-            tracing::warn!(healthy = ok, "health check changed a server's state");
+            return Some(ok);
         }
+        None
     }
 
     /// A connection to the server could not be made (refused, unreachable, timed out): nothing

@@ -10,8 +10,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Sets the draining flag on SIGQUIT or SIGTERM.
-pub struct DrainOnSignal(pub Arc<AtomicBool>);
+/// Sets the draining flag on SIGQUIT or SIGTERM, and says so in the release timeline.
+pub struct DrainOnSignal(pub Arc<AtomicBool>, pub Arc<crate::metrics::Metrics>);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for DrainOnSignal {
@@ -25,11 +25,16 @@ impl pingora::services::background::BackgroundService for DrainOnSignal {
             );
             return;
         };
-        tokio::select! {
-            _ = quit.recv() => {}
-            _ = term.recv() => {}
-            _ = shutdown.changed() => {}
-        }
+        let why = tokio::select! {
+            _ = quit.recv() => "stopping for a binary upgrade (SIGQUIT): the listening sockets go to the new process",
+            _ = term.recv() => "stopping (SIGTERM)",
+            _ = shutdown.changed() => "stopping",
+        };
+        self.1.event(crate::events::Event::new(
+            crate::events::Kind::Stop,
+            "crossfade",
+            why,
+        ));
         tracing::warn!("draining: answers now close their connections");
         self.0.store(true, Ordering::Relaxed);
     }

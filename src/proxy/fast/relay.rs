@@ -342,8 +342,7 @@ impl FastPath {
             }
             Admission::Full => {
                 self.metrics.pool_waits.with_label_values(&labels).inc();
-                let shed = [labels[0], labels[1], "unavailable"];
-                self.metrics.pool_shed.with_label_values(&shed).inc();
+                self.metrics.shed(labels[0], labels[1], "unavailable");
                 return self.refused(&relay, client, start, Answer::busy()).await;
             }
         };

@@ -59,6 +59,8 @@ pub async fn purge_method(
     );
     match purger.purge(Purge::Url { url, soft }).await {
         Ok(report) => {
+            let by = client.map_or("PURGE".to_string(), |ip| format!("PURGE from {ip}"));
+            purger.record(crate::events::of_purge(&report, &by));
             answer(
                 session,
                 200,

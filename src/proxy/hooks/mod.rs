@@ -650,10 +650,7 @@ impl ProxyHttp for EdgeProxy {
             } else {
                 "unavailable"
             };
-            self.metrics
-                .pool_shed
-                .with_label_values(&[&*site.name, pool.as_str(), answer])
-                .inc();
+            self.metrics.shed(&site.name, pool.as_str(), answer);
         }
         if let Some((_, server)) = self.server(ctx) {
             server.inflight.fetch_sub(1, Ordering::Relaxed);
