@@ -70,6 +70,7 @@ struct Second {
     errors: u64,
     origin_requests: u64,
     origin_errors: u64,
+    edge_errors: u64,
     upstream_count: u64,
     upstream_ms: f64,
     latency: [u32; LATENCY_BUCKETS],
@@ -84,6 +85,7 @@ impl Second {
             errors: 0,
             origin_requests: 0,
             origin_errors: 0,
+            edge_errors: 0,
             upstream_count: 0,
             upstream_ms: 0.0,
             latency: [0; LATENCY_BUCKETS],
@@ -103,6 +105,9 @@ pub struct Summary {
     pub origin_requests: u64,
     /// Of those, the share the pool failed (5xx or no answer).
     pub origin_error_rate: f64,
+    /// 5xx the edge answered itself, without asking a server (maintenance, no healthy
+    /// server, origin protection): the edge's, not the pool's.
+    pub edge_error_rate: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -129,14 +134,24 @@ type Shard = HashMap<u64, Vec<(Key, VecDeque<Second>)>>;
 /// All series.
 pub struct Stats {
     shards: [Mutex<Shard>; SHARDS],
+    /// When these statistics started (Unix ms): no window reaches before it, so a rate over
+    /// 5 minutes of a process that has run 90 s is divided by 90 s, not 300.
+    started_ms: u64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            started_ms: now_ms(),
         }
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn key_hash(key: (&str, &str, &str)) -> u64 {
@@ -197,6 +212,7 @@ impl Stats {
         s.errors += error as u64;
         s.origin_requests += (origin != Asked::No) as u64;
         s.origin_errors += origin.failed() as u64;
+        s.edge_errors += (error && origin == Asked::No) as u64;
         if let Some(u) = upstream {
             s.upstream_count += 1;
             s.upstream_ms += u.as_secs_f64() * 1000.0;
@@ -204,11 +220,23 @@ impl Stats {
         s.latency[latency_bucket(total)] += 1;
     }
 
+    /// When the statistics started (Unix seconds).
+    pub fn started(&self) -> u64 {
+        self.started_ms / 1000
+    }
+
     /// Summarises the matching series over `[until - window, until)` (`until` in Unix seconds;
-    /// `None`: now).
+    /// `None`: now), never reaching before the statistics started: rates are per second of
+    /// that span, not of a window the process was not running for.
     pub fn summary(&self, filter: Filter, window: Duration, until: Option<u64>) -> Summary {
-        let end = until.unwrap_or_else(|| now_secs() + 1);
-        let start = end.saturating_sub(window.as_secs().max(1));
+        let window_ms = window.as_millis().max(1000) as u64;
+        let end_ms = until.map_or_else(now_ms, |u| u * 1000);
+        let start_ms = end_ms.saturating_sub(window_ms).max(self.started_ms);
+        let span = end_ms.saturating_sub(start_ms) as f64 / 1000.0;
+        // Whole-second buckets: the one the start falls in, up to the one before `until` (or
+        // the current one).
+        let start = start_ms / 1000;
+        let end = until.unwrap_or(end_ms / 1000 + 1);
         let mut total = Second::new(0);
         for shard in &self.shards {
             let all = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,6 +253,7 @@ impl Stats {
                     total.errors += s.errors;
                     total.origin_requests += s.origin_requests;
                     total.origin_errors += s.origin_errors;
+                    total.edge_errors += s.edge_errors;
                     total.upstream_count += s.upstream_count;
                     total.upstream_ms += s.upstream_ms;
                     for (t, x) in total.latency.iter_mut().zip(s.latency.iter()) {
@@ -248,10 +277,11 @@ impl Stats {
         let ratio = |a: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
         Summary {
             requests: n,
-            rate_per_second: n as f64 / (end - start) as f64,
+            rate_per_second: if span > 0.0 { n as f64 / span } else { 0.0 },
             hit_ratio: ratio(total.hits),
             error_rate: ratio(total.errors),
             origin_requests: total.origin_requests,
+            edge_error_rate: ratio(total.edge_errors),
             origin_error_rate: if total.origin_requests == 0 {
                 0.0
             } else {
@@ -357,6 +387,40 @@ mod tests {
             before.requests, 0,
             "a window that ends before the traffic is empty"
         );
+    }
+
+    #[test]
+    fn rates_count_only_the_time_the_process_ran_and_edge_errors_are_apart() {
+        let stats = Stats {
+            started_ms: now_ms() - 10_000,
+            ..Stats::default()
+        };
+        let ok = Sample {
+            error: false,
+            hit: false,
+            total: Duration::from_millis(1),
+            upstream: Some(Duration::from_millis(1)),
+            origin: Asked::Answered(200),
+        };
+        let maintenance = Sample {
+            error: true,
+            upstream: None,
+            origin: Asked::No,
+            ..ok
+        };
+        for i in 0..50 {
+            stats.record(
+                ("shop", "home", "blue"),
+                if i < 40 { &ok } else { &maintenance },
+            );
+        }
+        let s = stats.summary(Filter::default(), Duration::from_secs(300), None);
+        assert!(
+            (s.rate_per_second - 5.0).abs() < 0.1,
+            "50 requests in the 10 s the process ran, not in 300 s: {s:?}"
+        );
+        assert_eq!((s.origin_requests, s.origin_error_rate), (40, 0.0));
+        assert!((s.edge_error_rate - 0.2).abs() < 1e-9, "{s:?}");
     }
 
     #[test]

@@ -1,52 +1,211 @@
-//! The dashboard end to end in headless Chromium (Debian's `chromium`): log in with a token,
-//! load the page, generate traffic, and check that the numbers on the page move and match
-//! `/metrics`.
+//! The dashboard end to end in real headless Chromium, driven through ChromeDriver (Debian's
+//! `chromium` and `chromium-driver`; `.ci/run` installs them): the login form (a wrong token
+//! is refused, no token in any URL or cookie), then, with traffic running and a canary, a flip
+//! and a maintenance window performed meanwhile, the rates on the page against the requests
+//! sent, the markers of those events on the charts, the pool's errors apart from the edge's own
+//! 503s, and the request count against `/metrics`.
+//!
+//! `CROSSFADE_SCREENSHOTS=<dir>` saves what the browser showed (the README's pictures).
 
 mod common;
 use common::*;
 use http::Method;
-use std::process::Command;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// The page's DOM after its scripts ran (`--dump-dom` with a virtual time budget).
-fn render(proxy: &Proxy) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/dashboard/login?token={READ_TOKEN}", proxy.admin);
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .expect("chromium must be installed (apt-get install chromium; .ci/run does it)");
-    String::from_utf8_lossy(&out.stdout).to_string()
+/// A ChromeDriver with one headless Chromium session, ended (and killed) on drop.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
 }
 
-/// The number in the first element carrying all `attrs`.
-fn number(dom: &str, attrs: &[&str]) -> f64 {
-    let start = dom
-        .match_indices("<td ")
-        .map(|(i, _)| i)
-        .find(|&i| {
-            let tag = &dom[i..i + dom[i..].find('>').unwrap()];
-            attrs.iter().all(|a| tag.contains(a))
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver must be installed (apt-get install chromium-driver; .ci/run does it)",
+            );
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let root = format!("http://127.0.0.1:{port}");
+        let ready = eventually(Duration::from_secs(10), || async {
+            http.get(format!("{root}/status"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
         })
-        .unwrap_or_else(|| panic!("no cell with {attrs:?} in:\n{dom}"));
-    let text = &dom[start + dom[start..].find('>').unwrap() + 1..];
-    text[..text.find('<').unwrap()]
-        .trim_end_matches('%')
-        .parse()
+        .await;
+        assert!(ready, "chromedriver did not start");
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--no-first-run", "--disable-background-networking", "--disable-sync",
+                         "--window-size=1400,1600",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }
+        }}});
+        let answer = post_json(&http, &format!("{root}/session"), &caps).await;
+        let id = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {answer}"))
+            .to_string();
+        Browser {
+            http,
+            base: format!("{root}/session/{id}"),
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.base);
+        let answer = match method {
+            Method::GET => {
+                let text = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                serde_json::from_str(&text).unwrap()
+            }
+            _ => post_json(&self.http, &url, &body).await,
+        };
+        answer["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.call(Method::POST, "/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `script` (a function body) in the page and returns what it returns.
+    async fn js(&self, script: &str) -> Value {
+        self.call(
+            Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+        .await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .call(
+                Method::POST,
+                "/element",
+                json!({ "using": "css selector", "value": css }),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.call(
+            Method::POST,
+            &format!("/element/{e}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.call(Method::POST, &format!("/element/{e}/click"), json!({}))
+            .await;
+    }
+
+    /// Waits until `script` returns true in the page.
+    async fn until(&self, script: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.js(script).await == Value::Bool(true) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let Ok(dir) = std::env::var("CROSSFADE_SCREENSHOTS") else {
+            return;
+        };
+        use base64::Engine;
+        let png = self.call(Method::GET, "/screenshot", Value::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(name), bytes).unwrap();
+    }
+}
+
+/// WebDriver speaks JSON over HTTP.
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let text = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
         .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+const RULES: &str = r#"
+[[routes]]
+name = "pages"
+prefix = "/p/"
+mode = "override"
+edge_ttl = "60s"
+[[routes]]
+name = "checkout"
+prefix = "/checkout"
+mode = "pass"
+"#;
+
+async fn release_origin(name: &'static str, hash: &'static str) -> Origin {
+    Origin::start(move |seen| async move {
+        if seen.uri.path() == "/health" {
+            return reply(200, &[("x-release", name), ("x-asset-hash", hash)], "ok");
+        }
+        reply(200, &[], format!("page of {name}"))
+    })
+    .await
+}
+
+/// The text of the first element matching `css`.
+fn text_of(css: &str) -> String {
+    format!("const e = document.querySelector('{css}'); return e ? e.textContent : null;")
 }
 
 async fn metric_requests(proxy: &Proxy) -> f64 {
@@ -62,89 +221,304 @@ async fn metric_requests(proxy: &Proxy) -> f64 {
 }
 
 #[tokio::test]
-async fn the_dashboard_shows_live_numbers_that_match_metrics() {
-    let origin =
-        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
-    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "").await;
-    let c = proxy.client(&["www.shop.test"]);
-    for i in 0..10 {
-        get(&c, &proxy.url(&format!("/p/{}", i % 3)), &[]).await;
-    }
-    let dom = render(&proxy);
+async fn the_dashboard_logs_in_with_a_form_and_shows_rates_markers_and_whose_errors() {
+    let (blue, green) = (
+        release_origin("blue", "b1").await,
+        release_origin("green", "g1").await,
+    );
+    let pool = |name: &str, o: &Origin| {
+        format!(
+            "[sites.pools.{name}]\nservers = [\"{}\"]\nhealth_path = \"/health\"\n\
+             health_interval = \"200ms\"\nrise = 1\nfall = 1\n",
+            o.addr
+        )
+    };
+    let sites = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+         active_pool = \"blue\"\n{}{}",
+        pool("blue", &blue),
+        pool("green", &green)
+    );
+    let proxy = Proxy::start_toml(&sites, &[("shop", RULES)], "").await;
+    let started = Instant::now();
+
+    // Traffic at a steady pace for the whole test, counted as it is sent.
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (c, sent, stop) = (proxy.client(&["www.shop.test"]), sent.clone(), stop.clone());
+        let urls: Vec<String> = (0..5).map(|i| proxy.url(&format!("/p/{i}"))).collect();
+        let checkout = proxy.url("/checkout/pay");
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let url = if i % 4 == 3 { &checkout } else { &urls[i % 5] };
+                get(&c, url, &[]).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+
+    let browser = Browser::start().await;
+    let page = format!("http://{}/dashboard", proxy.admin);
+    browser.open(&page).await;
     assert!(
-        dom.contains("uplot"),
-        "charts were drawn by the locally served uPlot"
+        browser
+            .until(
+                "return !document.getElementById('login').classList.contains('hidden')",
+                Duration::from_secs(10)
+            )
+            .await,
+        "without a session the page shows its login form"
     );
-    let shown = number(
-        &dom,
-        &[
-            r#"data-metric="requests""#,
-            r#"data-site="shop""#,
-            r#"data-pool="blue""#,
-        ],
+    browser.type_into("#token", "wrong-token-wrong-token").await;
+    browser.click("#login button").await;
+    assert!(
+        browser
+            .until(
+                "const e = document.querySelector('#login-error'); return e !== null && e.textContent === 'wrong token';",
+                Duration::from_secs(5)
+            )
+            .await,
+        "a wrong token is refused"
     );
-    assert_eq!(shown, 10.0);
-    assert_eq!(
-        shown,
-        metric_requests(&proxy).await,
-        "the page matches /metrics"
+    let cookies = browser.call(Method::GET, "/cookie", Value::Null).await;
+    assert_eq!(cookies, json!([]), "a refused login sets no cookie");
+    browser.type_into("#token", READ_TOKEN).await;
+    browser.click("#login button").await;
+    assert!(
+        browser
+            .until(
+                "return !document.getElementById('board').classList.contains('hidden') && document.querySelector('td[data-metric]') !== null",
+                Duration::from_secs(10)
+            )
+            .await,
+        "the right token opens the dashboard"
     );
-    let hit_ratio = number(
-        &dom,
-        &[
-            r#"data-metric="hit_ratio""#,
-            r#"data-site="shop""#,
-            r#"data-pool="blue""#,
-        ],
-    );
-    assert_eq!(hit_ratio, 70.0, "7 hits of 10");
 
-    for _ in 0..5 {
-        get(&c, &proxy.url("/p/0"), &[]).await;
-    }
-    let dom = render(&proxy);
-    let moved = number(
-        &dom,
-        &[
-            r#"data-metric="requests""#,
-            r#"data-site="shop""#,
-            r#"data-pool="blue""#,
-        ],
-    );
-    assert_eq!(moved, 15.0, "the numbers move with traffic");
-    assert_eq!(moved, metric_requests(&proxy).await);
+    // A release during the traffic: a canary, a flip, a maintenance window.
+    let change = |path: &'static str, body: Value| {
+        let proxy = &proxy;
+        async move {
+            let (status, answer) = proxy
+                .admin_call(Some(RELEASE_TOKEN), Method::POST, path, &body.to_string())
+                .await;
+            assert_eq!(status, 200, "{path}: {answer}");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    change(
+        "/pools/canary",
+        json!({"site": "shop", "pool": "green", "percent": 10}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    browser.screenshot("dashboard-canary.png").await;
+    change("/pools/flip", json!({"site": "shop", "pool": "green"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    change(
+        "/maintenance",
+        json!({"site": "shop", "route": "checkout", "on": true}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
 
-    // Before/after a moment: everything so far is "before" a moment one second from now.
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 1;
-    let (_, data) = proxy
-        .admin_call(
-            Some(READ_TOKEN),
-            Method::GET,
-            &format!("/dashboard/data?window=300&compare_at={at}"),
-            "",
+    // The markers of the three events, on the charts, with the event on hover.
+    let marked = browser
+        .until(
+            "return ['canary_start', 'flip', 'maintenance_on'].every(k => document.querySelectorAll('.marker[data-kind=' + k + ']').length >= 5)",
+            Duration::from_secs(6),
         )
         .await;
-    let blue = &data["sites"][0]["compare"]["pools"][0];
-    assert_eq!(
-        (blue["pool"].as_str(), blue["before"]["requests"].as_u64()),
-        (Some("blue"), Some(15)),
-        "{data}"
+    assert!(
+        marked,
+        "markers on every chart: {}",
+        browser
+            .js("return [...document.querySelectorAll('.marker')].map(m => m.dataset.kind).join(',')")
+            .await
     );
-    assert_eq!(blue["after"]["requests"], 0);
+    let flip_title = browser
+        .js("return document.querySelector('.marker[data-kind=flip]').title")
+        .await;
+    assert!(
+        flip_title
+            .as_str()
+            .is_some_and(|t| t.ends_with("release: flip blue + canary green 10% → green")),
+        "{flip_title}"
+    );
+    browser.screenshot("dashboard-release.png").await;
 
-    let (status, _) = proxy.admin_call(None, Method::GET, "/dashboard", "").await;
-    assert_eq!(status, 401, "the dashboard needs a token");
+    // The rate on the page against the requests sent (the page polls every 2 s).
+    let shown = browser
+        .js(&text_of(
+            "td[data-metric=rate_per_second][data-site=shop][data-pool=all]",
+        ))
+        .await;
+    let shown: f64 = shown.as_str().unwrap_or("0").parse().unwrap();
+    let expected = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    assert!(
+        (shown - expected).abs() <= expected * 0.10,
+        "the page says {shown} req/s; {expected:.2} were sent per second"
+    );
+
+    // Maintenance 503s are the edge's (the site's row), not green's.
+    let green_errors = browser
+        .js(&text_of(
+            "td[data-metric=origin_error_rate][data-site=shop][data-pool=green]",
+        ))
+        .await;
+    assert_eq!(green_errors, json!("0.0%"), "the pool failed nothing");
+    let edge = browser
+        .js(&text_of(
+            "td[data-metric=edge_error_rate][data-site=shop][data-pool=all]",
+        ))
+        .await;
+    let edge: f64 = edge
+        .as_str()
+        .unwrap_or("0%")
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(
+        edge > 0.0,
+        "the maintenance pages are the edge's 5xx: {edge}"
+    );
+
+    // No token anywhere a browser keeps things: not in the URL, not in a cookie.
+    let url = browser.call(Method::GET, "/url", Value::Null).await;
+    assert!(!url.to_string().contains(READ_TOKEN), "{url}");
+    let cookies = browser.call(Method::GET, "/cookie", Value::Null).await;
+    let session = cookies
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "crossfade_session"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"));
+    assert!(!cookies.to_string().contains(READ_TOKEN), "{cookies}");
+    assert_eq!(session["value"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        (session["httpOnly"].as_bool(), session["sameSite"].as_str()),
+        (Some(true), Some("Strict"))
+    );
+
+    // Traffic stopped: the count on the page is the count in /metrics.
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    let total = metric_requests(&proxy).await;
+    let matches = browser
+        .until(
+            &format!(
+                "const e = document.querySelector('td[data-metric=requests][data-site=shop][data-pool=all]'); return e !== null && Number(e.textContent) === {total};"
+            ),
+            Duration::from_secs(6),
+        )
+        .await;
+    assert!(matches, "the page's count is /metrics' {total}");
+
+    // Old ways in are closed: a token in a URL, and the dashboard's data without a session.
     let (status, _) = proxy
         .admin_call(
             None,
             Method::GET,
-            "/dashboard/login?token=wrong-wrong-wrong",
+            &format!("/dashboard/login?token={READ_TOKEN}"),
             "",
         )
         .await;
+    assert_eq!(status, 405);
+    let (status, _) = proxy
+        .admin_call(None, Method::GET, "/dashboard/data", "")
+        .await;
     assert_eq!(status, 401);
+}
+
+/// A canary the judge rolls back is on the page: the rollback's marker and timeline line say
+/// it was the judge, and why.
+#[tokio::test]
+async fn a_rollback_by_the_judge_is_on_the_charts_and_the_timeline() {
+    let blue = release_origin("blue", "b1").await;
+    let failing = Origin::start(|seen| async move {
+        match seen.uri.path() {
+            "/health" => reply(200, &[("x-release", "green"), ("x-asset-hash", "g1")], "ok"),
+            _ => reply(500, &[], "green is broken"),
+        }
+    })
+    .await;
+    let pool = |name: &str, o: &Origin| {
+        format!(
+            "[sites.pools.{name}]\nservers = [\"{}\"]\nhealth_path = \"/health\"\n\
+             health_interval = \"200ms\"\n",
+            o.addr
+        )
+    };
+    let sites = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+         active_pool = \"blue\"\n{}{}",
+        pool("blue", &blue),
+        pool("green", &failing)
+    );
+    let judge = "[release.judge]\nwindow = \"30s\"\ninterval = \"200ms\"\nmin_requests = 15\n\
+                 max_error_rate_increase = 0.05\n";
+    let proxy = Proxy::start_toml(&sites, &[("shop", RULES)], judge).await;
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("http://{}/dashboard", proxy.admin))
+        .await;
+    assert!(
+        browser
+            .until(
+                "return document.querySelector('#token') !== null",
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    browser.type_into("#token", READ_TOKEN).await;
+    browser.click("#login button").await;
+    let (status, _) = proxy
+        .admin_call(
+            Some(RELEASE_TOKEN),
+            Method::POST,
+            "/pools/canary",
+            &json!({"site": "shop", "pool": "green", "percent": 50}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // New visitors (each its own cookie jar) on the pass route: half of them reach green.
+    for i in 0..80 {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .cookie_store(true)
+            .resolve("www.shop.test", proxy.addr)
+            .build()
+            .unwrap();
+        get(&c, &proxy.url(&format!("/checkout/v{i}")), &[]).await;
+    }
+    let shown = browser
+        .until(
+            "const m = document.querySelector('.marker[data-kind=rollback]'); return m !== null && m.title.includes('judge: rollback');",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        shown,
+        "the judge's rollback is marked: {}",
+        browser
+            .js("return [...document.querySelectorAll('.marker')].map(m => m.title).join(' | ')")
+            .await
+    );
+    let line = browser
+        .js("return document.querySelector('#events li[data-kind=rollback]').textContent")
+        .await;
+    assert!(
+        line.as_str()
+            .is_some_and(|l| l.contains("judge") && l.contains("error-rate")),
+        "{line}"
+    );
+    // Its pool errors are green's, shown as such.
+    let green_errors = browser
+        .js(&text_of(
+            "td[data-metric=origin_error_rate][data-site=shop][data-pool=green]",
+        ))
+        .await;
+    assert_eq!(green_errors, json!("100.0%"));
+    browser.screenshot("dashboard-judge-rollback.png").await;
 }

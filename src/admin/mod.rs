@@ -11,8 +11,9 @@
 //! | POST   | `/reload?check` | admin | → what a reload would apply and what would need a restart, installing nothing: `{"valid":true,"applied":[…],"restart_required":[…]}`, or 422 with every issue |
 //! | GET    | `/metrics` | any  | → Prometheus text exposition of every metric |
 //! | GET    | `/events?since=2h` | any | → the release timeline (`since`: Unix seconds or a duration ago; default a day) |
-//! | GET    | `/dashboard/login?token=…` | any | sets the dashboard cookie, redirects to `/dashboard` |
-//! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | any | the live dashboard |
+//! | POST   | `/dashboard/login` | none | form field `token` → a session cookie (read only); 401 for a wrong token |
+//! | POST   | `/dashboard/logout` | none | ends the session |
+//! | GET    | `/dashboard` (+ `/app.js`, `/uplot.js`, `/uplot.css`) | none | the live dashboard page (its login form until there is a session) |
 //! | GET    | `/dashboard/data?window=300&compare_at=UNIX` | any | → per site: pools, routes, history, before/after |
 //! | GET    | `/pools`  | any   | → per site: release state (active, canary, maintenance) and pools (servers, health, in-flight, release, asset hash) |
 //! | POST   | `/pools/flip` | release | `{"site":"store","pool":"green"}` → site state |
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod client;
 pub mod dashboard;
 pub mod human;
+pub mod session;
 
 use crate::cache::purge::Purge;
 use crate::cache::storage::EdgeStorage;
@@ -64,6 +66,7 @@ pub struct AdminApp {
     verdicts: Arc<Verdicts>,
     reloader: Arc<Reloader>,
     started: Instant,
+    sessions: session::Sessions,
 }
 
 impl AdminApp {
@@ -85,6 +88,7 @@ impl AdminApp {
             verdicts,
             reloader,
             started: Instant::now(),
+            sessions: session::Sessions::default(),
         }
     }
 }
@@ -98,6 +102,16 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
         .header("cache-control", "no-store")
         .body(bytes)
         .unwrap_or_default()
+}
+
+/// Whether the browser reached this listener over TLS (a TLS-terminating proxy in front of it
+/// says so with `X-Forwarded-Proto: https`): the session cookie is then `Secure`.
+fn over_tls(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 fn req_query(session: &ServerSession) -> Option<String> {
@@ -140,7 +154,24 @@ impl AdminApp {
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
         let scope = match (method.clone(), path.as_str()) {
             (Method::GET, "/status" | "/pools" | "/metrics" | "/events") => Scope::Read,
-            (Method::GET, "/dashboard/login") => return self.login(&rt, req.uri.query()),
+            // The page and its scripts hold no data: served to anyone, they show the login
+            // form until a session (or a token) lets `/dashboard/data` answer.
+            (
+                Method::GET,
+                "/dashboard"
+                | "/dashboard/"
+                | "/dashboard/app.js"
+                | "/dashboard/uplot.js"
+                | "/dashboard/uplot.css",
+            ) => return self.dashboard(&rt, &path, None),
+            (Method::POST, "/dashboard/login") => return self.login(&rt, session).await,
+            (Method::POST, "/dashboard/logout") => return self.logout(session),
+            (Method::GET, "/dashboard/login") => {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "log in with the form on /dashboard (a token never goes in a URL)",
+                )
+            }
             // Liveness for container and service-manager checks: no token (a HEALTHCHECK has
             // none) and nothing in the answer but that this process serves its admin listener.
             (Method::GET | Method::HEAD, "/healthz") => {
@@ -170,13 +201,17 @@ impl AdminApp {
             .as_ref()
             .map(|a| a.tokens.as_slice())
             .unwrap_or_default();
-        // GET endpoints also accept the dashboard cookie (a browser cannot send a bearer token
-        // on navigation); changes need the header, which a cross-site page cannot add.
-        let cookie_auth = (method == Method::GET)
+        // GET endpoints also accept a dashboard session (a browser cannot send a bearer token
+        // on navigation), for reading only; changes need the header, which a cross-site page
+        // cannot add. The session names its token; the token itself stays here.
+        let cookie_auth = (method == Method::GET && scope == Scope::Read)
             .then(|| {
-                crate::cache::key::cookies(&req.headers)
-                    .find(|(n, _)| *n == dashboard::COOKIE)
-                    .map(|(_, v)| format!("Bearer {v}"))
+                let id = crate::cache::key::cookies(&req.headers)
+                    .find(|(n, _)| *n == session::COOKIE)
+                    .map(|(_, v)| v.to_string())?;
+                let name = self.sessions.token_of(&id)?;
+                let token = tokens.iter().find(|t| t.name == name)?;
+                Some(format!("Bearer {}", token.secret))
             })
             .flatten();
         let authorization = req
@@ -351,10 +386,16 @@ impl AdminApp {
         )
     }
 
-    /// `/dashboard/login?token=…`: a valid token becomes the dashboard cookie.
-    fn login(&self, rt: &Runtime, query: Option<&str>) -> Response<Vec<u8>> {
-        let token = query
-            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token"))
+    /// `POST /dashboard/login` (form field `token`): a valid token starts a session, whose
+    /// random id is the cookie. A wrong token gets 401 and no cookie.
+    async fn login(&self, rt: &Runtime, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let secure = over_tls(session);
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let token = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
         let tokens = rt
@@ -363,23 +404,40 @@ impl AdminApp {
             .map(|a| a.tokens.as_slice())
             .unwrap_or_default();
         let header = format!("Bearer {token}");
-        if authorize(tokens, Some(header.as_bytes()), Scope::Read).is_err() {
-            return error(StatusCode::UNAUTHORIZED, "a valid token is required");
+        let Ok(found) = authorize(tokens, Some(header.as_bytes()), Scope::Read) else {
+            tracing::warn!("dashboard login with a wrong token");
+            return error(StatusCode::UNAUTHORIZED, "wrong token");
+        };
+        let id = match self.sessions.create(&found.name) {
+            Ok(id) => id,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("no session: {e}"),
+                )
+            }
+        };
+        tracing::info!(token = %found.name, "dashboard login");
+        let mut resp = json_response(StatusCode::OK, json!({ "ok": true, "token": found.name }));
+        if let Ok(v) = http::HeaderValue::from_str(&session::cookie(Some(&id), secure)) {
+            resp.headers_mut().insert(http::header::SET_COOKIE, v);
         }
-        Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header("location", "/dashboard")
-            .header(
-                "set-cookie",
-                format!(
-                    "{}={token}; Path=/; HttpOnly; SameSite=Strict",
-                    dashboard::COOKIE
-                ),
-            )
-            .header("content-length", 0)
-            .header("cache-control", "no-store")
-            .body(Vec::new())
-            .unwrap_or_default()
+        resp
+    }
+
+    /// `POST /dashboard/logout`: ends the session and clears its cookie.
+    fn logout(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if let Some((_, id)) =
+            crate::cache::key::cookies(&req.headers).find(|(n, _)| *n == session::COOKIE)
+        {
+            self.sessions.end(id);
+        }
+        let mut resp = json_response(StatusCode::OK, json!({ "ok": true }));
+        if let Ok(v) = http::HeaderValue::from_str(&session::cookie(None, over_tls(session))) {
+            resp.headers_mut().insert(http::header::SET_COOKIE, v);
+        }
+        resp
     }
 
     fn dashboard(&self, rt: &Runtime, path: &str, query: Option<String>) -> Response<Vec<u8>> {
@@ -400,26 +458,41 @@ impl AdminApp {
             "/dashboard/uplot.js" => asset("application/javascript", dashboard::UPLOT_JS),
             "/dashboard/uplot.css" => asset("text/css", dashboard::UPLOT_CSS),
             "/dashboard/data" => {
-                let param = |name: &str| {
+                let text = |name: &str| {
                     query.as_deref().and_then(|q| {
                         form_urlencoded::parse(q.as_bytes())
                             .find(|(k, _)| k == name)
-                            .and_then(|(_, v)| v.parse::<u64>().ok())
+                            .map(|(_, v)| v.into_owned())
+                            .filter(|v| !v.is_empty())
                     })
                 };
-                let window = std::time::Duration::from_secs(
-                    param("window")
-                        .unwrap_or(300)
-                        .clamp(1, crate::stats::KEEP_SECONDS),
-                );
-                let data = dashboard::data(
-                    rt,
-                    &self.release,
-                    &self.metrics.stats,
-                    window,
-                    param("compare_at"),
-                );
-                json_response(StatusCode::OK, data)
+                let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+                let ask = dashboard::Ask {
+                    window: std::time::Duration::from_secs(
+                        number("window")
+                            .unwrap_or(300)
+                            .clamp(1, crate::stats::KEEP_SECONDS),
+                    ),
+                    compare_at: number("compare_at"),
+                    site: text("site"),
+                    route: text("route"),
+                    pool: text("pool"),
+                };
+                let sources = dashboard::Sources {
+                    release: &self.release,
+                    pools: &self.reloader.pools,
+                    stats: &self.metrics.stats,
+                    events: self.metrics.timeline.since(
+                        crate::stats::now_secs().saturating_sub(crate::stats::KEEP_SECONDS) * 1000,
+                    ),
+                    cache: (
+                        self.storage.object_count(),
+                        self.storage.weighted_bytes(),
+                        rt.cache.capacity,
+                        self.storage.evictions(),
+                    ),
+                };
+                json_response(StatusCode::OK, dashboard::data(rt, sources, &ask))
             }
             _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
         }

@@ -21,9 +21,23 @@ pub struct Answer {
     pub cache_control: &'static str,
     pub retry_after: Option<Duration>,
     pub location: Option<String>,
+    /// The site and route the answer is for, when the decision got that far (maintenance,
+    /// an unknown asset): the log and the statistics count it there, as the edge's own
+    /// answer, not a pool's.
+    pub site: Option<std::sync::Arc<str>>,
+    pub route: Option<std::sync::Arc<str>>,
 }
 
 impl Answer {
+    /// This answer, for `site`'s route `route`.
+    pub fn at(self, site: &std::sync::Arc<str>, route: &std::sync::Arc<str>) -> Answer {
+        Answer {
+            site: Some(site.clone()),
+            route: Some(route.clone()),
+            ..self
+        }
+    }
+
     /// A short plain-text answer that nobody caches.
     pub fn text(status: u16, detail: &'static str, body: &'static str) -> Answer {
         Answer {
@@ -34,6 +48,8 @@ impl Answer {
             cache_control: "no-store",
             retry_after: None,
             location: None,
+            site: None,
+            route: None,
         }
     }
 
@@ -47,6 +63,8 @@ impl Answer {
             cache_control: "no-store",
             retry_after: Some(retry_after),
             location: None,
+            site: None,
+            route: None,
         }
     }
 
@@ -158,6 +176,8 @@ impl Answer {
         };
         Some(Answer {
             location: Some(format!("https://{authority}{target}")),
+            site: None,
+            route: None,
             cache_control: "public, max-age=3600",
             ..Self::text(
                 301,

@@ -189,7 +189,7 @@ pub fn plan<'a>(
     let mut maintenance_cached = false;
     if state.maintenance.covers(&rule.name) {
         if !state.maintenance.serve_cached || !matches!(*req.method, Method::GET | Method::HEAD) {
-            return Plan::Answer(Answer::maintenance(rt));
+            return Plan::Answer(Answer::maintenance(rt).at(&site.name, &rule.name));
         }
         maintenance_cached = true;
     }
@@ -204,14 +204,18 @@ pub fn plan<'a>(
         &r.session_cookie,
     );
     let (pool, pool_in_key, new_cohort) = match choice {
-        Choice::UnknownAsset => return Plan::Answer(Answer::unknown_asset()),
+        Choice::UnknownAsset => {
+            return Plan::Answer(Answer::unknown_asset().at(&site.name, &rule.name))
+        }
         Choice::Asset { pool } => (pool, String::new(), None),
         Choice::Pool { pool, new_cohort } => (pool.clone(), pool, new_cohort),
     };
     let cache = match policy::bypass(&rule, req.method, req.headers) {
         // Maintenance allows cached copies only: a request that cannot use the cache gets
         // the maintenance page.
-        Some(_) if maintenance_cached => return Plan::Answer(Answer::maintenance(rt)),
+        Some(_) if maintenance_cached => {
+            return Plan::Answer(Answer::maintenance(rt).at(&site.name, &rule.name))
+        }
         Some(b) => Caching::Bypass(b),
         None => {
             let query = key::normalize_query(query, &rule.query, rule.query_sort);

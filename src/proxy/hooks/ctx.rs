@@ -24,6 +24,9 @@ pub struct RequestCtx {
     pub upstream_uri: Option<String>,
     /// Set when the edge answered by itself (unknown host, …); a label, never user input.
     pub edge_answer: Option<&'static str>,
+    /// The site and route of an edge answer the decision attributed to them (no `site` and
+    /// `rule` are set for an answer).
+    pub edge_at: Option<(Arc<str>, Arc<str>)>,
     pub pool: Option<String>,
     /// The live pool the request was sent to (see `upstream_peer`).
     pub live_pool: Option<Arc<crate::pools::Pool>>,
@@ -75,6 +78,7 @@ impl RequestCtx {
             primary: Vec::new(),
             upstream_uri: None,
             edge_answer: None,
+            edge_at: None,
             pool: None,
             live_pool: None,
             upstream_addr: None,

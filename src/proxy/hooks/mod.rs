@@ -163,6 +163,7 @@ impl ProxyHttp for EdgeProxy {
         let forward = match decide::plan(&rt, &self.pools, &states, &view) {
             Plan::Answer(answer) => {
                 ctx.edge_answer = Some(answer.detail);
+                ctx.edge_at = answer.site.clone().zip(answer.route.clone());
                 ctx.runtime = Some(rt);
                 edge::send(session, &answer, &ctx.request_id).await?;
                 return Ok(true);
@@ -696,8 +697,18 @@ impl ProxyHttp for EdgeProxy {
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
-                site: ctx.site.as_ref().map_or("-", |s| &s.name),
-                route: ctx.rule.as_ref().map_or("-", |r| &r.name),
+                site: ctx
+                    .site
+                    .as_ref()
+                    .map(|s| &*s.name)
+                    .or(ctx.edge_at.as_ref().map(|(s, _)| &**s))
+                    .unwrap_or("-"),
+                route: ctx
+                    .rule
+                    .as_ref()
+                    .map(|r| &*r.name)
+                    .or(ctx.edge_at.as_ref().map(|(_, r)| &**r))
+                    .unwrap_or("-"),
                 pool: ctx.pool.as_deref().unwrap_or("-"),
                 method: req.method.as_str(),
                 path: req.uri.path(),
