@@ -203,6 +203,23 @@ async fn release_origin(name: &'static str, hash: &'static str) -> Origin {
     .await
 }
 
+/// The `shop` site: pools blue and green, health-checked every 200 ms.
+fn shop(blue: &Origin, green: &Origin) -> String {
+    let pool = |name: &str, o: &Origin| {
+        format!(
+            "[sites.pools.{name}]\nservers = [\"{}\"]\nhealth_path = \"/health\"\n\
+             health_interval = \"200ms\"\nrise = 1\nfall = 1\n",
+            o.addr
+        )
+    };
+    format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+         active_pool = \"blue\"\n{}{}",
+        pool("blue", blue),
+        pool("green", green)
+    )
+}
+
 /// The text of the first element matching `css`.
 fn text_of(css: &str) -> String {
     format!("const e = document.querySelector('{css}'); return e ? e.textContent : null;")
@@ -226,20 +243,7 @@ async fn the_dashboard_logs_in_with_a_form_and_shows_rates_markers_and_whose_err
         release_origin("blue", "b1").await,
         release_origin("green", "g1").await,
     );
-    let pool = |name: &str, o: &Origin| {
-        format!(
-            "[sites.pools.{name}]\nservers = [\"{}\"]\nhealth_path = \"/health\"\n\
-             health_interval = \"200ms\"\nrise = 1\nfall = 1\n",
-            o.addr
-        )
-    };
-    let sites = format!(
-        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
-         active_pool = \"blue\"\n{}{}",
-        pool("blue", &blue),
-        pool("green", &green)
-    );
-    let proxy = Proxy::start_toml(&sites, &[("shop", RULES)], "").await;
+    let proxy = Proxy::start_toml(&shop(&blue, &green), &[("shop", RULES)], "").await;
     let started = Instant::now();
 
     // Traffic at a steady pace for the whole test, counted as it is sent.
@@ -443,19 +447,7 @@ async fn a_rollback_by_the_judge_is_on_the_charts_and_the_timeline() {
         }
     })
     .await;
-    let pool = |name: &str, o: &Origin| {
-        format!(
-            "[sites.pools.{name}]\nservers = [\"{}\"]\nhealth_path = \"/health\"\n\
-             health_interval = \"200ms\"\n",
-            o.addr
-        )
-    };
-    let sites = format!(
-        "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
-         active_pool = \"blue\"\n{}{}",
-        pool("blue", &blue),
-        pool("green", &failing)
-    );
+    let sites = shop(&blue, &failing);
     let judge = "[release.judge]\nwindow = \"30s\"\ninterval = \"200ms\"\nmin_requests = 15\n\
                  max_error_rate_increase = 0.05\n";
     let proxy = Proxy::start_toml(&sites, &[("shop", RULES)], judge).await;

@@ -200,7 +200,7 @@ pub fn events(answer: &Value) -> String {
             _ => "-".into(),
         };
         rows.push([
-            utc(at),
+            crate::clock::utc(at),
             str_of(&e["node"]).to_string(),
             str_of(&e["by"]).to_string(),
             place,
@@ -208,27 +208,6 @@ pub fn events(answer: &Value) -> String {
         ]);
     }
     table(&rows, "")
-}
-
-/// `2026-12-03 14:42:05` for Unix seconds (UTC; the civil-from-days algorithm).
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let t = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    )
 }
 
 /// `store: active blue, canary green 10%, maintenance: routes checkout`.
@@ -323,13 +302,6 @@ mod tests {
             "purged key tracks of site store (hard): edge-1 3 removed, edge-2 2 removed; \
              INCOMPLETE: no confirmation from edge-3#ab12"
         );
-    }
-
-    #[test]
-    fn dates_are_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_796_266_474), "2026-12-03 02:54:34");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
     }
 
     #[test]
