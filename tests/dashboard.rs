@@ -514,3 +514,61 @@ async fn a_rollback_by_the_judge_is_on_the_charts_and_the_timeline() {
     assert_eq!(green_errors, json!("100.0%"));
     browser.screenshot("dashboard-judge-rollback.png").await;
 }
+
+/// With `[fleet]`, one page shows every node and the fleet's total.
+#[tokio::test]
+async fn a_fleet_is_one_page() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let redis = Redis::start().await;
+    let n1 = Proxy::single(&origin, OVERRIDE_ALL, &redis.fleet("edge-1")).await;
+    let n2 = Proxy::single(&origin, OVERRIDE_ALL, &redis.fleet("edge-2")).await;
+    let c = n1.client(&["www.shop.test"]);
+    for i in 0..7 {
+        get(&c, &n1.url(&format!("/f/{i}")), &[]).await;
+    }
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("http://{}/dashboard", n2.admin))
+        .await;
+    assert!(
+        browser
+            .until(
+                "return document.querySelector('#token') !== null",
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    browser.type_into("#token", READ_TOKEN).await;
+    browser.click("#login button").await;
+    let find = |node: &str| {
+        format!("const e = document.querySelector('#fleet td[data-node=\"{node}\"][data-metric=requests]');")
+    };
+    let shown = browser
+        .until(
+            &format!(
+                "{} return e !== null && e.textContent === '7';",
+                find("edge-1")
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        shown,
+        "node 2's page shows node 1's 7 requests: {}",
+        browser
+            .js("return document.getElementById('fleet').innerText")
+            .await
+    );
+    let own = browser
+        .js(&format!(
+            "{} return e ? e.textContent : null;",
+            find("edge-2")
+        ))
+        .await;
+    assert_eq!(own, json!("0"));
+    let total = browser
+        .js("return [...document.querySelectorAll('#fleet tr')].pop().querySelector('td[data-metric=requests]').textContent")
+        .await;
+    assert_eq!(total, json!("7"));
+}

@@ -376,3 +376,66 @@ async fn a_fleet_behind_sentinel_follows_a_failover_and_purges_stay_complete() {
     let s = status(&n1).await;
     assert!(s["fleet"]["resubscriptions"].as_u64() >= Some(1), "{s}");
 }
+
+/// The fleet view: each node's dashboard data shows every node's last minute, as that node
+/// published it, and the total.
+#[tokio::test]
+async fn every_node_shows_the_whole_fleet_on_its_dashboard() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let redis = Redis::start().await;
+    let (n1, n2) = pair(&origin, &redis).await;
+    let c = n1.client(&["www.shop.test"]);
+    for i in 0..12 {
+        get(&c, &n1.url(&format!("/f/{}", i % 3)), &[]).await;
+    }
+    let c2 = n2.client(&["www.shop.test"]);
+    for _ in 0..3 {
+        get(&c2, &n2.url("/f/0"), &[]).await;
+    }
+    let requests = |view: &serde_json::Value, name: &str| {
+        view["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["node"] == name))
+            .and_then(|n| n["all"]["requests"].as_u64())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut seen = fleet_view(&n2).await;
+    let mut complete = false;
+    while std::time::Instant::now() < deadline {
+        seen = fleet_view(&n2).await;
+        complete = requests(&seen, "n1") == Some(12) && requests(&seen, "n2") == Some(3);
+        if complete {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        complete,
+        "node 2 shows node 1's 12 requests and its own 3: {seen}"
+    );
+    assert_eq!(seen["total"]["requests"], 15.0, "{seen}");
+    let hit_ratio = seen["total"]["hit_ratio"].as_f64().unwrap();
+    assert!(
+        (hit_ratio - 11.0 / 15.0).abs() < 1e-9,
+        "9 of n1's 12 and 2 of n2's 3 were hits: {seen}"
+    );
+    let alone = Proxy::single(&origin, HONOR_ALL, "").await;
+    assert!(
+        fleet_view(&alone).await.is_null(),
+        "a node alone has no fleet view"
+    );
+}
+
+/// The `fleet` part of a node's dashboard data.
+async fn fleet_view(p: &Proxy) -> serde_json::Value {
+    p.admin_call(
+        Some(READ_TOKEN),
+        Method::GET,
+        "/dashboard/data?window=60",
+        "",
+    )
+    .await
+    .1["fleet"]
+        .clone()
+}

@@ -217,6 +217,38 @@ function renderList(id, events, empty) {
   }
 }
 
+const FLEET_COLUMNS = [
+  ["requests", "requests", fmt.n],
+  ["rate_per_second", "req/s", fmt.rate],
+  ["hit_ratio", "hit ratio", fmt.pct],
+  ["origin_error_rate", "pool errors", fmt.pct],
+  ["edge_error_rate", "edge 5xx", fmt.pct],
+  ["p99_ms", "p99 ms", fmt.ms],
+];
+
+// With [fleet]: a row per node (its last minute, as it published it) and the fleet's total.
+function renderFleet(fleet) {
+  const section = document.getElementById("fleet");
+  if (!fleet) { section.classList.add("hidden"); return; }
+  section.classList.remove("hidden");
+  const t = document.getElementById("fleet-table");
+  t.replaceChildren();
+  const head = el("tr");
+  head.appendChild(el("th", "node"));
+  for (const [, title] of FLEET_COLUMNS) head.appendChild(el("th", title));
+  head.appendChild(el("th", "cache objects"));
+  t.appendChild(head);
+  const rows = fleet.nodes.map((n) => [n.node, n.all, n.cache.objects]);
+  rows.push(["fleet total (p99: the worst node's)", fleet.total, ""]);
+  for (const [name, s, objects] of rows) {
+    const tr = el("tr", null, { "data-node": name });
+    tr.appendChild(el("td", name));
+    for (const [key, , f] of FLEET_COLUMNS) tr.appendChild(el("td", f(s[key]), { "data-metric": key, "data-node": name }));
+    tr.appendChild(el("td", String(objects)));
+    t.appendChild(tr);
+  }
+}
+
 function showLogin(message) {
   document.getElementById("board").classList.add("hidden");
   document.getElementById("login").classList.remove("hidden");
@@ -242,6 +274,7 @@ async function refresh() {
   document.getElementById("login").classList.add("hidden");
   document.getElementById("board").classList.remove("hidden");
   lastEvents = data.events;
+  renderFleet(data.fleet);
   const root = document.getElementById("sites");
   for (const site of data.sites) renderSite(root, site, data.events);
   const c = data.cache;

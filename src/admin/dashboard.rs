@@ -10,6 +10,8 @@
 //! pool's (`origin_error_rate`: 5xx or no answer from its servers) and the edge's own
 //! (`edge_error_rate`: maintenance pages, no healthy server, origin protection).
 //!
+//! With `[fleet]`, every node's last minute and the fleet's total (`fleet::summary`).
+//!
 //! Logging in: `session` (a form, never a token in a URL or cookie).
 
 use crate::config::Runtime;
@@ -47,6 +49,8 @@ pub struct Sources<'a> {
     pub events: Vec<Event>,
     /// Cache objects, bytes, capacity, evictions.
     pub cache: (u64, u64, u64, u64),
+    /// With `[fleet]`: every node's last minute and the total (`Purger::fleet_view`).
+    pub fleet: Option<Value>,
 }
 
 /// The chart times over `window` up to now, never before `started`.
@@ -242,6 +246,7 @@ pub fn data(rt: &Runtime, src: Sources, ask: &Ask) -> Value {
         "events": events,
         "purges": purges,
         "cache": { "objects": objects, "bytes": bytes, "capacity": capacity, "evictions": evictions },
+        "fleet": src.fleet,
     })
 }
 

@@ -491,6 +491,7 @@ impl AdminApp {
                         rt.cache.capacity,
                         self.storage.evictions(),
                     ),
+                    fleet: self.purger.fleet_view(),
                 };
                 json_response(StatusCode::OK, dashboard::data(rt, sources, &ask))
             }

@@ -5,6 +5,7 @@
 
 mod events;
 mod redis;
+mod summary;
 
 use crate::cache::purge::{Purge, PurgeError};
 use crate::cache::storage::EdgeStorage;
@@ -277,6 +278,10 @@ impl pingora::services::background::BackgroundService for FleetService {
         if let Some(events) = events {
             let link = self.link.clone();
             tokio::spawn(async move { link.publish_events(events).await });
+        }
+        {
+            let (link, purger) = (self.link.clone(), self.purger.clone());
+            tokio::spawn(async move { link.publish_summaries(purger).await });
         }
         let run = self.link.clone().run(self.purger.clone());
         tokio::pin!(run);

@@ -165,7 +165,7 @@ pub struct RedisLink {
     /// This process in the fleet: the node's name and a per-process instance
     /// (`store-1#5f3a9c01`), so two processes given one name (two instances on a host, a
     /// container image with a fixed hostname) never take each other's purges for their own.
-    id: String,
+    pub(super) id: String,
     /// When this process joined (ms): an instance of its name last seen before then is its
     /// predecessor (a restart), not a clash, and is not waited for.
     started_ms: u64,
@@ -177,6 +177,9 @@ pub struct RedisLink {
     release_key: String,
     pub(super) events_channel: String,
     pub(super) events_key: String,
+    pub(super) summary_channel: String,
+    /// Other instances' latest summaries and when they came (ms): the fleet view.
+    pub(super) summaries: Mutex<HashMap<String, (serde_json::Value, u64)>>,
     pub(super) confirm_timeout: Duration,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     /// Set when the process is shutting down: it no longer announces itself.
@@ -222,6 +225,8 @@ impl RedisLink {
             release_key: format!("{channel}:release-state"),
             events_channel: format!("{channel}:events"),
             events_key: format!("{channel}:events-log"),
+            summary_channel: format!("{channel}:summary"),
+            summaries: Mutex::new(HashMap::new()),
             confirm_timeout,
             conn: tokio::sync::Mutex::new(None),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -482,6 +487,8 @@ impl RedisLink {
                 Ok(m) => self.observe(&m.from),
                 Err(_) => tracing::warn!("fleet: unreadable member message ignored"),
             }
+        } else if channel == self.summary_channel {
+            self.on_summary(payload);
         } else if channel == self.events_channel {
             self.on_event(purger, payload);
         } else if channel == self.release_channel {
@@ -639,6 +646,7 @@ impl RedisLink {
             &self.members_channel,
             &self.release_channel,
             &self.events_channel,
+            &self.summary_channel,
         ] {
             within(pubsub.subscribe(channel)).await?;
         }
