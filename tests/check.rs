@@ -242,3 +242,32 @@ fn a_cli_without_its_token_names_the_missing_variable_and_shows_no_backtrace() {
     );
     assert!(!stderr.contains("backtrace"), "{stderr}");
 }
+
+#[test]
+fn another_environment_must_be_a_crossfade_admin_api_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crossfade.toml");
+    std::fs::write(
+        &config,
+        "[[dashboard.environments]]\nname = \"staging\"\nurl = \"https://staging.internal:9901\"\n\
+         token = \"0123456789abcdef\"\n[[dashboard.environments]]\nname = \"staging\"\n\
+         url = \"http://10.0.0.9:9901\"\ntoken_env = \"CROSSFADE_NO_SUCH_VARIABLE\"\n\
+         [[sites]]\nname = \"s\"\nhosts = [\"s.test\"]\n[sites.pools.blue]\nservers = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&[config.to_str().unwrap()]);
+    assert!(!ok);
+    let file = config.display().to_string();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.replace(&file, "crossfade.toml"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "crossfade.toml:3: dashboard.environments[0].url: \"https://staging.internal:9901\" is not the admin API of a crossfade as http://host:port (its admin listener speaks plain HTTP)",
+            "crossfade.toml:6: dashboard.environments[1].name: \"staging\" must be a name no other environment has",
+            "crossfade.toml:8: dashboard.environments[1].token_env: environment variable CROSSFADE_NO_SUCH_VARIABLE is not set",
+        ]
+    );
+}

@@ -572,3 +572,106 @@ async fn a_fleet_is_one_page() {
         .await;
     assert_eq!(total, json!("7"));
 }
+
+/// Another environment (staging) beside this edge: its summary fetched by this admin server
+/// with staging's read token, shown route by route; an environment that does not answer is
+/// named, not waited for.
+#[tokio::test]
+async fn another_environment_is_shown_beside_this_edge_and_its_token_stays_on_the_server() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "x") }).await;
+    let staging = Proxy::single(&origin, OVERRIDE_ALL, "").await;
+    let sc = staging.client(&["www.shop.test"]);
+    for i in 0..4 {
+        get(&sc, &staging.url(&format!("/s/{i}")), &[]).await;
+    }
+    let environments = format!(
+        "[[dashboard.environments]]\nname = \"staging\"\nurl = \"http://{}\"\ntoken = \"{READ_TOKEN}\"\n\
+         [[dashboard.environments]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{}\"\ntoken = \"{READ_TOKEN}\"\n",
+        staging.admin,
+        free_port()
+    );
+    let prod = Proxy::single(&origin, OVERRIDE_ALL, &environments).await;
+    let pc = prod.client(&["www.shop.test"]);
+    for i in 0..6 {
+        get(&pc, &prod.url(&format!("/p/{i}")), &[]).await;
+    }
+    let (_, data) = prod
+        .admin_call(
+            Some(READ_TOKEN),
+            Method::GET,
+            "/dashboard/data?window=60",
+            "",
+        )
+        .await;
+    let envs = &data["environments"];
+    assert_eq!(envs[0]["name"], "staging");
+    assert_eq!(envs[0]["sites"][0]["summary"]["requests"], 4, "{envs}");
+    assert_eq!(envs[1]["ok"], false);
+    assert!(
+        envs[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cannot reach")),
+        "{envs}"
+    );
+
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("http://{}/dashboard", prod.admin))
+        .await;
+    assert!(
+        browser
+            .until(
+                "return document.querySelector('#token') !== null",
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    browser.type_into("#token", READ_TOKEN).await;
+    browser.click("#login button").await;
+    let find = |env: &str| {
+        format!("const e = document.querySelector('table.environments td[data-env=\"{env}\"][data-route=all][data-key=rate_per_second]');")
+    };
+    let cell = |env: &str| format!("{} return e ? e.textContent : null;", find(env));
+    assert!(
+        browser
+            .until(
+                &format!("{} return e !== null;", find("staging")),
+                Duration::from_secs(10)
+            )
+            .await,
+        "the comparison table is drawn"
+    );
+    let staging_rate: f64 = browser
+        .js(&cell("staging"))
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let prod_rate: f64 = browser
+        .js(&cell("this edge"))
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        staging_rate > 0.0 && prod_rate > 0.0,
+        "{staging_rate} {prod_rate}"
+    );
+    let header = browser
+        .js("return document.querySelector('table.environments').rows[0].textContent")
+        .await;
+    assert!(
+        header
+            .as_str()
+            .is_some_and(|h| h.contains("gone (unavailable: cannot reach")),
+        "{header}"
+    );
+    // The page (and everything it fetched) never held staging's token: only a session.
+    let html = browser
+        .js("return document.documentElement.outerHTML")
+        .await;
+    assert!(!html.to_string().contains(READ_TOKEN));
+}

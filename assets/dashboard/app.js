@@ -149,11 +149,73 @@ const POOL_COLUMNS = [
   }],
 ];
 
+// Routes of all pools together: requests and rates added, ratios weighted by requests, the
+// worst p99.
+function byRoute(routes) {
+  const out = new Map();
+  for (const r of routes || []) {
+    const a = out.get(r.route) || { requests: 0, rate_per_second: 0, hit: 0, errors: 0, p99_ms: 0 };
+    const s = r.summary;
+    a.requests += s.requests;
+    a.rate_per_second += s.rate_per_second;
+    a.hit += s.hit_ratio * s.requests;
+    a.errors += s.origin_error_rate * s.requests;
+    a.p99_ms = Math.max(a.p99_ms, s.p99_ms);
+    out.set(r.route, a);
+  }
+  for (const a of out.values()) {
+    a.hit_ratio = a.requests ? a.hit / a.requests : 0;
+    a.origin_error_rate = a.requests ? a.errors / a.requests : 0;
+  }
+  return out;
+}
+
+const ENV_COLUMNS = [
+  ["rate_per_second", "req/s", fmt.rate],
+  ["hit_ratio", "hit ratio", fmt.pct],
+  ["origin_error_rate", "pool errors", fmt.pct],
+  ["p99_ms", "p99 ms", fmt.ms],
+];
+
+// This edge beside the other environments (fetched by the admin server), route by route.
+function environmentsTable(site, environments) {
+  const envs = [{ name: "this edge", ok: true, site }].concat(environments.map((e) => ({
+    name: e.name, ok: e.ok, error: e.error, site: e.ok ? e.sites.find((x) => x.site === site.site) : null,
+  })));
+  const t = el("table", null, { class: "environments", "data-site": site.site });
+  const head = el("tr");
+  head.appendChild(el("th", "route"));
+  for (const e of envs) {
+    const th = el("th", e.name + (e.ok ? (e.site ? "" : " (no such site)") : " (unavailable: " + e.error + ")"), { colspan: ENV_COLUMNS.length });
+    head.appendChild(th);
+  }
+  t.appendChild(head);
+  const sub = el("tr");
+  sub.appendChild(el("th", ""));
+  for (let i = 0; i < envs.length; i++) for (const [, title] of ENV_COLUMNS) sub.appendChild(el("th", title));
+  t.appendChild(sub);
+  const routes = envs.map((e) => byRoute(e.site ? e.site.routes : []));
+  const names = [...new Set(routes.flatMap((m) => [...m.keys()]))].sort();
+  const rows = [["all", envs.map((e) => (e.site ? e.site.summary : null))]]
+    .concat(names.map((n) => [n, routes.map((m) => m.get(n) || null)]));
+  for (const [name, values] of rows) {
+    const tr = el("tr");
+    tr.appendChild(el("td", name));
+    values.forEach((v, i) => {
+      for (const [key, , f] of ENV_COLUMNS) {
+        tr.appendChild(el("td", v ? f(v[key]) : "–", { "data-env": envs[i].name, "data-route": name, "data-key": key }));
+      }
+    });
+    t.appendChild(tr);
+  }
+  return t;
+}
+
 function siteEvents(events, site) {
   return events.filter((e) => !e.site || e.site === site);
 }
 
-function renderSite(root, site, events) {
+function renderSite(root, site, events, environments) {
   let section = document.getElementById("site-" + site.site);
   if (!section) {
     section = el("section", null, { id: "site-" + site.site });
@@ -185,6 +247,10 @@ function renderSite(root, site, events) {
       label: r.route + " · " + r.pool, route: r.route, pool: r.pool, summary: r.summary,
       attrs: { "data-site": site.site, "data-route": r.route, "data-pool": r.pool },
     })), "route · pool (with traffic)", []));
+  }
+  if (environments.length) {
+    tables.appendChild(el("h3", "beside the other environments (last " + document.getElementById("window").value + " s)"));
+    tables.appendChild(environmentsTable(site, environments));
   }
   const box = section.querySelector(".focus");
   const own = siteEvents(events, site.site);
@@ -276,7 +342,7 @@ async function refresh() {
   lastEvents = data.events;
   renderFleet(data.fleet);
   const root = document.getElementById("sites");
-  for (const site of data.sites) renderSite(root, site, data.events);
+  for (const site of data.sites) renderSite(root, site, data.events, data.environments || []);
   const c = data.cache;
   document.getElementById("cache").textContent =
     `cache: ${c.objects} objects, ${fmt.bytes(c.bytes)} of ${fmt.bytes(c.capacity)}, ${c.evictions} evictions`;

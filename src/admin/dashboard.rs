@@ -10,7 +10,8 @@
 //! pool's (`origin_error_rate`: 5xx or no answer from its servers) and the edge's own
 //! (`edge_error_rate`: maintenance pages, no healthy server, origin protection).
 //!
-//! With `[fleet]`, every node's last minute and the fleet's total (`fleet::summary`).
+//! With `[fleet]`, every node's last minute and the fleet's total (`fleet::summary`); with
+//! `[[dashboard.environments]]`, the other crossfades' summaries beside this one (`remote`).
 //!
 //! Logging in: `session` (a form, never a token in a URL or cookie).
 
@@ -51,6 +52,8 @@ pub struct Sources<'a> {
     pub cache: (u64, u64, u64, u64),
     /// With `[fleet]`: every node's last minute and the total (`Purger::fleet_view`).
     pub fleet: Option<Value>,
+    /// The other environments' summaries (`remote`).
+    pub environments: Vec<Value>,
 }
 
 /// The chart times over `window` up to now, never before `started`.
@@ -247,6 +250,7 @@ pub fn data(rt: &Runtime, src: Sources, ask: &Ask) -> Value {
         "purges": purges,
         "cache": { "objects": objects, "bytes": bytes, "capacity": capacity, "evictions": evictions },
         "fleet": src.fleet,
+        "environments": src.environments,
     })
 }
 

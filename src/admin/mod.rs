@@ -32,6 +32,7 @@ pub mod auth;
 pub mod client;
 pub mod dashboard;
 pub mod human;
+pub mod remote;
 pub mod session;
 
 use crate::cache::purge::Purge;
@@ -163,7 +164,7 @@ impl AdminApp {
                 | "/dashboard/app.js"
                 | "/dashboard/uplot.js"
                 | "/dashboard/uplot.css",
-            ) => return self.dashboard(&rt, &path, None),
+            ) => return self.dashboard(&rt, &path, None).await,
             (Method::POST, "/dashboard/login") => return self.login(&rt, session).await,
             (Method::POST, "/dashboard/logout") => return self.logout(session),
             (Method::GET, "/dashboard/login") => {
@@ -299,7 +300,9 @@ impl AdminApp {
             },
             _ if path == "/pools" => self.pools(&rt),
             _ if path == "/events" => self.events(req_query(session)),
-            _ if path.starts_with("/dashboard") => self.dashboard(&rt, &path, req_query(session)),
+            _ if path.starts_with("/dashboard") => {
+                self.dashboard(&rt, &path, req_query(session)).await
+            }
             _ if path == "/metrics" => self.metrics(&rt),
             _ => self.status(&rt),
         }
@@ -440,7 +443,12 @@ impl AdminApp {
         resp
     }
 
-    fn dashboard(&self, rt: &Runtime, path: &str, query: Option<String>) -> Response<Vec<u8>> {
+    async fn dashboard(
+        &self,
+        rt: &Runtime,
+        path: &str,
+        query: Option<String>,
+    ) -> Response<Vec<u8>> {
         let asset = |ctype: &str, body: &str| {
             Response::builder()
                 .status(StatusCode::OK)
@@ -492,6 +500,8 @@ impl AdminApp {
                         self.storage.evictions(),
                     ),
                     fleet: self.purger.fleet_view(),
+                    environments: remote::environments(&rt.dashboard.environments, ask.window)
+                        .await,
                 };
                 json_response(StatusCode::OK, dashboard::data(rt, sources, &ask))
             }

@@ -32,7 +32,30 @@ pub struct ConfigFile {
     pub metrics: MetricsFile,
     pub tls: Option<TlsFile>,
     #[serde(default)]
+    pub dashboard: DashboardFile,
+    #[serde(default)]
     pub sites: Vec<SiteFile>,
+}
+
+/// `[dashboard]`: other crossfades shown beside this one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardFile {
+    #[serde(default)]
+    pub environments: Vec<EnvironmentFile>,
+}
+
+/// `[[dashboard.environments]]`: another crossfade (staging, another region) whose summary
+/// the dashboard shows beside this edge's, fetched by this admin server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    pub name: String,
+    /// Its admin API: `http://host:port`.
+    pub url: String,
+    /// A read token of that crossfade, or the environment variable holding it.
+    pub token: Option<String>,
+    pub token_env: Option<String>,
 }
 
 /// `[admin]`: the admin API listener and its tokens.

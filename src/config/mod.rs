@@ -80,6 +80,7 @@ pub struct Runtime {
     pub metrics: MetricsSettings,
     /// HTTPS listeners and certificates; `None` without a `[tls]` section.
     pub tls: Option<tls::TlsSettings>,
+    pub dashboard: DashboardSettings,
     pub sites: Sites,
 }
 
@@ -126,6 +127,31 @@ pub struct OriginSettings {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// `[dashboard]`: other crossfades shown beside this one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DashboardSettings {
+    pub environments: Vec<Environment>,
+}
+
+/// Another crossfade's admin API, read with a read token by this admin server (never by a
+/// browser: the token stays here).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Environment {
+    pub name: String,
+    /// `host:port` of its admin listener.
+    pub addr: String,
+    pub token: String,
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Environment")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -250,6 +250,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let fleet_file: super::file::FleetFile = section(&mut table, "fleet", &mut issues);
     let release_file: super::file::ReleaseFile = section(&mut table, "release", &mut issues);
     let metrics_file: super::file::MetricsFile = section(&mut table, "metrics", &mut issues);
+    let dashboard_file: super::file::DashboardFile = section(&mut table, "dashboard", &mut issues);
     let tls_file: Option<super::file::TlsFile> =
         table.remove("tls").and_then(|v| issues.de(v, "tls"));
     let mut site_files = Vec::new();
@@ -285,6 +286,7 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let fleet = super::admin::fleet(fleet_file, &mut push);
     let release = super::pools::release(path, release_file, &mut push);
     let metrics = metrics_settings(metrics_file, &mut push);
+    let dashboard = dashboard_settings(dashboard_file, &mut push);
     let sites = sites(path, site_files, &mut *issues.out);
     let mut push = |key: String, message: String| issues.push(key, message);
     let tls = super::tls::tls(path, tls_file, &sites, &mut push);
@@ -300,8 +302,65 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         release,
         metrics,
         tls,
+        dashboard,
         sites,
     })
+}
+
+fn dashboard_settings(
+    f: super::file::DashboardFile,
+    push: &mut dyn FnMut(String, String),
+) -> super::DashboardSettings {
+    let mut environments: Vec<super::Environment> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, e) in f.environments.into_iter().enumerate() {
+        let at = format!("dashboard.environments[{i}]");
+        if e.name.is_empty() || names.contains(&e.name) {
+            push(
+                format!("{at}.name"),
+                format!("{:?} must be a name no other environment has", e.name),
+            );
+        }
+        names.push(e.name.clone());
+        let addr = e.url.strip_prefix("http://").unwrap_or(&e.url);
+        let addr = addr.trim_end_matches('/').to_string();
+        let valid = !e.url.starts_with("https://")
+            && addr.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+            });
+        if !valid {
+            push(
+                format!("{at}.url"),
+                format!(
+                    "{:?} is not the admin API of a crossfade as http://host:port (its admin \
+                     listener speaks plain HTTP)",
+                    e.url
+                ),
+            );
+        }
+        let token = match (e.token, e.token_env) {
+            (Some(t), None) => Some(t),
+            (None, Some(var)) => std::env::var(&var).ok().or_else(|| {
+                push(
+                    format!("{at}.token_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }),
+            _ => {
+                push(at.clone(), "needs exactly one of token, token_env".into());
+                None
+            }
+        };
+        if let Some(token) = token.filter(|_| valid) {
+            environments.push(super::Environment {
+                name: e.name,
+                addr,
+                token,
+            });
+        }
+    }
+    super::DashboardSettings { environments }
 }
 
 fn metrics_settings(

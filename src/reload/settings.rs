@@ -71,6 +71,7 @@ pub fn changes(old: &Runtime, new: &mut Runtime) -> Changes {
         release,
         metrics,
         tls,
+        dashboard,
         sites,
     } = old;
     let mut c = Changes::default();
@@ -84,6 +85,8 @@ pub fn changes(old: &Runtime, new: &mut Runtime) -> Changes {
     release_settings(&mut c, release, &mut new.release);
     metrics_settings(&mut c, metrics, &mut new.metrics);
     tls_settings(&mut c, tls, &mut new.tls);
+    // Read by the admin server on every dashboard request.
+    c.applied("dashboard.environments", dashboard, &new.dashboard);
     // Sites, hosts, rules and pools are looked up per request in the running config.
     let by_name = |list: &[std::sync::Arc<crate::config::Site>]| {
         list.iter()
