@@ -354,6 +354,21 @@ async fn the_dashboard_logs_in_with_a_form_and_shows_rates_markers_and_whose_err
     );
     browser.screenshot("dashboard-release.png").await;
 
+    // A table cell opens the charts of its route and pool.
+    browser
+        .click("td[data-metric=requests][data-site=shop][data-route=pages][data-pool=green]")
+        .await;
+    let focused = browser
+        .until(
+            "const h = document.querySelector('.focus:not(.hidden) h3'); return h !== null && h.textContent === 'focus: shop · pages · green' && document.querySelectorAll('.focus .u-over').length === 5;",
+            Duration::from_secs(6),
+        )
+        .await;
+    assert!(
+        focused,
+        "clicking a cell opens that route's and pool's charts"
+    );
+
     // The rate on the page against the requests sent (the page polls every 2 s).
     let shown = browser
         .js(&text_of(

@@ -174,6 +174,32 @@ async fn reloads_and_a_binary_upgrade_under_load_fail_no_request() {
         200,
         "the new process serves"
     );
+    // The timeline (read by the new process from the file the old one wrote): the reloads,
+    // and the upgrade from the old process's version to this one.
+    let (_, answer) = proxy
+        .admin_call(Some(READ_TOKEN), Method::GET, "/events", "")
+        .await;
+    let kinds: Vec<(&str, &str)> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["what"].as_str().unwrap()))
+        .collect();
+    let version = format!("{} (", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        kinds.iter().filter(|(k, _)| *k == "reload").count(),
+        3,
+        "{kinds:?}"
+    );
+    // (The old process's own "stop" is in its log and, usually, in the file before the new one
+    // reads it; both follow one signal and race, so it is not asserted here.)
+    let upgrade = kinds.iter().any(|(k, w)| {
+        *k == "upgrade" && w.starts_with(&format!("binary upgrade: {version}")) && w.contains(" → ")
+    });
+    assert!(
+        upgrade,
+        "the upgrade names the version it replaced: {kinds:?}"
+    );
 }
 
 #[tokio::test]
