@@ -225,6 +225,11 @@ impl Stats {
         self.started_ms / 1000
     }
 
+    /// When the statistics started (Unix milliseconds).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
     /// Summarises the matching series over `[until - window, until)` (`until` in Unix seconds;
     /// `None`: now), never reaching before the statistics started: rates are per second of
     /// that span, not of a window the process was not running for.

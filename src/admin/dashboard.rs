@@ -242,6 +242,7 @@ pub fn data(rt: &Runtime, src: Sources, ask: &Ask) -> Value {
     json!({
         "now": now,
         "started": started,
+        "started_ms": stats.started_ms(),
         "window_seconds": window.as_secs(),
         "span_seconds": now.saturating_sub(now.saturating_sub(window.as_secs()).max(started)),
         "total_requests": total,

@@ -119,6 +119,33 @@ impl Cidr {
     }
 }
 
+/// A secret given as `token` or, better, by the environment variable `token_env` (exactly
+/// one), for the table at `at`.
+pub(super) fn secret(
+    token: Option<String>,
+    token_env: Option<&str>,
+    at: &str,
+    push: &mut dyn FnMut(String, String),
+) -> Option<String> {
+    match (token, token_env) {
+        (Some(s), None) => Some(s),
+        (None, Some(var)) => std::env::var(var).ok().or_else(|| {
+            push(
+                format!("{at}.token_env"),
+                format!("environment variable {var} is not set"),
+            );
+            None
+        }),
+        _ => {
+            push(
+                at.to_string(),
+                "needs exactly one of token, token_env".into(),
+            );
+            None
+        }
+    }
+}
+
 /// The environment variable that overrides `admin.listen` (containers).
 pub const ADMIN_LISTEN_ENV: &str = "CROSSFADE_ADMIN_LISTEN";
 
@@ -155,20 +182,7 @@ pub(super) fn admin(
     let mut tokens = Vec::new();
     for (i, t) in f.tokens.into_iter().enumerate() {
         let at = format!("admin.tokens[{i}]");
-        let secret = match (&t.token, &t.token_env) {
-            (Some(s), None) => Some(s.clone()),
-            (None, Some(var)) => std::env::var(var).ok().or_else(|| {
-                push(
-                    format!("{at}.token_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }),
-            _ => {
-                push(at.clone(), "needs exactly one of token, token_env".into());
-                None
-            }
-        };
+        let secret = secret(t.token.clone(), t.token_env.as_deref(), &at, push);
         if secret.as_ref().is_some_and(|s| s.len() < MIN_TOKEN_LEN) {
             push(
                 format!("{at}.token"),

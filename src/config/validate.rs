@@ -338,20 +338,7 @@ fn dashboard_settings(
                 ),
             );
         }
-        let token = match (e.token, e.token_env) {
-            (Some(t), None) => Some(t),
-            (None, Some(var)) => std::env::var(&var).ok().or_else(|| {
-                push(
-                    format!("{at}.token_env"),
-                    format!("environment variable {var} is not set"),
-                );
-                None
-            }),
-            _ => {
-                push(at.clone(), "needs exactly one of token, token_env".into());
-                None
-            }
-        };
+        let token = super::admin::secret(e.token, e.token_env.as_deref(), &at, push);
         if let Some(token) = token.filter(|_| valid) {
             environments.push(super::Environment {
                 name: e.name,
