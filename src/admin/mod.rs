@@ -311,7 +311,7 @@ impl AdminApp {
     /// Applies a release change named by the endpoint (`/pools/flip` → `flip`).
     async fn change(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         path: &str,
         body: &[u8],
         token: &str,
@@ -336,10 +336,24 @@ impl AdminApp {
             }
         };
         let before = self.release.get(change.site());
-        match self
-            .release
-            .apply(rt, &self.reloader.pools, &change, Save::Required)
-        {
+        // Applying saves the state file (write, fsync, rename): blocking work, done on tokio's
+        // blocking pool rather than on a thread that serves requests.
+        let applied = {
+            let (release, pools) = (self.release.clone(), self.reloader.pools.clone());
+            let (rt, change) = (rt.clone(), change.clone());
+            tokio::task::spawn_blocking(move || release.apply(&rt, &pools, &change, Save::Required))
+                .await
+        };
+        let applied = match applied {
+            Ok(result) => result,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("not applied: {e}"),
+                )
+            }
+        };
+        match applied {
             Ok(state) => {
                 tracing::warn!(token = %token, ?change, "release change applied");
                 self.metrics.event(crate::events::of_change(
