@@ -12,6 +12,7 @@ use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,18 +26,48 @@ const WRITE_AT: usize = 64 << 10;
 /// foldhash rather than SipHash: each pass looks its origin up here twice.
 type Idle = foldhash::HashMap<SocketAddr, VecDeque<(TcpStream, Instant)>>;
 
-static IDLE: LazyLock<Mutex<Idle>> = LazyLock::new(|| Mutex::new(Idle::default()));
+/// The idle pool in shards, one per serving thread (round robin): a pass takes and returns
+/// connections on its own thread's shard, so passes on different threads never wait for each
+/// other's lock (one process-wide mutex was taken twice per pass), and with
+/// `server.work_stealing = false` a connection stays with the runtime that opened it, as
+/// nginx's per-worker keep-alive pools. A thread whose shard is empty takes from another
+/// shard only when that one's lock is free.
+const SHARDS: usize = 16;
 
-fn idle_pool() -> std::sync::MutexGuard<'static, Idle> {
+static IDLE: LazyLock<[Mutex<Idle>; SHARDS]> =
+    LazyLock::new(|| std::array::from_fn(|_| Mutex::new(Idle::default())));
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+fn lock(shard: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
     // A panic while holding the lock leaves only a map of sockets behind: still usable.
-    IDLE.lock().unwrap_or_else(|e| e.into_inner())
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn own_shard() -> &'static Mutex<Idle> {
+    &IDLE[SHARD.with(|s| *s)]
 }
 
 /// An idle connection to `addr`, open and idle for less than `idle` (most recently used
-/// first: the one least likely to have been closed by the origin).
+/// first: the one least likely to have been closed by the origin): from this thread's shard,
+/// else from a shard no other thread holds.
 pub fn take_idle(addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpStream> {
+    let own = SHARD.with(|s| *s);
+    if let Some(stream) = take_from(&mut lock(&IDLE[own]), addr, idle, now) {
+        return Some(stream);
+    }
+    (1..SHARDS)
+        .map(|i| &IDLE[(own + i) % SHARDS])
+        .find_map(|shard| take_from(&mut *shard.try_lock().ok()?, addr, idle, now))
+}
+
+fn take_from(pool: &mut Idle, addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpStream> {
     loop {
-        let (stream, since) = idle_pool().get_mut(&addr)?.pop_back()?;
+        let (stream, since) = pool.get_mut(&addr)?.pop_back()?;
         if now.saturating_duration_since(since) >= idle {
             // Everything older is older still; `put_idle` drops those.
             return None;
@@ -50,9 +81,10 @@ pub fn take_idle(addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpSt
     }
 }
 
-/// Keeps a connection whose last exchange ended cleanly for a next request.
+/// Keeps a connection whose last exchange ended cleanly for a next request, in this thread's
+/// shard (at most pingora's idle pool size per server and shard).
 pub fn put_idle(addr: SocketAddr, stream: TcpStream, idle: Duration, now: Instant) {
-    let mut pool = idle_pool();
+    let mut pool = lock(own_shard());
     let conns = pool.entry(addr).or_default();
     while conns
         .front()
@@ -68,16 +100,20 @@ pub fn put_idle(addr: SocketAddr, stream: TcpStream, idle: Duration, now: Instan
 /// Closes every idle connection idle for `idle` or longer at `now`, and forgets origins left
 /// with none (a server removed by a reload, a pool flipped away from).
 fn sweep_idle(idle: Duration, now: Instant) {
-    idle_pool().retain(|_, conns| {
-        conns.retain(|(_, since)| now.saturating_duration_since(*since) < idle);
-        !conns.is_empty()
-    });
+    for shard in IDLE.iter() {
+        lock(shard).retain(|_, conns| {
+            conns.retain(|(_, since)| now.saturating_duration_since(*since) < idle);
+            !conns.is_empty()
+        });
+    }
 }
 
 /// Closes the idle connections to every server not in `servers` (after a reload removed some:
 /// nothing would take them again).
 pub fn forget_idle_except(servers: &std::collections::HashSet<SocketAddr>) {
-    idle_pool().retain(|addr, _| servers.contains(addr));
+    for shard in IDLE.iter() {
+        lock(shard).retain(|addr, _| servers.contains(addr));
+    }
 }
 
 /// The background service that closes idle origin connections on time: `take_idle` and
