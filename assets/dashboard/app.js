@@ -24,6 +24,10 @@ const COLUMNS = [
   ["p99_ms", "p99 ms", fmt.ms],
   ["origin_ms", "origin ms", fmt.ms],
 ];
+// Some of COLUMNS, in their order.
+function columns(keys) {
+  return COLUMNS.filter(([key]) => keys.includes(key));
+}
 const CHARTS = [
   ["rate", "requests", "req/s", false],
   ["hit", "hit ratio", "%", true],
@@ -170,12 +174,8 @@ function byRoute(routes) {
   return out;
 }
 
-const ENV_COLUMNS = [
-  ["rate_per_second", "req/s", fmt.rate],
-  ["hit_ratio", "hit ratio", fmt.pct],
-  ["origin_error_rate", "pool errors", fmt.pct],
-  ["p99_ms", "p99 ms", fmt.ms],
-];
+// The environments table's columns, per environment.
+const ENV_COLUMNS = columns(["rate_per_second", "hit_ratio", "origin_error_rate", "p99_ms"]);
 
 // This edge beside the other environments (fetched by the admin server), route by route.
 function environmentsTable(site, environments) {
@@ -283,14 +283,8 @@ function renderList(id, events, empty) {
   }
 }
 
-const FLEET_COLUMNS = [
-  ["requests", "requests", fmt.n],
-  ["rate_per_second", "req/s", fmt.rate],
-  ["hit_ratio", "hit ratio", fmt.pct],
-  ["origin_error_rate", "pool errors", fmt.pct],
-  ["edge_error_rate", "edge 5xx", fmt.pct],
-  ["p99_ms", "p99 ms", fmt.ms],
-];
+// The fleet table's columns: those of the pool tables a node's summary carries.
+const FLEET_COLUMNS = columns(["requests", "rate_per_second", "hit_ratio", "origin_error_rate", "edge_error_rate", "p99_ms"]);
 
 // With [fleet]: a row per node (its last minute, as it published it) and the fleet's total.
 function renderFleet(fleet) {
