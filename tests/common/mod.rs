@@ -516,6 +516,19 @@ impl Drop for Proxy {
 /// A response as the client received it.
 /// The value of the first sample of a counter family on the proxy's `/metrics` ("0" when the
 /// family has no sample yet).
+/// A counter the proxy may still be adding to when the answer that it counts has arrived (the
+/// fast transports count after they write): read until it shows `want`, or for two seconds.
+pub async fn counter_reaches(proxy: &Proxy, family: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let seen = proxy_counter(proxy, family).await;
+        if seen == want || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn proxy_counter(proxy: &Proxy, family: &str) -> String {
     let (_, metrics) = proxy
         .admin_call(Some(READ_TOKEN), Method::GET, "/metrics", "")
