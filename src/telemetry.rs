@@ -93,6 +93,27 @@ pub struct Client {
 }
 
 impl Client {
+    /// From a request pingora read, and the client's address; HTTP/2's `:authority` stands in
+    /// for a missing Host.
+    pub fn of_request(
+        req: &pingora::http::RequestHeader,
+        addr: Option<&pingora::protocols::l4::socket::SocketAddr>,
+        tls: bool,
+    ) -> Client {
+        let addr = addr.and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let mut c = Client::new(addr.unwrap_or_default(), req.version, tls, |name| {
+            req.headers.get(name).map(|v| v.as_bytes())
+        });
+        if c.host.is_empty() {
+            c.host = req
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+        }
+        c
+    }
+
     /// From a request's parts; `header` looks a request header up by lowercase name.
     pub fn new<'h>(
         addr: String,

@@ -2,6 +2,8 @@
 //! fast transport on and one with it off (every request through pingora's proxy path), in front
 //! of one recording origin. What each client received and what the origin received must be the
 //! same, and so must each one's access log (and so its metrics, made from the same record).
+//! Over HTTP/2 the same holds for what each client received (header order aside, which HTTP/2
+//! does not keep a meaning for), with many streams in flight on one connection.
 
 mod common;
 use common::*;
@@ -84,6 +86,11 @@ async fn origin() -> Origin {
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
             return reply(200, &refs, body);
+        }
+        if path.starts_with("/big/") {
+            // Larger than an HTTP/2 stream's first flow-control window (64 KiB).
+            let body = format!("{body}\n").repeat(300_000 / body.len());
+            return reply(200, &[("cache-control", "public, max-age=60")], body);
         }
         let cc = if path.starts_with("/account") || path.starts_with("/private") {
             "private"
@@ -251,7 +258,8 @@ async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
             client.push((name, answers));
             upstream.push((name, seen(&origin)));
         }
-        let fast = proxy_counter(&proxy, "crossfade_fast_path_hits_total").await;
+        let fast =
+            counter_reaches(&proxy, "crossfade_fast_path_hits_total", fast_count("203")).await;
         runs.push((client, upstream, fast, access_log(&proxy.stdout())));
     }
     let (fast, slow) = (&runs[0], &runs[1]);
@@ -279,6 +287,137 @@ async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
             "access log:\n--- fast\n{}\n--- pingora\n{}",
             fast.3.join("\n"),
             slow.3.join("\n")
+        ));
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n\n"));
+}
+
+/// An HTTP/2 request: name, method, path, request headers.
+type H2Request = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// HTTP/2 requests in order on one connection.
+const H2_CORPUS: [H2Request; 10] = [
+    ("miss", "GET", "/page/h2?utm_source=x&b=2&a=1", &[]),
+    ("hit", "GET", "/page/h2?a=1&b=2", &[]),
+    ("head hit", "HEAD", "/page/h2?a=1&b=2", &[]),
+    ("large miss", "GET", "/big/1", &[]),
+    ("large hit", "GET", "/big/1", &[]),
+    (
+        "bypass",
+        "GET",
+        "/page/h2?a=1&b=2",
+        &[("cookie", "session=42")],
+    ),
+    (
+        "range",
+        "GET",
+        "/page/h2?a=1&b=2",
+        &[("range", "bytes=2-4")],
+    ),
+    (
+        "conditional",
+        "GET",
+        "/page/h2?a=1&b=2",
+        &[("if-none-match", "\"e1\"")],
+    ),
+    ("pass route", "GET", "/account/me", &[]),
+    ("unknown host", "GET", "http://nobody.test/page/h2", &[]),
+];
+
+/// An answer as status, sorted header lines (the values that differ between runs masked) and
+/// body.
+fn h2_answer(got: &Got) -> String {
+    let mut fields: Vec<String> = got
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            let v = v.to_str().unwrap_or("?");
+            let v = match n.as_str() {
+                "date" | "x-request-id" | "age" => "*".to_string(),
+                "cache-status" => mask_ttl(v),
+                _ => v.to_string(),
+            };
+            format!("{n}: {v}")
+        })
+        .collect();
+    fields.sort();
+    format!("{}\n{}\n\n{}", got.status, fields.join("\n"), got.body)
+}
+
+#[tokio::test]
+async fn http2_answers_are_the_same_on_both_transports() {
+    let origin = origin().await;
+    let on = "[proxy]\nhit_fast_path = true\npass_fast_path = true\n";
+    let off = "[proxy]\nhit_fast_path = false\npass_fast_path = false\n";
+    let mut runs = Vec::new();
+    for extra in [on, off] {
+        let proxy = Proxy::single(&origin, RULES, extra).await;
+        let c = proxy.h2_client(&["www.shop.test", "nobody.test"]);
+        let mut answers = Vec::new();
+        for (name, method, path, headers) in H2_CORPUS {
+            let url = match path.strip_prefix("http://nobody.test") {
+                Some(p) => proxy.url_for("nobody.test", p),
+                None => proxy.url(path),
+            };
+            let got = send(&c, method.parse().unwrap(), &url, headers).await;
+            answers.push((name, h2_answer(&got)));
+        }
+        // Many streams in flight on the connection at once, each answered with its own object
+        // (stored first, so that every one is a hit).
+        for i in 0..7 {
+            get(&c, &proxy.url(&format!("/page/c{i}")), &[]).await;
+        }
+        let streams = (0..200).map(|i| {
+            let c = c.clone();
+            let path = if i % 20 == 0 {
+                "/big/1".to_string()
+            } else {
+                format!("/page/c{}", i % 7)
+            };
+            let url = proxy.url(&path);
+            async move { (path, get(&c, &url, &[]).await) }
+        });
+        for (path, got) in futures_util::future::join_all(streams).await {
+            assert_eq!(got.status, 200, "{path}");
+            if path.starts_with("/page/") {
+                assert_eq!(got.body, format!("GET {path}"), "{path}");
+            } else {
+                assert!(got.body.starts_with("GET /big/1\n"), "{path}");
+                assert_eq!(
+                    got.body.len(),
+                    answers[4].1.split("\n\n").nth(1).unwrap().len()
+                );
+            }
+        }
+        let fast =
+            counter_reaches(&proxy, "crossfade_fast_path_hits_total", fast_count("203")).await;
+        // (`:authority` names the proxy's port, which differs between the two.)
+        let port = format!(":{}\"", proxy.addr.port());
+        let log = access_log(&proxy.stdout());
+        let log: Vec<String> = log.iter().map(|l| l.replace(&port, "\"")).collect();
+        runs.push((answers, fast, log));
+    }
+    let (fast, slow) = (&runs[0], &runs[1]);
+    // The sequence's three hits and the 200 streams.
+    assert_eq!(fast.1, "203", "HTTP/2 hits were the fast transport's");
+    assert_eq!(slow.1, "0", "the other proxy served none");
+    let mut differences = Vec::new();
+    for ((name, f), (_, p)) in fast.0.iter().zip(&slow.0) {
+        if f != p {
+            differences.push(format!("{name}:\n--- fast\n{f}\n--- pingora\n{p}"));
+        }
+    }
+    // The first ten events are the sequence's (the concurrent streams finish in any order).
+    if fast.2[..10] != slow.2[..10] {
+        differences.push(format!(
+            "access log:\n--- fast\n{}\n--- pingora\n{}",
+            fast.2[..10].join("\n"),
+            slow.2[..10].join("\n")
         ));
     }
     assert!(differences.is_empty(), "{}", differences.join("\n\n"));

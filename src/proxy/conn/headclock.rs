@@ -14,6 +14,7 @@
 //! write) and the read fails, which closes the connection. An h2 connection disarms the clock
 //! with its preface; h2 streams are bounded by h2's own flow control and idle timeout.
 
+use super::cork::Cork;
 use super::framing::HeadScan;
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -73,7 +74,13 @@ impl TimedHead {
             fenced: false,
             raw_target: None,
             held: BytesMut::new(),
+            cork: None,
         })
+    }
+
+    /// From now on, writes are coalesced as [`super::cork`] describes (HTTP/2 connections).
+    pub fn cork_writes(&mut self) {
+        self.cork = Some(Cork::default());
     }
 
     /// Arms the clock for the next request on a kept-alive HTTP/1 connection: it may stay
@@ -193,6 +200,8 @@ pub struct TimedHead {
     raw_target: Option<bytes::Bytes>,
     /// Bytes that arrived while fenced.
     held: BytesMut,
+    /// Writes held and flushes put off (an HTTP/2 connection, [`TimedHead::cork_writes`]).
+    cork: Option<Cork>,
 }
 
 impl std::fmt::Debug for TimedHead {
@@ -210,6 +219,13 @@ impl AsyncRead for TimedHead {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(cork) = &mut this.cork {
+            // A write the socket cannot take yet does not stop the reading (the client may be
+            // sending what lets it read, and the waker is the same): it is paid on a later turn.
+            if let Poll::Ready(Err(e)) = cork.pay(&mut this.inner, cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         if !this.rewound.is_empty() {
             // Already accounted when `try_peek` read them.
             let n = this.rewound.len().min(buf.remaining());
@@ -288,7 +304,11 @@ impl AsyncWrite for TimedHead {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        match &mut this.cork {
+            Some(cork) => cork.write(&mut this.inner, cx, &[io::IoSlice::new(buf)]),
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -296,19 +316,31 @@ impl AsyncWrite for TimedHead {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        match &mut this.cork {
+            Some(cork) => cork.write(&mut this.inner, cx, bufs),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.cork.is_some() || self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        match &mut this.cork {
+            Some(cork) => cork.flush(&mut this.inner, cx),
+            None => Pin::new(&mut this.inner).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Some(cork) = &mut this.cork {
+            std::task::ready!(cork.pay(&mut this.inner, cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 
 /// `A` (pingora's proxy app) behind the connection limits.
 pub struct ConnectionLimit<A> {
-    inner: Arc<A>,
-    fast: Arc<FastPath>,
+    transports: Arc<super::Transports<A>>,
     runtime: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
     open: Arc<Mutex<Open>>,
@@ -68,8 +67,10 @@ impl<A> ConnectionLimit<A> {
         metrics: Arc<Metrics>,
     ) -> Self {
         ConnectionLimit {
-            inner: Arc::new(inner),
-            fast: Arc::new(fast),
+            transports: Arc::new(super::Transports {
+                proxy: Arc::new(inner),
+                fast,
+            }),
             runtime,
             metrics,
             open: Arc::default(),
@@ -120,11 +121,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> 
             }
         };
         let stream = TimedHead::new(session, self.runtime.load().proxy.limits.header_timeout);
-        super::serve_connection(&self.fast, &self.inner, stream, shutdown).await;
+        super::serve_connection(&self.transports, stream, shutdown).await;
         None
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await;
+        self.transports.proxy.cleanup().await;
     }
 }

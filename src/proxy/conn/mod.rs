@@ -2,11 +2,14 @@
 //! transport sees a request. [`limit`] admits it (connection limits), [`headclock`] times each
 //! request head, [`framing`] says where a head ends, and [`serve_connection`] frames HTTP/1
 //! requests one by one, offering each to the fast transport ([`super::fast`]) and handing the
-//! rest to pingora's proxy ([`super::hooks`]) one request at a time. [`drain`] makes answers close
+//! rest to pingora's proxy ([`super::hooks`]) one request at a time; [`h2`] does the same for
+//! the streams of an HTTP/2 connection. [`drain`] makes answers close
 //! their connections when the process is told to quit.
 
+mod cork;
 pub mod drain;
 pub mod framing;
+pub mod h2;
 pub mod headclock;
 pub mod limit;
 
@@ -18,18 +21,23 @@ use pingora::protocols::{Peek, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 
+/// The two transports of a listener: pingora's proxy app `A` and the fast transport.
+pub struct Transports<A> {
+    pub proxy: Arc<A>,
+    pub fast: FastPath,
+}
+
 /// Serves one client connection: HTTP/2 goes to pingora's app as a whole; HTTP/1 requests are
 /// framed here one by one (whether or not the fast paths are on, so both transports see the
 /// same requests), tried on the fast path, and the others handed to pingora one request at a
 /// time (what pingora's own connection loop does, with the same keep-alive settings carried
 /// between requests).
 pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
-    fast: &FastPath,
-    app: &Arc<A>,
+    transports: &Arc<Transports<A>>,
     mut stream: Box<TimedHead>,
     shutdown: &ShutdownWatch,
 ) {
-    use pingora::apps::ServerApp;
+    let (fast, app) = (&transports.fast, &transports.proxy);
     let h2c = app.server_options().is_some_and(|o| o.h2c);
     let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
     let mut http1 = !h2;
@@ -41,11 +49,7 @@ pub async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
         }
     }
     if !http1 {
-        let mut next = app.process_new(stream, shutdown).await;
-        while let Some(s) = next {
-            next = app.process_new(s, shutdown).await;
-        }
-        return;
+        return h2::serve(transports, stream, shutdown).await;
     }
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut conn = Conn::default();

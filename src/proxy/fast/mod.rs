@@ -1,6 +1,7 @@
-//! The HTTP/1.1 fast transport: an HTTP/1 request that is a plain hit on a fresh stored object is
+//! The fast transport: an HTTP/1 request that is a plain hit on a fresh stored object is
 //! answered here, and one that is a known pass is forwarded by [`relay`], before
-//! pingora's proxy sees either; everything else goes to pingora untouched.
+//! pingora's proxy sees either; everything else goes to pingora untouched. HTTP/2 hits are
+//! answered the same way on pingora's HTTP/2 streams ([`h2`]).
 //!
 //! pingora-proxy spends most of a hit's CPU on its own machinery (a ~14 KB request future moved
 //! per request, header maps built and copied, the cache state machine), about three times what
@@ -17,7 +18,9 @@
 //! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
 
 pub mod as_pingora;
+pub mod h2;
 mod handback;
+mod hit;
 pub mod origin;
 pub mod probe;
 pub mod relay;
@@ -25,7 +28,7 @@ mod sendfile;
 mod wire;
 
 use super::conn::headclock::TimedHead;
-use super::decide::headers::{self, CacheStatus};
+use super::decide::headers;
 use super::decide::{self, Caching, Plan, RequestView};
 use crate::cache::body::Body;
 use crate::cache::key;
@@ -35,11 +38,13 @@ use crate::metrics::Metrics;
 use crate::pools::switch::Release;
 use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
+use hit::HitAnswer;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::CacheKey;
 use pingora::protocols::GetSocketDigest;
 use relay::{Forwarded, Reason, Relay};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -87,35 +92,10 @@ enum Decision {
     Relay(Relay),
 }
 
-/// A hit ready to write, and what the logs need of it.
-struct HitAnswer {
-    body: Option<Body>,
-    status: u16,
-    site: Arc<str>,
-    rule: Arc<crate::rules::Rule>,
-    pool: String,
-    request_id: String,
-    method: Method,
-    path: String,
-    query: String,
-    client: crate::telemetry::Client,
-}
-
 /// Bodies up to this size go out in the same write as the head, copied after it: one write,
 /// one segment, one wake-up of the client, as pingora does. Larger ones are written from where
 /// they are stored.
 const APPEND_MAX: usize = 16 << 10;
-
-/// Stored response headers this path writes itself (as pingora's path would replace them).
-const REPLACED: [&str; 7] = [
-    "age",
-    "accept-ranges",
-    "x-request-id",
-    "cache-status",
-    "date",
-    "connection",
-    "transfer-encoding",
-];
 
 /// Headers that make a request something other than a plain hit.
 const NOT_PLAIN: [&str; 12] = [
@@ -296,26 +276,17 @@ impl FastPath {
             Caching::Bypass(b) => Reason::Bypass(*b),
             Caching::Cacheable { primary, .. } => {
                 let hash = key::hash(primary);
-                let keyed = !f.rule.key_cookies.is_empty() || !f.rule.key_headers.is_empty();
                 if hits {
-                    // Variants, as `cache_vary_filter` keys them (origin `Vary`, key cookies and
-                    // headers): from the cookies kept here, or the whole head when a header is
-                    // keyed or varied on. A plain object needs neither.
-                    let variance = |meta: &pingora::cache::CacheMeta| {
-                        if !keyed && meta.variance().is_none() {
-                            return None;
-                        }
-                        let stored = meta.headers();
+                    // The headers a variance is computed from: the few kept here when only
+                    // cookies are keyed and the object names no `Vary`, else the whole head.
+                    let request = |stored: &HeaderMap| {
                         if f.rule.key_headers.is_empty() && !stored.contains_key(header::VARY) {
-                            key::variance(stored, &f.rule, &headers)
+                            Cow::Borrowed(&headers)
                         } else {
-                            key::variance(stored, &f.rule, &relay::request_headers(head))
+                            Cow::Owned(relay::request_headers(head))
                         }
                     };
-                    let found = self
-                        .storage
-                        .fresh_variant_hit(hash, SystemTime::now(), variance);
-                    if let Some((meta, body)) = found {
+                    if let Some((meta, body)) = self.fresh_hit(&f, hash, request) {
                         return hit(rt, &f, method.clone(), (request_id, who), &meta, body);
                     }
                 }
@@ -339,6 +310,28 @@ impl FastPath {
         let mut relay = Relay::new(rt, &f, reason, request_id, method.clone(), &from);
         relay.client = who;
         Some(Decision::Relay(relay))
+    }
+
+    /// The fresh stored answer under the primary key `hash`, in the variant this request selects, found as
+    /// `cache_vary_filter` keys variants (origin `Vary`, key cookies and headers); `request`
+    /// gives the request headers for the stored object's headers, asked only when a variance is
+    /// needed (a plain object needs none).
+    fn fresh_hit<'h>(
+        &self,
+        f: &decide::Forward,
+        hash: pingora::cache::key::HashBinary,
+        request: impl FnOnce(&HeaderMap) -> Cow<'h, HeaderMap>,
+    ) -> Option<(pingora::cache::CacheMeta, Body)> {
+        let keyed = !f.rule.key_cookies.is_empty() || !f.rule.key_headers.is_empty();
+        let variance = |meta: &pingora::cache::CacheMeta| {
+            if !keyed && meta.variance().is_none() {
+                return None;
+            }
+            let stored = meta.headers();
+            key::variance(stored, &f.rule, &request(stored))
+        };
+        self.storage
+            .fresh_variant_hit(hash, SystemTime::now(), variance)
     }
 
     fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
@@ -420,7 +413,8 @@ pub fn plain_request<'h>(
     Some((method, target, headers))
 }
 
-/// The hit answer: the stored response with the headers the proxy path would write.
+/// The hit answer: the stored response with the headers the proxy path would write
+/// ([`hit::head`]), as HTTP/1.1 bytes.
 fn hit(
     rt: &Runtime,
     f: &decide::Forward,
@@ -430,76 +424,22 @@ fn hit(
     body: Body,
 ) -> Option<Decision> {
     let stored = meta.response_header();
-    // Without a length pingora would chunk the body; leave that to it.
-    let length = stored.headers.get(header::CONTENT_LENGTH)?;
-    let browser = headers::browser_cache_control(&f.rule);
-    let tags = &rt.cache.tag_headers;
-    // The stored headers, but those this answer sets itself and the internal ones, in their
-    // stored order and case; then what pingora's hit path (Age, Accept-Ranges from its range
-    // filter), the response hooks and pingora's writer would add.
-    let skip = |name: &[u8]| {
-        let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        REPLACED.iter().any(|n| lower(n))
-            || headers::is_internal(name, tags)
-            || browser.is_some() && (lower("cache-control") || lower("expires"))
-    };
-    let status = stored.status;
     // Room for the body only when `serve` appends it to the head; a large body is written
     // from where it is stored, and a 1 MiB buffer per hit would go unused.
     let appended = match &body {
         Body::Heap(b) if method == Method::GET && b.len() <= APPEND_MAX => b.len(),
         _ => 0,
     };
-    let mut out = wire::HeadWriter::response(status, 512 + appended);
-    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
-    if stored.has_case() {
-        for (name, value) in stored.case_header_iter() {
-            if !skip(name.as_slice()) {
-                line(name.as_slice(), value.as_bytes());
-            }
-        }
-    } else {
-        for (name, value) in stored.headers.iter() {
-            if !skip(name.as_str().as_bytes()) {
-                line(name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-    }
-    line(b"Age", meta.age().as_secs().to_string().as_bytes());
-    if status == http::StatusCode::OK
-        && std::str::from_utf8(length.as_bytes()).is_ok_and(|l| l.parse::<u64>().is_ok())
-    {
-        line(b"Accept-Ranges", b"bytes");
-    }
-    line(b"x-request-id", request_id.as_bytes());
-    let cache_status = CacheStatus {
-        hit: true,
-        fresh_until: Some(meta.fresh_until()),
-        ..Default::default()
-    };
-    out.line_with(b"cache-status", |v| cache_status.write(v));
-    if let Some(cc) = &browser {
-        out.line(b"Cache-Control", cc.as_bytes());
-    }
+    let mut out = wire::HeadWriter::response(stored.status, 512 + appended);
+    hit::head(&mut out, rt, f, meta, &request_id)?;
     let out = out.finish_response(stored.headers.get(header::DATE).map(|d| d.as_bytes()));
-    let answer = HitAnswer {
-        body: (method == Method::GET).then_some(body),
-        status: status.as_u16(),
-        site: f.site.name.clone(),
-        rule: f.rule.clone(),
-        pool: f.pool.clone(),
-        request_id,
-        method,
-        path: f.path.to_string(),
-        query: f.query.unwrap_or("").to_string(),
-        client,
-    };
+    let answer = HitAnswer::new(f, method, (request_id, client), meta, body);
     Some(Decision::Hit(out, answer))
 }
 
 /// What this transport carries of a route, for `crossfade check`: one line, and why not where
 /// it does not. (Requests it never carries, whatever the route — a body, a range or
-/// conditional request, HTTP/2, a visitor's first canary answer — are in the README.)
+/// conditional request, a visitor's first canary answer, an HTTP/2 pass — are in the README.)
 pub fn route_report(rt: &Runtime, site: &crate::config::Site, rule: &crate::rules::Rule) -> String {
     let get = rule
         .methods

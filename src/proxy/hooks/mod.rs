@@ -673,24 +673,7 @@ impl ProxyHttp for EdgeProxy {
             (None, _) => Asked::No,
         };
         let client = if crate::telemetry::access_log_on() {
-            let addr = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
-            let mut c = crate::telemetry::Client::new(
-                addr.unwrap_or_default(),
-                req.version,
-                ctx.tls,
-                |name| req.headers.get(name).map(|v| v.as_bytes()),
-            );
-            if c.host.is_empty() {
-                c.host = req
-                    .uri
-                    .authority()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-            }
-            c
+            crate::telemetry::Client::of_request(req, session.client_addr(), ctx.tls)
         } else {
             crate::telemetry::Client::default()
         };
