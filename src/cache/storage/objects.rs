@@ -63,12 +63,17 @@ pub(super) struct Objects {
     pub(super) index: Mutex<Index>,
     /// Cut-offs of purges of everything (taken after `index` when both are held).
     pub(super) epochs: RwLock<Epochs>,
-    /// Serialises index update + write (and purge removals), so that two writers of one id
-    /// cannot interleave and a replaced object is known to the writer that replaced it.
-    write_order: Mutex<()>,
+    /// Serialises index update + write (and purge removals) per id, so that two writers of
+    /// one id cannot interleave and a replaced object is known to the writer that replaced it.
+    /// Sharded by id: writers of different ids never wait for each other here (only for the
+    /// index, briefly).
+    write_order: [Mutex<()>; WRITE_SHARDS],
     /// Objects evicted to stay within the capacity (not purges or replacements).
     evictions: AtomicU64,
 }
+
+/// Locks of the write order: enough that fills on 64 cores rarely share one.
+const WRITE_SHARDS: usize = 256;
 
 /// Objects the map may hold per byte of capacity, for sizing its tables up front: an entry
 /// costs about 50 bytes of table, and a table that grows by doubling keeps up to half of it
@@ -96,9 +101,15 @@ impl Objects {
             map: Cache::with_options(options, Weigh, Default::default(), Evicted),
             index: Mutex::new(Index::default()),
             epochs: RwLock::new(Epochs::default()),
-            write_order: Mutex::new(()),
+            write_order: std::array::from_fn(|_| Mutex::new(())),
             evictions: AtomicU64::new(0),
         }
+    }
+
+    /// The write order of `id`.
+    fn order(&self, id: u128) -> std::sync::MutexGuard<'_, ()> {
+        // Ids are hashes already: their low bits spread evenly.
+        lock(&self.write_order[id as usize % WRITE_SHARDS])
     }
 
     /// The object stored under `id`, counted as a read for eviction.
@@ -126,7 +137,7 @@ impl Objects {
         let obj = Arc::new(obj);
         let mut evicted = Vec::new();
         let replaced = {
-            let _order = lock(&self.write_order);
+            let _order = self.order(id);
             {
                 let mut index = lock(&self.index);
                 if read(&self.epochs).gone(&obj.entry) {
@@ -156,7 +167,7 @@ impl Objects {
     /// Removes the object under `id`, whatever it is.
     pub(super) fn remove(&self, id: u128) -> bool {
         let removed = {
-            let _order = lock(&self.write_order);
+            let _order = self.order(id);
             self.map.remove(&slot(id))
         };
         let found = removed.is_some();
@@ -165,8 +176,8 @@ impl Objects {
     }
 
     /// Removes the object of each of `items` (its id by `id`) that `doomed` still says is
-    /// gone when its turn comes (a newer object stored under the id meanwhile stays), a few
-    /// at a time under the write order, pausing `pace` between batches.
+    /// gone when its turn comes (a newer object stored under the id meanwhile stays), each
+    /// under its id's write order, a few at a time, pausing `pace` between batches.
     ///
     /// On a helper thread the pause keeps the reclaim to a fraction of a core: unpaced,
     /// 120,000 objects took 1.25 s of one core, which on a 2-core edge is traffic's CPU (the
@@ -182,17 +193,16 @@ impl Objects {
             if let (Some(pause), true) = (pace, i > 0) {
                 std::thread::sleep(pause);
             }
-            let removed: Vec<Arc<Object>> = {
-                let _order = lock(&self.write_order);
-                chunk
-                    .iter()
-                    .filter_map(|item| {
-                        self.map
-                            .remove_if(&slot(id(item)), |o| doomed(item, o))
-                            .map(|(_, o)| o)
-                    })
-                    .collect()
-            };
+            let removed: Vec<Arc<Object>> = chunk
+                .iter()
+                .filter_map(|item| {
+                    let id = id(item);
+                    let _order = self.order(id);
+                    self.map
+                        .remove_if(&slot(id), |o| doomed(item, o))
+                        .map(|(_, o)| o)
+                })
+                .collect();
             self.forget(removed);
         }
     }
