@@ -4,20 +4,25 @@
 Runs each workload against each proxy, interleaved in rounds (A B C, B C A, C A B …), and prints the
 median requests/s, p50/p99 latency and the ratio to the best peer. Also reports peak RSS,
 memory per cached 1 KiB object, crossfade's hit rate after mixed traffic, and a store-traffic
-model (Zipf pages, 20% logged in, static assets) with hit ratio and origin offload.
+model (Zipf pages, 20% logged in, static assets) with hit ratio and origin offload. Over TLS
+(part `tls`, crossfade against nginx only): HTTP/1.1 and HTTP/2 hits and new connections.
 
 Everything listens on 127.0.0.1 only; everything started is stopped at the end. A benchmark,
 not a test: CI does not run it. Needs root to install missing peers from Debian.
 
     loadtest/bench.py [--rounds 3] [--duration 5] [--connections 64] [--no-build]
+                      [--parts hits,tls,memory,mixed,store] [--key-cookies currency] [--threads 2]
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 # crossfade's key_cookies in the bench rules (`--key-cookies`).
 KEY_COOKIES = []
+# crossfade's `server.threads` (`--threads`); nginx runs as many workers.
+THREADS = 2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORTS = {"origin": 19000, "nginx": 19001, "varnish": 19002, "crossfade": 19003, "admin": 19004}
+PORTS = {"origin": 19000, "nginx": 19001, "varnish": 19002, "crossfade": 19003, "admin": 19004,
+         "nginx-tls": 19005, "crossfade-tls": 19006}
 SIZES = {"1k": 1024, "16k": 16384, "256k": 262144, "1m": 1048576}
 TOKEN = "bench-admin-token-0123456789"
 procs = []
@@ -87,6 +92,9 @@ def setup(work):
     ports_free()
     files = os.path.join(work, "files")
     os.makedirs(files)
+    # One certificate for both TLS listeners (the dev CA's ECDSA P-256 leaf for bench.test).
+    sh(f"{os.path.join(ROOT, 'target/release/crossfade')} certs dev --out {work}/certs bench.test",
+       stdout=subprocess.DEVNULL)
     for name, size in SIZES.items():
         with open(os.path.join(files, name), "wb") as f:
             f.write(b"x" * size)
@@ -108,7 +116,7 @@ http {{
   }}
 }}"""
     nginx = f"""
-worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx-error.log; daemon off;
+worker_processes {THREADS}; pid {work}/nginx.pid; error_log {work}/nginx-error.log; daemon off;
 events {{ worker_connections 4096; }}
 http {{
   access_log off; keepalive_requests 100000;
@@ -116,6 +124,17 @@ http {{
   upstream origin {{ server 127.0.0.1:{PORTS['origin']}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']};
+    location / {{
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache z; proxy_cache_lock off; proxy_cache_bypass $cookie_session; proxy_no_cache $cookie_session;
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-tls']} ssl http2;
+    ssl_certificate {work}/certs/bench.test.pem; ssl_certificate_key {work}/certs/bench.test-key.pem;
+    # As crossfade: TLS 1.3 where the client has it (nginx 1.22 offers only up to 1.2 by default),
+    # and no resumption, so that `tls-new` measures full handshakes on both.
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off;
     location / {{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache z; proxy_cache_lock off; proxy_cache_bypass $cookie_session; proxy_no_cache $cookie_session;
@@ -132,11 +151,17 @@ bypass_cookies = ["session"]
 """ + (f"key_cookies = {KEY_COOKIES!r}\n".replace("'", '"') if KEY_COOKIES else "")
     config = f"""
 [server]
-threads = 2
+threads = {THREADS}
 pid_file = "{work}/crossfade.pid"
 upgrade_sock = "{work}/crossfade-upgrade.sock"
 [proxy]
 listen = ["127.0.0.1:{PORTS['crossfade']}"]
+[tls]
+listen = ["127.0.0.1:{PORTS['crossfade-tls']}"]
+[[tls.certs]]
+cert = "{work}/certs/bench.test.pem"
+key = "{work}/certs/bench.test-key.pem"
+hosts = ["bench.test"]
 [cache]
 capacity = "2GiB"
 max_object_size = "4MiB"
@@ -201,11 +226,13 @@ def rss_kib(pgid, field="VmRSS"):
     return total
 
 
-def wrk(port, path, args, script=None):
+def wrk(port, path, args, script=None, scheme="http", headers=()):
     cmd = ["wrk", f"-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-H", "Host: bench.test"]
+    for h in headers:
+        cmd += ["-H", h]
     if script:
         cmd += ["-s", script]
-    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    out = subprocess.run(cmd + [f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     def pct(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
@@ -214,6 +241,33 @@ def wrk(port, path, args, script=None):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(errors.group(1)) if errors else 0, "sock": sock.group(1) if sock else ""}
+
+
+def h2load(port, path, args):
+    """HTTP/2 over TLS: h2load with 2 threads, `--connections` connections, 10 streams each
+    (`-m 10`, as a browser multiplexes a page's requests); p50/p99 from its per-request log."""
+    with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log") as log:
+        out = subprocess.run(["h2load", "-t2", f"-c{args.connections}", "-m10", f"-D{args.duration}",
+                              "--warm-up-time=1", "-H", ":authority: bench.test", f"--log-file={log.name}",
+                              f"https://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+        # Each line: start (µs since the epoch), status, duration (µs).
+        times = sorted(int(line.split()[2]) for line in open(log.name) if line.strip())
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    pct = lambda p: times[min(len(times) - 1, int(len(times) * p / 100))] / 1000 if times else 0
+    failed = int(done.group(3)) + int(done.group(4)) if done else -1
+    bad = int(codes.group(1)) + int(codes.group(2)) if codes else -1
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": bad + failed, "sock": ""}
+
+
+def tls_run(workload, port, path, args):
+    """One TLS workload (part 'tls') against a proxy's TLS port."""
+    if workload.startswith("h2-"):
+        return h2load(port, path, args)
+    # A new connection, so a full handshake (wrk resumes no session), for every request.
+    close = ["Connection: close"] if workload == "tls-new" else []
+    return wrk(port, path, args, scheme="https", headers=close)
 
 
 def rotated(order, r):
@@ -302,16 +356,21 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--parts", default="hits,memory,mixed,store",
-                    help="comma-separated subset of: hits, memory, mixed, store")
+    ap.add_argument("--parts", default="hits,tls,memory,mixed,store",
+                    help="comma-separated subset of: hits, tls, memory, mixed, store")
     ap.add_argument("--workloads", default="hit-1k,hit-16k,hit-256k,hit-1m,pass-1k",
                     help="comma-separated subset of the hit/pass workloads (part 'hits')")
+    ap.add_argument("--tls-workloads", default=",".join(TLS_WORKLOADS),
+                    help="comma-separated subset of the TLS workloads (part 'tls')")
     ap.add_argument("--key-cookies", default="",
                     help="comma-separated key_cookies for crossfade's rules (the shipped store "
                          "rules key on currency); requests carry none of them, as most do")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="crossfade's server.threads and nginx's worker_processes (scaling runs)")
     args = ap.parse_args()
-    global KEY_COOKIES
+    global KEY_COOKIES, THREADS
     KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
+    THREADS = args.threads
     ensure_tools()
     if not args.no_build:
         sh("cargo build --release --quiet --bin crossfade", cwd=ROOT)
@@ -336,6 +395,8 @@ def main():
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         if workloads:
             report(f"Hits and pass-through ({args.rounds} rounds, {args.duration}s each, {args.connections} connections, wrk -t2)", results)
+        if "tls" in parts:
+            tls_part(args)
 
         print("\nPeak RSS (VmHWM) after the runs, KiB:")
         for p in ("crossfade", "nginx", "varnish"):
@@ -353,6 +414,28 @@ def main():
             print("work dir kept:", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+TLS_WORKLOADS = {"h1tls-1k": "/c/1k", "h2-1k": "/c/1k", "h2-16k": "/c/16k", "tls-new": "/c/1k"}
+
+
+def tls_part(args):
+    """crossfade against nginx (`ssl http2` + proxy_cache, same certificate) over TLS: HTTP/1.1
+    keep-alive hits (wrk), HTTP/2 hits (h2load -m 10), and a full handshake per request (wrk,
+    `Connection: close`). Varnish has no TLS and is left out."""
+    names = [w for w in args.tls_workloads.split(",") if w]
+    ports = {"crossfade": PORTS["crossfade-tls"], "nginx": PORTS["nginx-tls"]}
+    results = {w: {p: [] for p in ports} for w in names}
+    for w in names:
+        for p in ports:
+            tls_run(w, ports[p], TLS_WORKLOADS[w], argparse.Namespace(connections=4, duration=1))
+    for r in range(args.rounds):
+        for w in names:
+            for p in rotated(tuple(ports), r):
+                results[w][p].append(tls_run(w, ports[p], TLS_WORKLOADS[w], args))
+        print(f"tls round {r + 1}/{args.rounds} done", flush=True)
+    report(f"Over TLS ({args.rounds} rounds, {args.duration}s each, {args.connections} connections; "
+           f"h2-*: h2load -t2 -m10, the rest wrk -t2)", results)
 
 
 def memory_per_object(work, pids, objects=100_000):
