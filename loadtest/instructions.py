@@ -9,6 +9,7 @@ instructions per request for: a 1 KiB hit, a 16 KiB hit and a 1 KiB pass-through
 
     python3 loadtest/instructions.py [--requests 2000] [--binary target/release/crossfade]
                                      [--keep DIR]   # keep the profiles: callgrind_annotate DIR/…
+                                     [--key-cookies currency]
 
 It counts user-space instructions in crossfade only (not the kernel, not the client). Needs
 valgrind (installed from Debian when missing) and nginx (the origin).
@@ -59,7 +60,11 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     ap.add_argument("--keep", help="copy the callgrind profiles here (for callgrind_annotate)")
+    ap.add_argument("--key-cookies", default="",
+                    help="key_cookies for crossfade's rules (bench.py's flag: the shipped store "
+                         "rules key on currency)")
     args = ap.parse_args()
+    bench.KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
     if not shutil.which("valgrind"):
         bench.sh("apt-get install -y valgrind")
     bench.ensure_tools()

@@ -47,9 +47,10 @@ impl Cork {
                 return Pin::new(inner).poll_write_vectored(cx, bufs);
             }
         }
-        if self.held.capacity() - self.held.len() < len {
-            // Sized once for a turn's worth, not grown write by write.
-            self.held.reserve(len.max(16 << 10));
+        if self.held.capacity() == 0 {
+            // A turn's worth at once: grown write by write, the held bytes were copied again at
+            // each doubling (a 16 KiB answer's bytes almost twice more).
+            self.held.reserve(HOLD_MAX);
         }
         for b in bufs {
             self.held.extend_from_slice(b);
