@@ -30,7 +30,9 @@ impl FastPath {
     /// is the stored `Bytes`, shared, not a copy), so the connection's accept loop answers hits
     /// itself (`conn::h2`).
     pub fn answer_h2(&self, session: &mut HttpSession) -> bool {
-        let rt = self.runtime.load_full();
+        // A guard, not a clone: nothing here waits, and a clone is an atomic add on one
+        // counter every thread shares.
+        let rt = self.runtime.load();
         if !rt.proxy.hit_fast_path {
             return false;
         }
