@@ -21,6 +21,12 @@ prefix = "/account/"
 mode = "pass"
 "#;
 
+/// The two proxies compared: the fast transport on, and every request through pingora's path.
+const TRANSPORTS: [&str; 2] = [
+    "[proxy]\nhit_fast_path = true\npass_fast_path = true\n",
+    "[proxy]\nhit_fast_path = false\npass_fast_path = false\n",
+];
+
 /// Each entry: a name, and the raw bytes sent on one new connection.
 fn corpus() -> Vec<(&'static str, String)> {
     let h = "Host: www.shop.test\r\n";
@@ -245,10 +251,8 @@ fn access_log(stdout: &str) -> Vec<String> {
 #[tokio::test]
 async fn both_transports_send_the_same_bytes_to_the_client_and_the_origin() {
     let origin = origin().await;
-    let on = "[proxy]\nhit_fast_path = true\npass_fast_path = true\n";
-    let off = "[proxy]\nhit_fast_path = false\npass_fast_path = false\n";
     let mut runs = Vec::new();
-    for extra in [on, off] {
+    for extra in TRANSPORTS {
         let proxy = Proxy::single(&origin, RULES, extra).await;
         origin.seen.lock().unwrap().clear();
         let mut client = Vec::new();
@@ -352,10 +356,8 @@ fn h2_answer(got: &Got) -> String {
 #[tokio::test]
 async fn http2_answers_are_the_same_on_both_transports() {
     let origin = origin().await;
-    let on = "[proxy]\nhit_fast_path = true\npass_fast_path = true\n";
-    let off = "[proxy]\nhit_fast_path = false\npass_fast_path = false\n";
     let mut runs = Vec::new();
-    for extra in [on, off] {
+    for extra in TRANSPORTS {
         let proxy = Proxy::single(&origin, RULES, extra).await;
         let c = proxy.h2_client(&["www.shop.test", "nobody.test"]);
         let mut answers = Vec::new();

@@ -3,8 +3,8 @@
 //! request head, [`framing`] says where a head ends, and [`serve_connection`] frames HTTP/1
 //! requests one by one, offering each to the fast transport ([`super::fast`]) and handing the
 //! rest to pingora's proxy ([`super::hooks`]) one request at a time; [`h2`] does the same for
-//! the streams of an HTTP/2 connection. [`drain`] makes answers close
-//! their connections when the process is told to quit.
+//! the streams of an HTTP/2 connection, and [`cork`] coalesces what it writes. [`drain`] makes
+//! answers close their connections when the process is told to quit.
 
 mod cork;
 pub mod drain;
@@ -27,7 +27,7 @@ pub struct Transports<A> {
     pub fast: FastPath,
 }
 
-/// Serves one client connection: HTTP/2 goes to pingora's app as a whole; HTTP/1 requests are
+/// Serves one client connection: HTTP/2 goes to [`h2::serve`]; HTTP/1 requests are
 /// framed here one by one (whether or not the fast paths are on, so both transports see the
 /// same requests), tried on the fast path, and the others handed to pingora one request at a
 /// time (what pingora's own connection loop does, with the same keep-alive settings carried

@@ -312,10 +312,10 @@ impl FastPath {
         Some(Decision::Relay(relay))
     }
 
-    /// The fresh stored answer under the primary key `hash`, in the variant this request selects, found as
-    /// `cache_vary_filter` keys variants (origin `Vary`, key cookies and headers); `request`
-    /// gives the request headers for the stored object's headers, asked only when a variance is
-    /// needed (a plain object needs none).
+    /// The fresh stored answer under the primary key `hash`, in the variant this request
+    /// selects, found as `cache_vary_filter` keys variants (origin `Vary`, key cookies and
+    /// headers); `request` gives the request headers for the stored object's headers, asked
+    /// only when a variance is needed (a plain object needs none). Both transports' hits.
     fn fresh_hit<'h>(
         &self,
         f: &decide::Forward,
