@@ -10,6 +10,7 @@ rusage).
     loadtest/cpu.py /c/1m                       # crossfade, nginx, Varnish; 3 rounds × 4 s
     loadtest/cpu.py /c/1m --rounds 5 --variant CROSSFADE_EXPERIMENT=1
                                                 # also crossfade started with that environment
+    loadtest/cpu.py /c/1k --h2                  # HTTP/2 over TLS (h2load), crossfade and nginx
 
 Uses bench.py's origin and peer configurations; stops everything it started. A benchmark, not
 a test.
@@ -45,12 +46,19 @@ def cpu_seconds(pgid):
     return user / TICKS, system / TICKS
 
 
-def measure(port, pgid, path, duration):
+def measure(port, pgid, path, duration, h2=False):
     before = cpu_seconds(pgid)
-    wrk = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{duration}s", "-H", "Host: bench.test",
-                            f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE, text=True)
-    _, _, usage = os.wait4(wrk.pid, 0)
-    n = int(re.search(r"(\d+) requests in", wrk.stdout.read()).group(1))
+    if h2:
+        # HTTP/2 over TLS, 10 streams per connection (the TLS port is passed as `port`).
+        cmd = ["h2load", "-t2", "-c64", "-m10", f"-D{duration}", "-H", ":authority: bench.test",
+               f"https://127.0.0.1:{port}{path}"]
+    else:
+        cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "-H", "Host: bench.test",
+               f"http://127.0.0.1:{port}{path}"]
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    _, _, usage = os.wait4(client.pid, 0)
+    out = client.stdout.read()
+    n = int(re.search(r"(\d+) requests in" if not h2 else r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     after = cpu_seconds(pgid)
     user, system = ((a - b) / n * 1e6 for a, b in zip(after, before))
     return {"rps": n / duration, "proxy": user + system, "user": user, "system": system,
@@ -65,19 +73,29 @@ def main():
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=VALUE: also run crossfade with this in its environment")
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
+    ap.add_argument("--h2", action="store_true",
+                    help="HTTP/2 over TLS with h2load -m 10 (crossfade and nginx: Varnish has no TLS)")
     args = ap.parse_args()
+    if args.h2 and args.variant:
+        sys.exit("--variant starts a second crossfade on the HTTP/1.1 ports only; leave out --h2")
     bench.ensure_tools()
+    proxies = ("crossfade", "nginx") if args.h2 else ("crossfade", "nginx", "varnish")
+    port = (lambda p: bench.PORTS[f"{p}-tls"]) if args.h2 else (lambda p: bench.PORTS[p])
     work = tempfile.mkdtemp(prefix="crossfade-cpu-")
     os.chmod(work, 0o755)
     results = {}
     try:
         bench.setup(work)
         pids = bench.start_proxies(work, args.binary)
-        for p in ("crossfade", "nginx", "varnish"):
+        for p in proxies:
             bench.warm(bench.PORTS[p], args.path)
+            if args.h2:
+                # nginx keys its cache on the scheme too.
+                subprocess.run(["h2load", "-n20", "-c1", "-H", ":authority: bench.test",
+                                f"https://127.0.0.1:{port(p)}{args.path}"], capture_output=True)
         for _ in range(args.rounds):
-            for p in ("crossfade", "nginx", "varnish"):
-                results.setdefault(p, []).append(measure(bench.PORTS[p], pids[p], args.path, args.duration))
+            for p in proxies:
+                results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2))
             for v in args.variant:
                 name, value = v.split("=", 1)
                 proc, port = bench.second_crossfade(work, args.binary, {name: value})
@@ -87,12 +105,13 @@ def main():
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()
-        print(f"\n{args.path}: medians of {args.rounds} rounds, {args.duration} s each, wrk -t2 -c64")
-        print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'wrk µs/req':>11} {'sum':>7}")
+        client = "h2load -t2 -c64 -m10 over TLS" if args.h2 else "wrk -t2 -c64"
+        print(f"\n{args.path}: medians of {args.rounds} rounds, {args.duration} s each, {client}")
+        print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'client µs/req':>14} {'sum':>7}")
         for p, runs in results.items():
             m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "proxy", "user", "system", "client")}
             print(f"  {p:<28} {m['rps']:>8.0f} {m['proxy']:>13.1f} {m['user']:>7.1f} {m['system']:>8.1f} "
-                  f"{m['client']:>11.1f} {m['proxy'] + m['client']:>7.1f}")
+                  f"{m['client']:>14.1f} {m['proxy'] + m['client']:>7.1f}")
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)
