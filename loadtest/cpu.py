@@ -46,8 +46,9 @@ def cpu_seconds(pgid):
     return user / TICKS, system / TICKS
 
 
-def measure(port, pgid, path, duration, h2=False):
+def measure(port, pgid, path, duration, h2=False, origin=None):
     before = cpu_seconds(pgid)
+    origin_before = cpu_seconds(origin) if origin else (0, 0)
     if h2:
         # HTTP/2 over TLS, 10 streams per connection (the TLS port is passed as `port`).
         cmd = ["h2load", "-t2", "-c64", "-m10", f"-D{duration}", "-H", ":authority: bench.test",
@@ -60,9 +61,11 @@ def measure(port, pgid, path, duration, h2=False):
     out = client.stdout.read()
     n = int(re.search(r"(\d+) requests in" if not h2 else r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     after = cpu_seconds(pgid)
+    origin_after = cpu_seconds(origin) if origin else (0, 0)
     user, system = ((a - b) / n * 1e6 for a, b in zip(after, before))
     return {"rps": n / duration, "proxy": user + system, "user": user, "system": system,
-            "client": (usage.ru_utime + usage.ru_stime) / n * 1e6}
+            "client": (usage.ru_utime + usage.ru_stime) / n * 1e6,
+            "origin": sum(a - b for a, b in zip(origin_after, origin_before)) / n * 1e6}
 
 
 def main():
@@ -75,7 +78,10 @@ def main():
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     ap.add_argument("--h2", action="store_true",
                     help="HTTP/2 over TLS with h2load -m 10 (crossfade and nginx: Varnish has no TLS)")
+    ap.add_argument("--key-cookies", default="",
+                    help="comma-separated key_cookies for crossfade's rules, as bench.py's")
     args = ap.parse_args()
+    bench.KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
     if args.h2 and args.variant:
         sys.exit("--variant starts a second crossfade on the HTTP/1.1 ports only; leave out --h2")
     bench.ensure_tools()
@@ -86,6 +92,7 @@ def main():
     results = {}
     try:
         bench.setup(work)
+        origin = bench.procs[0].pid  # setup starts the origin first
         pids = bench.start_proxies(work, args.binary)
         for p in proxies:
             bench.warm(bench.PORTS[p], args.path)
@@ -95,23 +102,23 @@ def main():
                                 f"https://127.0.0.1:{port(p)}{args.path}"], capture_output=True)
         for _ in range(args.rounds):
             for p in proxies:
-                results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2))
+                results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2, origin))
             for v in args.variant:
                 name, value = v.split("=", 1)
                 proc, port = bench.second_crossfade(work, args.binary, {name: value})
                 try:
                     bench.warm(port, args.path)
-                    results.setdefault(f"crossfade {v}", []).append(measure(port, proc.pid, args.path, args.duration))
+                    results.setdefault(f"crossfade {v}", []).append(measure(port, proc.pid, args.path, args.duration, origin=origin))
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()
         client = "h2load -t2 -c64 -m10 over TLS" if args.h2 else "wrk -t2 -c64"
         print(f"\n{args.path}: medians of {args.rounds} rounds, {args.duration} s each, {client}")
-        print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'client µs/req':>14} {'sum':>7}")
+        print(f"  {'proxy':<28} {'req/s':>8} {'proxy µs/req':>13} {'(user':>7} {'system)':>8} {'client µs/req':>14} {'origin':>7} {'sum':>7}")
         for p, runs in results.items():
-            m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "proxy", "user", "system", "client")}
+            m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "proxy", "user", "system", "client", "origin")}
             print(f"  {p:<28} {m['rps']:>8.0f} {m['proxy']:>13.1f} {m['user']:>7.1f} {m['system']:>8.1f} "
-                  f"{m['client']:>14.1f} {m['proxy'] + m['client']:>7.1f}")
+                  f"{m['client']:>14.1f} {m['origin']:>7.1f} {m['proxy'] + m['client'] + m['origin']:>7.1f}")
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -7,22 +7,24 @@
 //! client's request, so cardinality is bounded whatever clients send. Requests for unknown
 //! hosts are counted under site `-`.
 
+mod local;
 pub mod statsd;
 
+use local::{Cell, CounterFamily, Hist, HistogramFamily};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Response-time buckets (seconds): 1 ms to 10 s.
-const TIME_BUCKETS: [f64; 14] = [
+static TIME_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 /// Response-size buckets (bytes): 256 B to 16 MiB.
-const SIZE_BUCKETS: [f64; 9] = [
+static SIZE_BUCKETS: [f64; 9] = [
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
 
@@ -46,18 +48,18 @@ pub struct RequestEvent<'a> {
     pub origin: crate::stats::Asked,
 }
 
-/// The per-request metric children of one label set, as a thread keeps them. `ttfb` and
-/// `upstream` are resolved on first use, so a label set that never has them (an edge answer,
-/// a hit) does not show an empty series.
+/// The per-request metric cells of one label set, as a thread keeps them (its own: see
+/// [`local`]). `ttfb` and `upstream` are made on first use, so a label set that never has
+/// them (an edge answer, a hit) does not show an empty series.
 struct Children {
-    requests: IntCounter,
-    response: Histogram,
-    ttfb: std::cell::OnceCell<Histogram>,
-    upstream: std::cell::OnceCell<Histogram>,
-    bytes: Histogram,
+    requests: Arc<Cell>,
+    response: Arc<Hist>,
+    ttfb: std::cell::OnceCell<Arc<Hist>>,
+    upstream: std::cell::OnceCell<Arc<Hist>>,
+    bytes: Arc<Hist>,
     /// `crossfade_cache_store_total` of this site and route, by not-stored reason ("" for
     /// stored).
-    store: std::cell::RefCell<Vec<(Box<str>, IntCounter)>>,
+    store: std::cell::RefCell<Vec<(Box<str>, Arc<Cell>)>>,
 }
 
 type ChildCache = HashMap<u64, Vec<(u64, [Box<str>; 5], Children)>>;
@@ -73,13 +75,13 @@ static INSTANCES: AtomicU64 = AtomicU64::new(0);
 pub struct Metrics {
     pub registry: Registry,
     instance: u64,
-    requests: IntCounterVec,
-    bypass: IntCounterVec,
-    store: IntCounterVec,
-    response_seconds: HistogramVec,
-    upstream_seconds: HistogramVec,
-    ttfb_seconds: HistogramVec,
-    response_bytes: HistogramVec,
+    requests: CounterFamily,
+    bypass: CounterFamily,
+    store: CounterFamily,
+    response_seconds: HistogramFamily,
+    upstream_seconds: HistogramFamily,
+    ttfb_seconds: HistogramFamily,
+    response_bytes: HistogramFamily,
     pub purges: IntCounterVec,
     pub release_changes: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -98,9 +100,9 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub connections_refused: IntCounterVec,
     /// Hits answered by the fast path (`proxy::fast`), a subset of the `hit` requests.
-    pub fast_hits: IntCounterVec,
+    pub fast_hits: CounterFamily,
     /// Passes forwarded by the pass fast path (`proxy::fast::relay`).
-    pub fast_passes: IntCounterVec,
+    pub fast_passes: CounterFamily,
     /// Requests sent to the origin a second time after a failure (at most once each).
     pub origin_retries: IntCounterVec,
     /// Requests that waited for one of a pool's `max_inflight` slots.
@@ -190,16 +192,20 @@ fn histogram(
     name: &str,
     help: &str,
     labels: &[&str],
-    buckets: &[f64],
-) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("valid metric");
+    buckets: &'static [f64],
+) -> HistogramFamily {
+    let h = HistogramFamily::new(name, help, labels, buckets);
     r.register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+/// A counter family of per-thread cells ([`local`]), for what requests count.
+fn local_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterFamily {
+    let c = CounterFamily::new(name, help, labels);
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 /// `2xx`, `4xx`, … (`0xx` when nothing was sent).
@@ -226,19 +232,19 @@ impl Metrics {
         let page = ["site", "route", "pool"];
         Metrics {
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
-            requests: counter(
+            requests: local_counter(
                 &r,
                 "crossfade_requests_total",
                 "Requests by site, route, pool, cache outcome and status class.",
                 &["site", "route", "pool", "cache", "status_class"],
             ),
-            bypass: counter(
+            bypass: local_counter(
                 &r,
                 "crossfade_cache_bypass_total",
                 "Requests that did not use the cache, by reason.",
                 &["site", "route", "reason"],
             ),
-            store: counter(
+            store: local_counter(
                 &r,
                 "crossfade_cache_store_total",
                 "Storage decisions for origin responses: stored, or not stored with the reason.",
@@ -359,8 +365,8 @@ impl Metrics {
             connections_open: gauge(&r, "crossfade_connections_open", "Client connections open on the proxy listeners, TLS included (counted as they are accepted and closed)."),
             tls_handshakes: counter(&r, "crossfade_tls_handshakes_total", "TLS handshakes on the proxy listeners by result.", &["result"]),
             connections_refused: counter(&r, "crossfade_connections_refused_total", "Client connections closed at accept because a connection limit was reached (limit: total or per_client).", &["limit"]),
-            fast_hits: counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),
-            fast_passes: counter(&r, "crossfade_fast_path_passes_total", "Passes (bypass or predicted uncacheable) forwarded by crossfade's own HTTP/1 client instead of pingora's proxy path.", &["site"]),
+            fast_hits: local_counter(&r, "crossfade_fast_path_hits_total", "Cache hits answered before pingora's proxy path (a subset of cache=\"hit\" requests).", &["site"]),
+            fast_passes: local_counter(&r, "crossfade_fast_path_passes_total", "Passes (bypass or predicted uncacheable) forwarded by crossfade's own HTTP/1 client instead of pingora's proxy path.", &["site"]),
             origin_retries: counter(&r, "crossfade_origin_retries_total", "Requests sent to an origin a second time after the first attempt failed before any answer (at most one retry, idempotent requests only).", &["site", "pool"]),
             pool_waits: counter(&r, "crossfade_pool_waits_total", "Requests that waited for a free slot of a pool's max_inflight.", &["site", "pool"]),
             pool_shed: counter(&r, "crossfade_pool_shed_total", "Requests a pool at max_inflight did not take within max_wait, by what the client got instead (stale or unavailable).", &["site", "pool", "answer"]),
@@ -418,18 +424,12 @@ impl Metrics {
             c.response.observe(e.total.as_secs_f64());
             if let Some(t) = e.ttfb {
                 c.ttfb
-                    .get_or_init(|| {
-                        self.ttfb_seconds
-                            .with_label_values(&[e.site, e.route, e.pool, e.cache])
-                    })
+                    .get_or_init(|| self.ttfb_seconds.cell(&[e.site, e.route, e.pool, e.cache]))
                     .observe(t.as_secs_f64());
             }
             if let Some(u) = e.upstream {
                 c.upstream
-                    .get_or_init(|| {
-                        self.upstream_seconds
-                            .with_label_values(&[e.site, e.route, e.pool])
-                    })
+                    .get_or_init(|| self.upstream_seconds.cell(&[e.site, e.route, e.pool]))
                     .observe(u.as_secs_f64());
             }
             c.bytes.observe(e.bytes as f64);
@@ -444,9 +444,7 @@ impl Metrics {
                         } else {
                             "not_stored"
                         };
-                        let counter = self
-                            .store
-                            .with_label_values(&[e.site, e.route, outcome, reason]);
+                        let counter = self.store.cell(&[e.site, e.route, outcome, reason]);
                         counter.inc();
                         store.push((reason.into(), counter));
                     }
@@ -454,9 +452,7 @@ impl Metrics {
             }
         });
         if let Some(reason) = e.bypass {
-            self.bypass
-                .with_label_values(&[e.site, e.route, reason])
-                .inc();
+            self.bypass.inc(&[e.site, e.route, reason]);
         }
         let sample = crate::stats::Sample {
             error: e.status >= 500 || e.status == 0,
@@ -469,12 +465,11 @@ impl Metrics {
         self.statsd.request(e);
     }
 
-    /// Runs `f` on the per-request metric children of one label set (site, route, pool,
-    /// cache, status class). prometheus finds a child by hashing its label values and
-    /// looking it up under a lock shared by all threads, once per metric: five times per
-    /// request, ~5% of a cache hit's CPU. Each thread keeps the children it has used, found
-    /// by one hash of the five labels; label values are bounded (see the module doc), so is
-    /// this.
+    /// Runs `f` on this thread's per-request metric cells of one label set (site, route,
+    /// pool, cache, status class). Finding a child by its label values once per metric was
+    /// five hashes and five lookups under a lock all threads share per request; each thread
+    /// keeps the cells it has made, found by one hash of the five labels, and writes only
+    /// them ([`local`]). Label values are bounded (see the module doc), so is this.
     fn with_children<R>(&self, labels: [&str; 5], f: impl FnOnce(&Children) -> R) -> R {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ self.instance;
         for label in labels {
@@ -491,13 +486,11 @@ impl Metrics {
             let i = found.unwrap_or_else(|| {
                 let [site, route, pool, outcome, _] = labels;
                 let children = Children {
-                    requests: self.requests.with_label_values(&labels),
-                    response: self
-                        .response_seconds
-                        .with_label_values(&[site, route, pool, outcome]),
+                    requests: self.requests.cell(&labels),
+                    response: self.response_seconds.cell(&[site, route, pool, outcome]),
                     ttfb: std::cell::OnceCell::new(),
                     upstream: std::cell::OnceCell::new(),
-                    bytes: self.response_bytes.with_label_values(&[site, route, pool]),
+                    bytes: self.response_bytes.cell(&[site, route, pool]),
                     store: Default::default(),
                 };
                 same.push((self.instance, labels.map(Box::from), children));

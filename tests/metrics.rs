@@ -127,6 +127,61 @@ async fn counts_match_known_traffic() {
     assert_eq!(status, 401, "metrics need a token like every admin call");
 }
 
+/// Requests served by two threads at once are all counted: each serving thread keeps its own
+/// counters and histograms (`metrics::local`), and a scrape sums them per label set.
+#[tokio::test]
+async fn requests_served_on_every_thread_are_summed() {
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "0123456789") })
+            .await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, "[server]\nthreads = 2\n").await;
+    let url = proxy.url("/x");
+    let clients = (0..16).map(|i| {
+        let (c, url) = (proxy.client(&["www.shop.test"]), url.clone());
+        tokio::spawn(async move {
+            let cookie: &[(&str, &str)] = if i % 2 == 0 {
+                &[]
+            } else {
+                &[("cookie", "session=alice")]
+            };
+            for _ in 0..25 {
+                assert_eq!(get(&c, &url, cookie).await.status, 200);
+            }
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        c.await.unwrap();
+    }
+    let m = metrics_after(&proxy, 400.0).await;
+    let site = [r#"site="shop""#];
+    assert_eq!(sample(&m, "crossfade_requests_total", &site), 400.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "crossfade_cache_bypass_total",
+            &[r#"reason="logged-in""#]
+        ),
+        200.0
+    );
+    assert_eq!(sample(&m, "crossfade_response_seconds_count", &site), 400.0);
+    assert_eq!(sample(&m, "crossfade_response_bytes_sum", &site), 4000.0);
+    // Each series' buckets rise to its count.
+    for series in m
+        .lines()
+        .filter(|l| l.starts_with("crossfade_response_seconds_count{"))
+    {
+        let labels = &series[series.find('{').unwrap() + 1..series.find('}').unwrap()];
+        let count: f64 = series.rsplit(' ').next().unwrap().parse().unwrap();
+        let buckets: Vec<f64> = m
+            .lines()
+            .filter(|l| l.starts_with(&format!("crossfade_response_seconds_bucket{{{labels},le=")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{m}");
+        assert_eq!(buckets.last(), Some(&count), "{m}");
+    }
+}
+
 #[tokio::test]
 async fn label_cardinality_stays_bounded_under_random_paths_and_hosts() {
     let origin = Origin::start(|_| async { reply(200, &[], "x") }).await;

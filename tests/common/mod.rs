@@ -259,12 +259,23 @@ impl Proxy {
         extra: &str,
         nofile: Option<u64>,
     ) -> Proxy {
+        // `extra` may open with `[server]` keys of its own (`threads = 2`): they go into the
+        // server table, and replace the one thread tests otherwise run on.
+        let (server, extra) = match extra.strip_prefix("[server]\n") {
+            Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
+            None => ("", extra),
+        };
+        let threads = if server.contains("threads") {
+            ""
+        } else {
+            "threads = 1\n"
+        };
         let mut dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let (port, admin_port) = (free_port(), free_port());
             let d = dir.path().display();
             let mut config = format!(
-                "[server]\nthreads = 1\ngrace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
+                "[server]\n{threads}{server}grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n\
                  pid_file = \"{d}/crossfade.pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\
                  [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
                  [[admin.tokens]]\nname = \"ops\"\ntoken = \"{PURGE_TOKEN}\"\nscopes = [\"purge\"]\n\

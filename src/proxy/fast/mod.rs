@@ -336,7 +336,7 @@ impl FastPath {
 
     fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
         let total = start.elapsed();
-        self.metrics.fast_hits.with_label_values(&[&a.site]).inc();
+        self.metrics.fast_hits.inc(&[&a.site]);
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {

@@ -285,10 +285,13 @@ async fn exchange(
         }
     }
     loop {
-        match origin::parse_head(buf, relay.method == Method::HEAD) {
-            Ok(head) => return Ok(head),
-            Err(BadHead::Invalid(_)) => return Err(fail(false, ErrorType::InvalidHTTPHeader)),
-            Err(BadHead::Incomplete) => {}
+        // Nothing read yet (the usual first turn): no head to parse.
+        if !buf.is_empty() {
+            match origin::parse_head(buf, relay.method == Method::HEAD) {
+                Ok(head) => return Ok(head),
+                Err(BadHead::Invalid(_)) => return Err(fail(false, ErrorType::InvalidHTTPHeader)),
+                Err(BadHead::Incomplete) => {}
+            }
         }
         match origin::read_more(up, buf, read_limit).await {
             Ok(0) => return Err(fail(buf.is_empty(), ErrorType::ConnectionClosed)),
@@ -600,10 +603,7 @@ impl FastPath {
             (Reason::Predicted(_), Some(None)) => ("miss", None),
             (Reason::Predicted(_), _) => ("uncacheable", None),
         };
-        self.metrics
-            .fast_passes
-            .with_label_values(&[&relay.site.name])
-            .inc();
+        self.metrics.fast_passes.inc(&[&relay.site.name]);
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
