@@ -91,12 +91,13 @@ fn filler(
 async fn main() {
     // Index memory: the index alone, built for OBJECTS objects with a URL and two keys each.
     let before = rss_bytes();
-    let mut index = Index::default();
+    let index = Index::default();
     for i in 0..OBJECTS {
-        index.add(&Arc::new(Entry::new(
+        let url = format!("www.store.test/track/{i}");
+        index.shard(&url).add(&Arc::new(Entry::new(
             i as u128,
             Arc::from("store"),
-            Arc::from(format!("www.store.test/track/{i}").as_str()),
+            Arc::from(url.as_str()),
             vec![Arc::from("shared"), Arc::from(format!("obj-{i}").as_str())].into(),
             0,
         )));

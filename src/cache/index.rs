@@ -13,12 +13,21 @@
 //! and keeps the [`Journal`] of recent purges, which a fill checks before it is stored: a
 //! response the origin was asked for before a purge that covers it must not be served as if
 //! the purge had come first.
+//!
+//! It is kept in [`SHARDS`] shards by URL (every variant of a URL in one), each under its own
+//! lock, so that fills of different URLs do not wait for one lock; a purge by URL takes one
+//! shard, by prefix or key each shard in turn. The journal has its own lock, which a fill takes
+//! only when a purge was recorded after its origin was asked (one atomic read says so). Why no
+//! purge can slip past a fill: a purge records itself in the journal before it picks from any
+//! shard, and a fill holds its shard from its journal check to its insertion; so either the
+//! purge picks the shard after the fill is in it, or the fill's check comes after the record
+//! (the shard's lock orders the two) and applies the purge itself.
 
-use super::journal::Journal;
+use super::journal::{self, Cover, Journal, Target};
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One stored version of an object, as the index and purges see it.
@@ -90,9 +99,113 @@ impl Entry {
     }
 }
 
-/// URL and surrogate-key index over stored objects.
-#[derive(Debug, Default)]
+/// Shards of the index: enough that fills on 64 cores rarely share one; few enough that a
+/// prefix purge's walk over all of them costs nothing next to its matches.
+pub const SHARDS: usize = 64;
+
+/// The purge index: [`SHARDS`] shards by URL, the journal of recent purges, and the time of the
+/// newest purge recorded in it.
 pub struct Index {
+    shards: Box<[Mutex<Shard>]>,
+    journal: Mutex<Journal>,
+    /// When the newest purge in the journal was made (cache clock; 0: none yet): a fill whose
+    /// origin was asked after it has no purge to check.
+    newest_ns: AtomicU64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            journal: Mutex::default(),
+            newest_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard leaves maps that are still whole: usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Index {
+    /// Which shard holds `url`'s entries.
+    pub fn shard_of(&self, url: &str) -> usize {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::with_seed(0).hash_one(url) as usize % SHARDS
+    }
+
+    /// The shard holding `url`'s entries, locked.
+    pub fn shard(&self, url: &str) -> MutexGuard<'_, Shard> {
+        self.shard_number(self.shard_of(url))
+    }
+
+    /// Shard `i`, locked.
+    pub fn shard_number(&self, i: usize) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[i])
+    }
+
+    /// Every shard, locked, in order (a purge of everything: nothing changes while it counts).
+    pub fn all_shards(&self) -> Vec<MutexGuard<'_, Shard>> {
+        self.shards.iter().map(lock).collect()
+    }
+
+    /// What `pick` takes from `url`'s shard (`Some`), or from every shard in turn.
+    pub fn pick<P: IntoIterator<Item = Arc<Entry>>>(
+        &self,
+        url: Option<&str>,
+        mut pick: impl FnMut(&mut Shard) -> P,
+    ) -> Vec<Arc<Entry>> {
+        match url {
+            Some(url) => pick(&mut self.shard(url)).into_iter().collect(),
+            None => self
+                .shards
+                .iter()
+                .flat_map(|s| pick(&mut lock(s)))
+                .collect(),
+        }
+    }
+
+    /// Records a purge made now in the journal, before it picks anything (see the module doc).
+    pub fn record(&self, target: Target, soft: bool) {
+        let mut journal = lock(&self.journal);
+        let at = journal::now_ns();
+        journal.record(at, target, soft);
+        self.newest_ns.store(at, Ordering::SeqCst);
+    }
+
+    /// What the purges made since `e`'s origin was asked make of it; the caller holds `e`'s
+    /// shard.
+    pub fn cover(&self, e: &Entry) -> Cover {
+        // No purge recorded at or after its birth: none to apply (also none forgotten).
+        if self.newest_ns.load(Ordering::SeqCst) < e.born {
+            return Cover::None;
+        }
+        lock(&self.journal).cover(e)
+    }
+
+    /// Live objects of `site`, or of every site.
+    pub fn live(&self, site: Option<&str>) -> u64 {
+        self.shards.iter().map(|s| lock(s).live(site)).sum()
+    }
+
+    /// (URLs, distinct surrogate keys, tag memberships) — for status and leak checks.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let (mut urls, mut memberships) = (0, 0);
+        let mut tags: HashSet<Arc<str>> = HashSet::new();
+        for s in self.shards.iter() {
+            let s = lock(s);
+            urls += s.by_url.len();
+            memberships += s.by_tag.values().map(HashMap::len).sum::<usize>();
+            tags.extend(s.by_tag.keys().cloned());
+        }
+        (urls, tags.len(), memberships)
+    }
+}
+
+/// One shard of the URL and surrogate-key index.
+#[derive(Debug, Default)]
+pub struct Shard {
     /// `host/path?query` → every stored variant of that URL (almost always one: kept inline,
     /// not in a heap vector of its own).
     by_url: BTreeMap<Arc<str>, SmallVec<[Arc<Entry>; 1]>>,
@@ -100,10 +213,9 @@ pub struct Index {
     by_tag: HashMap<Arc<str>, HashMap<u128, Arc<Entry>>>,
     /// site → number of live stored objects (not purged, not gone with a purge of everything).
     live: HashMap<Arc<str>, u64>,
-    pub journal: Journal,
 }
 
-impl Index {
+impl Shard {
     /// Indexes `e` and counts it live.
     pub fn add(&mut self, e: &Arc<Entry>) {
         let variants = self.by_url.entry(e.url.clone()).or_default();
@@ -219,12 +331,6 @@ impl Index {
         }
         taken
     }
-
-    /// (URLs, surrogate keys, tag memberships) — for status and leak checks.
-    pub fn sizes(&self) -> (usize, usize, usize) {
-        let memberships = self.by_tag.values().map(HashMap::len).sum();
-        (self.by_url.len(), self.by_tag.len(), memberships)
-    }
 }
 
 /// Splits surrogate-key header values: Fastly's `Surrogate-Key` is space-separated,
@@ -252,7 +358,7 @@ mod tests {
 
     #[test]
     fn replacement_keeps_the_newer_entries() {
-        let mut index = Index::default();
+        let mut index = Shard::default();
         let old = entry(1, "a.test/x", &["t1", "t2"]);
         let new = entry(1, "a.test/x", &["t2"]);
         index.add(&old);
@@ -262,12 +368,56 @@ mod tests {
         assert_eq!(ids(index.tag("t2")), vec![1]);
         assert!(index.tag("t1").is_empty());
         index.remove(&new);
-        assert_eq!(index.sizes(), (0, 0, 0));
+        assert!(index.by_url.is_empty() && index.by_tag.is_empty());
+    }
+
+    #[test]
+    fn shards_are_walked_by_prefix_and_key_and_counted_once() {
+        let index = Index::default();
+        let urls: Vec<String> = (0..200).map(|i| format!("a.test/p/{i}")).collect();
+        for (i, url) in urls.iter().enumerate() {
+            let e = entry(
+                i as u128,
+                url,
+                &["all", if i % 2 == 0 { "even" } else { "odd" }],
+            );
+            index.shard(url).add(&e);
+        }
+        let shards: HashSet<usize> = urls.iter().map(|u| index.shard_of(u)).collect();
+        assert!(shards.len() > 10, "the URLs spread over the shards");
+        assert_eq!(index.pick(None, |s| s.prefix("a.test/p/1")).len(), 111);
+        assert_eq!(index.pick(None, |s| s.tag("even")).len(), 100);
+        assert_eq!(
+            ids(index.pick(Some("a.test/p/7"), |s| s.url("a.test/p/7"))),
+            vec![7]
+        );
+        assert_eq!(index.live(Some("s")), 200);
+        assert_eq!(
+            index.sizes(),
+            (200, 3, 400),
+            "a key in many shards is one key"
+        );
+    }
+
+    #[test]
+    fn a_fill_checks_the_journal_only_after_a_purge_since_its_birth() {
+        let index = Index::default();
+        let old = Entry::new(1, "s".into(), "a.test/x".into(), Box::new([]), 1);
+        index.record(Target::Url("a.test/x".into()), false);
+        assert_eq!(index.cover(&old), Cover::Dead);
+        let newer = Entry::new(
+            1,
+            "s".into(),
+            "a.test/x".into(),
+            Box::new([]),
+            journal::now_ns(),
+        );
+        assert_eq!(index.cover(&newer), Cover::None);
     }
 
     #[test]
     fn prefix_variants_and_marks() {
-        let mut index = Index::default();
+        let mut index = Shard::default();
         index.add(&entry(1, "a.test/release/1", &[]));
         index.add(&entry(2, "a.test/release/1", &[]));
         index.add(&entry(3, "a.test/release/2?x=1", &[]));

@@ -15,7 +15,7 @@
 //! through their epochs, the others through the [`journal`] a fill reads before it is stored.
 
 use super::body::Body;
-use super::index::{split_tags, Entry, Index};
+use super::index::{split_tags, Entry, Shard};
 use super::journal::{self, Target};
 use super::key;
 use async_trait::async_trait;
@@ -168,7 +168,7 @@ impl EdgeStorage {
     /// Number of live objects stored: not purged, including the purged ones whose memory is
     /// still being reclaimed.
     pub fn object_count(&self) -> u64 {
-        lock(&self.objects.index).live(None)
+        self.objects.index.live(None)
     }
 
     /// Bytes stored, as weighed for the capacity: objects, and parsed copies of hot heads.
@@ -183,7 +183,7 @@ impl EdgeStorage {
 
     /// (URLs, surrogate keys, tag memberships) in the purge index.
     pub fn index_sizes(&self) -> (usize, usize, usize) {
-        lock(&self.objects.index).sizes()
+        self.objects.index.sizes()
     }
 
     /// A copy of `obj` with new meta, as a new stored version (unless a purge made since the
@@ -246,27 +246,26 @@ impl EdgeStorage {
         }
     }
 
-    /// Purges what `pick` takes from the index: recorded in the journal first (so a fill that
-    /// is stored after this sees it), then marked stale (soft) or dead (hard), counting only
-    /// objects that were live. Purges go through the index entries, so they neither look
-    /// objects up nor disturb the eviction order. The index is held only to record and pick,
-    /// and (hard) to count what was removed, so fills never wait behind a big purge; the
-    /// entries' removal is left to [`Self::reclaim`].
+    /// Purges what `pick` takes from the index (from `url`'s shard, or from each shard in
+    /// turn): recorded in the journal first (so a fill that is stored after this sees it),
+    /// then marked stale (soft) or dead (hard), counting only objects that were live. Purges
+    /// go through the index entries, so they neither look objects up nor disturb the eviction
+    /// order. A shard is held only to pick and (hard) to count what was removed, so fills never
+    /// wait behind a big purge; the entries' removal is left to [`Self::reclaim`].
     fn purge_picked<P>(
         &self,
         target: Target,
         soft: bool,
-        pick: impl FnOnce(&mut Index) -> P,
+        url: Option<&str>,
+        pick: impl FnMut(&mut Shard) -> P,
     ) -> PurgeCount
     where
         P: IntoIterator<Item = Arc<Entry>>,
     {
         let mut count = PurgeCount::default();
-        let picked = {
-            let mut index = lock(&self.objects.index);
-            index.journal.record(journal::now_ns(), target, soft);
-            pick(&mut index)
-        };
+        let index = &self.objects.index;
+        index.record(target, soft);
+        let picked = index.pick(url, pick);
         if soft {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -280,30 +279,32 @@ impl EdgeStorage {
             }
             return count;
         }
-        // The births of the objects this purge killed, by site: counted out below, under the
-        // index, against the epochs of that moment (a purge of everything meanwhile has
-        // counted them out already).
-        let mut killed: Vec<(Arc<str>, Vec<u64>)> = Vec::new();
+        // The births of the objects this purge killed, by shard and site: counted out below,
+        // under their shard, against the epochs of that moment (a purge of everything
+        // meanwhile has counted them out already).
+        let mut killed: Vec<(usize, Arc<str>, Vec<u64>)> = Vec::new();
         let mut doomed = Vec::new();
         for e in picked {
             if !e.kill() {
                 continue;
             }
-            match killed.iter_mut().find(|(site, _)| *site == e.site) {
-                Some((_, borns)) => borns.push(e.born),
-                None => killed.push((e.site.clone(), vec![e.born])),
+            let shard = index.shard_of(&e.url);
+            match killed
+                .iter_mut()
+                .find(|(n, site, _)| *n == shard && *site == e.site)
+            {
+                Some((_, _, borns)) => borns.push(e.born),
+                None => killed.push((shard, e.site.clone(), vec![e.born])),
             }
             doomed.push(e);
         }
-        {
-            let mut index = lock(&self.objects.index);
-            let epochs = read(&self.objects.epochs);
-            for (site, borns) in &killed {
-                let cutoff = epochs.hard_cutoff(site);
-                let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
-                index.uncount_n(site, live);
-                count.removed += live;
-            }
+        killed.sort_by_key(|(shard, _, _)| *shard);
+        for (shard, site, borns) in &killed {
+            let mut shard = index.shard_number(*shard);
+            let cutoff = read(&self.objects.epochs).hard_cutoff(site);
+            let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
+            shard.uncount_n(site, live);
+            count.removed += live;
         }
         self.reclaim(doomed);
         count
@@ -327,13 +328,13 @@ impl EdgeStorage {
 
     /// Purges every variant of one URL (`host/path?query`, query normalised).
     pub fn purge_url(&self, url: &str, soft: bool) -> PurgeCount {
-        self.purge_picked(Target::Url(url.into()), soft, |index| index.url(url))
+        self.purge_picked(Target::Url(url.into()), soft, Some(url), |s| s.url(url))
     }
 
     /// Purges every object whose URL starts with `prefix` (`host/path…`).
     pub fn purge_prefix(&self, prefix: &str, soft: bool) -> PurgeCount {
-        self.purge_picked(Target::Prefix(prefix.into()), soft, |index| {
-            index.prefix(prefix)
+        self.purge_picked(Target::Prefix(prefix.into()), soft, None, |s| {
+            s.prefix(prefix)
         })
     }
 
@@ -344,22 +345,23 @@ impl EdgeStorage {
             site: site.map(Arc::from),
         };
         if soft {
-            self.purge_picked(target, soft, |index| {
-                let mut entries = index.tag(tag);
+            self.purge_picked(target, soft, None, |shard| {
+                let mut entries = shard.tag(tag);
                 entries.retain(|e| site.is_none_or(|s| &*e.site == s));
                 entries
             })
         } else {
-            // The key's whole set leaves the index in one removal and is walked outside it.
-            self.purge_picked(target, soft, |index| {
-                index.take_tag(tag, site).into_values()
+            // The key's whole set leaves each shard in one removal and is walked outside it.
+            self.purge_picked(target, soft, None, |shard| {
+                shard.take_tag(tag, site).into_values()
             })
         }
     }
 
     /// Purges everything, or everything of one site, in O(1): an epoch bump.
     pub fn purge_all(&self, site: Option<&str>, soft: bool) -> PurgeCount {
-        let mut index = lock(&self.objects.index);
+        // Every shard, so that no count changes between the cut-off and the counting.
+        let mut shards = self.objects.index.all_shards();
         let cutoff = journal::now_ns();
         let mut epochs = self
             .objects
@@ -375,13 +377,13 @@ impl EdgeStorage {
             epoch.soft_at = Some(SystemTime::now());
             return PurgeCount {
                 removed: 0,
-                stale: index.live(site),
+                stale: shards.iter().map(|s| s.live(site)).sum(),
             };
         }
         epoch.hard = cutoff;
         drop(epochs);
-        let removed = index.uncount_all(site);
-        drop(index);
+        let removed = shards.iter_mut().map(|s| s.uncount_all(site)).sum();
+        drop(shards);
         let site: Option<Arc<str>> = site.map(Arc::from);
         // Reclaims the memory in the background; lookups already treat these as gone.
         let objects = self.objects.clone();

@@ -13,9 +13,9 @@
 //! quick_cache reports evictions only, through a per-call state; replacements and removals are
 //! seen here (every writer goes through this module, in the write order), so the index and its
 //! live counts are updated in one place, outside the map's shard locks. A new object is checked
-//! here, under the index, against the purges made since its origin was asked (the epochs of
-//! purges of everything and the journal of the others), so no purge can slip between the check
-//! and the store.
+//! here, under its URL's index shard, against the purges made since its origin was asked (the
+//! epochs of purges of everything and the journal of the others), so no purge can slip between
+//! the check and the store (see [`Index`]).
 
 use super::super::index::Index;
 use super::super::journal::Cover;
@@ -60,13 +60,13 @@ impl Lifecycle<Slot, Arc<Object>> for Evicted {
 /// Stored objects, their purge index and the order writers take.
 pub(super) struct Objects {
     map: Cache<Slot, Arc<Object>, Weigh, foldhash::fast::RandomState, Evicted>,
-    pub(super) index: Mutex<Index>,
-    /// Cut-offs of purges of everything (taken after `index` when both are held).
+    pub(super) index: Index,
+    /// Cut-offs of purges of everything (taken after an index shard when both are held).
     pub(super) epochs: RwLock<Epochs>,
     /// Serialises index update + write (and purge removals) per id, so that two writers of
     /// one id cannot interleave and a replaced object is known to the writer that replaced it.
-    /// Sharded by id: writers of different ids never wait for each other here (only for the
-    /// index, briefly).
+    /// Sharded by id: writers of different ids never wait for each other here (nor, mostly, for
+    /// the index, sharded by URL).
     write_order: [Mutex<()>; WRITE_SHARDS],
     /// Objects evicted to stay within the capacity (not purges or replacements).
     evictions: AtomicU64,
@@ -99,7 +99,7 @@ impl Objects {
             .expect("cache options are within their ranges");
         Objects {
             map: Cache::with_options(options, Weigh, Default::default(), Evicted),
-            index: Mutex::new(Index::default()),
+            index: Index::default(),
             epochs: RwLock::new(Epochs::default()),
             write_order: std::array::from_fn(|_| Mutex::new(())),
             evictions: AtomicU64::new(0),
@@ -139,16 +139,16 @@ impl Objects {
         let replaced = {
             let _order = self.order(id);
             {
-                let mut index = lock(&self.index);
+                let mut shard = self.index.shard(&obj.entry.url);
                 if read(&self.epochs).gone(&obj.entry) {
                     return false;
                 }
-                match index.journal.cover(&obj.entry) {
+                match self.index.cover(&obj.entry) {
                     Cover::Dead => return false,
                     Cover::Stale(at_ms) => obj.entry.mark_stale(at_ms),
                     Cover::None => {}
                 }
-                index.add(&obj.entry);
+                shard.add(&obj.entry);
             }
             let replaced = self.map.peek(&slot(id));
             self.map
@@ -224,12 +224,11 @@ impl Objects {
         if gone.peek().is_none() {
             return;
         }
-        let mut index = lock(&self.index);
-        let epochs = read(&self.epochs);
         for o in gone {
-            index.remove(&o.entry);
-            if o.entry.kill() && !epochs.gone(&o.entry) {
-                index.uncount(&o.entry);
+            let mut shard = self.index.shard(&o.entry.url);
+            shard.remove(&o.entry);
+            if o.entry.kill() && !read(&self.epochs).gone(&o.entry) {
+                shard.uncount(&o.entry);
             }
         }
     }
@@ -245,9 +244,8 @@ impl Objects {
             if let (Some(pause), true) = (pace, i > 0) {
                 std::thread::sleep(pause);
             }
-            let mut index = lock(&self.index);
             for e in chunk {
-                index.remove(e);
+                self.index.shard(&e.url).remove(e);
             }
         }
     }
