@@ -30,7 +30,7 @@ use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 mod objects;
 mod reclaim;
@@ -92,7 +92,10 @@ struct Epoch {
     soft_at: Option<SystemTime>,
 }
 
-#[derive(Debug, Default)]
+/// The cut-offs of every scope. Read by every lookup, so kept behind an `ArcSwap`: a read
+/// writes only the reading thread's own slot (a read lock's count is a line every thread
+/// writes); a purge of everything, which holds every index shard, stores a new copy.
+#[derive(Debug, Default, Clone)]
 struct Epochs {
     all: Epoch,
     sites: HashMap<Arc<str>, Epoch>,
@@ -238,7 +241,7 @@ impl EdgeStorage {
         if obj.entry.is_dead() {
             return Verdict::Gone;
         }
-        let epochs = read(&self.objects.epochs).verdict(&obj.entry);
+        let epochs = self.objects.epochs.load().verdict(&obj.entry);
         match (epochs, obj.entry.stale_since()) {
             (Verdict::StaleSince(a), Some(b)) => Verdict::StaleSince(a.min(b)),
             (Verdict::Live, Some(b)) => Verdict::StaleSince(b),
@@ -270,7 +273,7 @@ impl EdgeStorage {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64);
-            let epochs = read(&self.objects.epochs);
+            let epochs = self.objects.epochs.load();
             for e in picked {
                 if !e.is_dead() && !epochs.gone(&e) {
                     e.mark_stale(now_ms);
@@ -301,7 +304,7 @@ impl EdgeStorage {
         killed.sort_by_key(|(shard, _, _)| *shard);
         for (shard, site, borns) in &killed {
             let mut shard = index.shard_number(*shard);
-            let cutoff = read(&self.objects.epochs).hard_cutoff(site);
+            let cutoff = self.objects.epochs.load().hard_cutoff(site);
             let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
             shard.uncount_n(site, live);
             count.removed += live;
@@ -363,11 +366,8 @@ impl EdgeStorage {
         // Every shard, so that no count changes between the cut-off and the counting.
         let mut shards = self.objects.index.all_shards();
         let cutoff = journal::now_ns();
-        let mut epochs = self
-            .objects
-            .epochs
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        // Holding every shard also makes this the only writer of the epochs.
+        let mut epochs = Epochs::clone(&self.objects.epochs.load());
         let epoch = match site {
             Some(s) => epochs.sites.entry(Arc::from(s)).or_default(),
             None => &mut epochs.all,
@@ -375,13 +375,14 @@ impl EdgeStorage {
         if soft {
             epoch.soft = cutoff;
             epoch.soft_at = Some(SystemTime::now());
+            self.objects.epochs.store(Arc::new(epochs));
             return PurgeCount {
                 removed: 0,
                 stale: shards.iter().map(|s| s.live(site)).sum(),
             };
         }
         epoch.hard = cutoff;
-        drop(epochs);
+        self.objects.epochs.store(Arc::new(epochs));
         let removed = shards.iter_mut().map(|s| s.uncount_all(site)).sum();
         drop(shards);
         let site: Option<Arc<str>> = site.map(Arc::from);
@@ -397,10 +398,6 @@ impl EdgeStorage {
         });
         PurgeCount { removed, stale: 0 }
     }
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -19,11 +19,12 @@
 
 use super::super::index::Index;
 use super::super::journal::Cover;
-use super::{lock, read, Epochs, Object};
+use super::{lock, Epochs, Object};
+use arc_swap::ArcSwap;
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 /// An object's id as the map keys it: two words rather than a `u128`, whose 16-byte alignment
 /// would pad every slab slot from 48 to 64 bytes.
@@ -61,8 +62,9 @@ impl Lifecycle<Slot, Arc<Object>> for Evicted {
 pub(super) struct Objects {
     map: Cache<Slot, Arc<Object>, Weigh, foldhash::fast::RandomState, Evicted>,
     pub(super) index: Index,
-    /// Cut-offs of purges of everything (taken after an index shard when both are held).
-    pub(super) epochs: RwLock<Epochs>,
+    /// Cut-offs of purges of everything: read without a lock by every lookup, replaced by a
+    /// purge of everything while it holds every index shard.
+    pub(super) epochs: ArcSwap<Epochs>,
     /// Serialises index update + write (and purge removals) per id, so that two writers of
     /// one id cannot interleave and a replaced object is known to the writer that replaced it.
     /// Sharded by id: writers of different ids never wait for each other here (nor, mostly, for
@@ -100,7 +102,7 @@ impl Objects {
         Objects {
             map: Cache::with_options(options, Weigh, Default::default(), Evicted),
             index: Index::default(),
-            epochs: RwLock::new(Epochs::default()),
+            epochs: ArcSwap::from_pointee(Epochs::default()),
             write_order: std::array::from_fn(|_| Mutex::new(())),
             evictions: AtomicU64::new(0),
         }
@@ -140,7 +142,7 @@ impl Objects {
             let _order = self.order(id);
             {
                 let mut shard = self.index.shard(&obj.entry.url);
-                if read(&self.epochs).gone(&obj.entry) {
+                if self.epochs.load().gone(&obj.entry) {
                     return false;
                 }
                 match self.index.cover(&obj.entry) {
@@ -227,7 +229,7 @@ impl Objects {
         for o in gone {
             let mut shard = self.index.shard(&o.entry.url);
             shard.remove(&o.entry);
-            if o.entry.kill() && !read(&self.epochs).gone(&o.entry) {
+            if o.entry.kill() && !self.epochs.load().gone(&o.entry) {
                 shard.uncount(&o.entry);
             }
         }
