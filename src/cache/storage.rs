@@ -15,7 +15,7 @@
 //! through their epochs, the others through the [`journal`] a fill reads before it is stored.
 
 use super::body::Body;
-use super::index::{split_tags, Entry, Shard};
+use super::index::{split_tags, Entry, Shard, SHARDS};
 use super::journal::{self, Target};
 use super::key;
 use async_trait::async_trait;
@@ -285,29 +285,28 @@ impl EdgeStorage {
         // The births of the objects this purge killed, by shard and site: counted out below,
         // under their shard, against the epochs of that moment (a purge of everything
         // meanwhile has counted them out already).
-        let mut killed: Vec<(usize, Arc<str>, Vec<u64>)> = Vec::new();
+        let mut killed: Vec<Vec<(Arc<str>, Vec<u64>)>> = vec![Vec::new(); SHARDS];
         let mut doomed = Vec::new();
         for e in picked {
             if !e.kill() {
                 continue;
             }
-            let shard = index.shard_of(&e.url);
-            match killed
-                .iter_mut()
-                .find(|(n, site, _)| *n == shard && *site == e.site)
-            {
-                Some((_, _, borns)) => borns.push(e.born),
-                None => killed.push((shard, e.site.clone(), vec![e.born])),
+            let sites = &mut killed[index.shard_of(&e.url)];
+            match sites.iter_mut().find(|(site, _)| *site == e.site) {
+                Some((_, borns)) => borns.push(e.born),
+                None => sites.push((e.site.clone(), vec![e.born])),
             }
             doomed.push(e);
         }
-        killed.sort_by_key(|(shard, _, _)| *shard);
-        for (shard, site, borns) in &killed {
-            let mut shard = index.shard_number(*shard);
-            let cutoff = self.objects.epochs.load().hard_cutoff(site);
-            let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
-            shard.uncount_n(site, live);
-            count.removed += live;
+        for (n, sites) in killed.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            let mut shard = index.shard_number(n);
+            let epochs = self.objects.epochs.load();
+            for (site, borns) in sites {
+                let cutoff = epochs.hard_cutoff(site);
+                let live = borns.iter().filter(|b| **b > cutoff).count() as u64;
+                shard.uncount_n(site, live);
+                count.removed += live;
+            }
         }
         self.reclaim(doomed);
         count

@@ -45,19 +45,21 @@ pub struct RequestView<'a> {
 }
 
 /// What the edge does with a request.
-pub enum Plan<'a> {
+pub enum Plan<'a, 'c> {
     /// The edge answers by itself.
     Answer(Answer),
     /// A `PURGE` request for this (normalised) host; the purge method's own checks follow.
     Purge { host: String },
     /// The request goes to a pool, through the cache or around it.
-    Forward(Forward<'a>),
+    Forward(Forward<'a, 'c>),
 }
 
-/// A request that goes to a pool.
-pub struct Forward<'a> {
-    pub site: Arc<Site>,
-    pub rule: Arc<Rule>,
+/// A request that goes to a pool: `'a` borrows from the request, `'c` from the config.
+pub struct Forward<'a, 'c> {
+    /// Borrowed from the running config: a request clones no reference count that every
+    /// thread's requests share (a transport that keeps them clones them itself).
+    pub site: &'c Arc<Site>,
+    pub rule: &'c Arc<Rule>,
     /// The normalised host: the site's, the key's and the one the origin receives.
     pub host: String,
     /// The normalised path.
@@ -81,7 +83,7 @@ pub enum Caching {
     Cacheable { primary: Vec<u8>, query: String },
 }
 
-impl Plan<'_> {
+impl Plan<'_, '_> {
     /// One line naming the plan: what the edge does, and for a forward the route, host, upstream
     /// target and pool (tests and the differential fuzz target compare these).
     pub fn summary(&self) -> String {
@@ -105,7 +107,7 @@ impl Plan<'_> {
     }
 }
 
-impl Forward<'_> {
+impl Forward<'_, '_> {
     /// The target the origin receives: the normalised path, and the keyed query for a
     /// cacheable request (the origin sees exactly what the key says) or the client's for a
     /// bypass.
@@ -129,12 +131,12 @@ impl Forward<'_> {
 }
 
 /// Decides what the edge does with `req` under the running config `rt` and release `states`.
-pub fn plan<'a>(
-    rt: &Runtime,
+pub fn plan<'a, 'c>(
+    rt: &'c Runtime,
     pools: &Registry,
     states: &HashMap<String, SiteState>,
     req: &RequestView<'a>,
-) -> Plan<'a> {
+) -> Plan<'a, 'c> {
     let (raw_path, query, target_authority) = match target::parse(req.target, req.method) {
         Err(why) => return Plan::Answer(Answer::bad_request(why)),
         Ok(Target::Asterisk) => return Plan::Answer(Answer::server_options()),
@@ -158,7 +160,7 @@ pub fn plan<'a>(
         Err(why) => return Plan::Answer(Answer::bad_request(why)),
         Ok(host) => host,
     };
-    let Some((host, site)) = host.and_then(|h| rt.sites.find(&h).cloned().map(|s| (h, s))) else {
+    let Some((host, site)) = host.and_then(|h| rt.sites.find(&h).map(|s| (h, s))) else {
         return Plan::Answer(Answer::unknown_host(rt.proxy.unknown_host_status));
     };
     if req.method.as_str() == "PURGE" {
@@ -177,7 +179,7 @@ pub fn plan<'a>(
         Err(refused) => return Plan::Answer(Answer::bad_path(refused)),
         Ok(p) => p,
     };
-    let rule = site.routes.find(req.method, &path).clone();
+    let rule = site.routes.find(req.method, &path);
     let Some(state) = states.get(&*site.name) else {
         // The release state is installed for every site before traffic; a gap is a bug.
         return Plan::Answer(Answer::text(
@@ -195,7 +197,7 @@ pub fn plan<'a>(
     }
     let r = &rt.release;
     let choice = release::choose(
-        &site,
+        site,
         pools,
         state,
         &path,
@@ -210,7 +212,7 @@ pub fn plan<'a>(
         Choice::Asset { pool } => (pool, String::new(), None),
         Choice::Pool { pool, new_cohort } => (pool.clone(), pool, new_cohort),
     };
-    let cache = match policy::bypass(&rule, req.method, req.headers) {
+    let cache = match policy::bypass(rule, req.method, req.headers) {
         // Maintenance allows cached copies only: a request that cannot use the cache gets
         // the maintenance page.
         Some(_) if maintenance_cached => {

@@ -20,7 +20,6 @@ use http::Method;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::HttpSession;
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Instant;
 
 impl FastPath {
@@ -67,11 +66,11 @@ impl FastPath {
     /// of the headers that make it something else ([`NOT_PLAIN`]), within the limits pingora's
     /// path refuses beyond (`hooks::limits::check_head`), a forward this transport carries,
     /// and a fresh stored object.
-    fn decide_h2(
+    fn decide_h2<'c>(
         &self,
-        rt: &Arc<Runtime>,
+        rt: &'c Runtime,
         session: &HttpSession,
-    ) -> Option<(ResponseHeader, HitAnswer)> {
+    ) -> Option<(ResponseHeader, HitAnswer<'c>)> {
         let req = session.req_header();
         if !matches!(req.method, Method::GET | Method::HEAD) || !session.is_body_empty() {
             return None;

@@ -13,7 +13,6 @@ use bytes::{BufMut, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
-use std::sync::Arc;
 
 /// Where a hit's response head goes.
 pub trait Head {
@@ -79,7 +78,7 @@ pub fn head(
 ) -> Option<()> {
     let stored = meta.response_header();
     let length = stored.headers.get(header::CONTENT_LENGTH)?;
-    let browser = headers::browser_cache_control(&f.rule);
+    let browser = headers::browser_cache_control(f.rule);
     let tags = &rt.cache.tag_headers;
     let skip = |name: &[u8]| {
         let lower = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
@@ -131,11 +130,12 @@ pub fn head(
 }
 
 /// A hit ready to write, and what the logs need of it.
-pub struct HitAnswer {
+/// Its site and route are borrowed from the config the request was planned under.
+pub struct HitAnswer<'c> {
     pub body: Option<Body>,
     pub status: u16,
-    pub site: Arc<str>,
-    pub rule: Arc<crate::rules::Rule>,
+    pub site: &'c str,
+    pub rule: &'c crate::rules::Rule,
     pub pool: String,
     pub request_id: String,
     pub method: Method,
@@ -144,20 +144,20 @@ pub struct HitAnswer {
     pub client: crate::telemetry::Client,
 }
 
-impl HitAnswer {
+impl<'c> HitAnswer<'c> {
     /// The answer to `method` for `f`, from the stored `meta` and `body` (none for HEAD).
     pub fn new(
-        f: &Forward,
+        f: &Forward<'_, 'c>,
         method: Method,
         (request_id, client): (String, crate::telemetry::Client),
         meta: &CacheMeta,
         body: Body,
-    ) -> HitAnswer {
+    ) -> HitAnswer<'c> {
         HitAnswer {
             body: (method == Method::GET).then_some(body),
             status: meta.response_header().status.as_u16(),
-            site: f.site.name.clone(),
-            rule: f.rule.clone(),
+            site: &f.site.name,
+            rule: f.rule,
             pool: f.pool.clone(),
             request_id,
             method,

@@ -82,14 +82,18 @@ pub struct Conn {
     peer: Option<String>,
     /// Waits for room to `sendfile` a large body ([`sendfile`]).
     writable: sendfile::Writable,
+    /// The running config as this connection's last request found it: its requests borrow
+    /// from this reference instead of each cloning one (a count every thread's requests
+    /// would write), and it is replaced when a reload has swapped the config.
+    runtime: Option<Arc<Runtime>>,
 }
 
 /// What the fast path does with a request.
-enum Decision {
+enum Decision<'c> {
     /// A plain hit: the response to write, and what the logs need of it.
-    Hit(BytesMut, HitAnswer),
+    Hit(BytesMut, HitAnswer<'c>),
     /// A request to relay to the origin uncached ([`relay`]).
-    Relay(Relay),
+    Relay(Relay<'c>),
 }
 
 /// Bodies up to this size go out in the same write as the head, copied after it: one write,
@@ -121,6 +125,7 @@ impl FastPath {
             buf,
             peer,
             writable,
+            runtime,
         } = conn;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
         let longest = {
@@ -146,8 +151,19 @@ impl FastPath {
         };
         stream.head_complete();
         // The config in force when the head arrived: a reload while this kept-alive
-        // connection sat idle applies to its next request.
-        let rt = self.runtime.load_full();
+        // connection sat idle applies to its next request. A guard costs no shared write;
+        // only a new config is cloned.
+        // (A guard is not kept across the awaits below: a thread has few debt slots.)
+        let current = self.runtime.load();
+        if runtime
+            .as_ref()
+            .is_none_or(|kept| !Arc::ptr_eq(kept, &current))
+        {
+            *runtime = Some(arc_swap::Guard::into_inner(current));
+        } else {
+            drop(current);
+        }
+        let rt: &Runtime = runtime.as_deref().expect("set just above");
         let limits = &rt.proxy.limits;
         // Timed from a complete head, as pingora's path is (idle keep-alive time is not the
         // request's).
@@ -155,7 +171,7 @@ impl FastPath {
         let decision = if shutdown || self.draining.load(Ordering::Relaxed) {
             None
         } else {
-            self.decide(&rt, &buf[..head_len], stream, peer)
+            self.decide(rt, &buf[..head_len], stream, peer)
         };
         let (mut head, answer) = match decision {
             Some(Decision::Hit(head, answer)) => (head, answer),
@@ -227,13 +243,13 @@ impl FastPath {
     /// to pingora. The decision is [`decide::plan`]'s; this is only what this transport can
     /// carry (HTTP/1.1 GET or HEAD without a body, conditions, ranges or credentials; no edge
     /// answer, cohort cookie or cached-only maintenance; no keyed cookies or headers).
-    fn decide(
+    fn decide<'c>(
         &self,
-        rt: &Arc<Runtime>,
+        rt: &'c Runtime,
         head: &[u8],
         stream: &TimedHead,
         peer: &mut Option<String>,
-    ) -> Option<Decision> {
+    ) -> Option<Decision<'c>> {
         let (hits, passes) = (rt.proxy.hit_fast_path, rt.proxy.pass_fast_path);
         if !hits && !passes {
             return None;
@@ -328,19 +344,19 @@ impl FastPath {
                 return None;
             }
             let stored = meta.headers();
-            key::variance(stored, &f.rule, &request(stored))
+            key::variance(stored, f.rule, &request(stored))
         };
         self.storage
             .fresh_variant_hit(hash, SystemTime::now(), variance)
     }
 
-    fn log(&self, a: &HitAnswer, start: Instant, bytes: usize) {
+    fn log(&self, a: &HitAnswer<'_>, start: Instant, bytes: usize) {
         let total = start.elapsed();
-        self.metrics.fast_hits.inc(&[&a.site]);
+        self.metrics.fast_hits.inc(&[a.site]);
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
-                site: &a.site,
+                site: a.site,
                 route: &a.rule.name,
                 pool: &a.pool,
                 method: a.method.as_str(),
@@ -415,14 +431,14 @@ pub fn plain_request<'h>(
 
 /// The hit answer: the stored response with the headers the proxy path would write
 /// ([`hit::head`]), as HTTP/1.1 bytes.
-fn hit(
+fn hit<'c>(
     rt: &Runtime,
-    f: &decide::Forward,
+    f: &decide::Forward<'_, 'c>,
     method: Method,
     (request_id, client): (String, crate::telemetry::Client),
     meta: &pingora::cache::CacheMeta,
     body: Body,
-) -> Option<Decision> {
+) -> Option<Decision<'c>> {
     let stored = meta.response_header();
     // Room for the body only when `serve` appends it to the head; a large body is written
     // from where it is stored, and a 1 MiB buffer per hit would go unused.

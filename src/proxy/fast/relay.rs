@@ -33,7 +33,6 @@ use pingora::cache::{CacheKey, CacheMeta, NoCacheReason};
 use pingora::http::ResponseHeader;
 use pingora::ErrorType;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -46,10 +45,12 @@ pub enum Reason {
 }
 
 /// A request the fast transport relays to the origin, as decided from its head.
-pub struct Relay {
-    pub runtime: Arc<Runtime>,
-    pub site: Arc<Site>,
-    pub rule: Arc<Rule>,
+/// A pass on its way: the config it was planned under is borrowed from the connection's
+/// reference to it (no reference count every thread's requests share is touched).
+pub struct Relay<'c> {
+    pub runtime: &'c Runtime,
+    pub site: &'c Site,
+    pub rule: &'c Rule,
     pub pool: String,
     pub reason: Reason,
     /// The request head the origin gets.
@@ -71,17 +72,17 @@ pub struct From<'a, 'h> {
     pub tls: bool,
 }
 
-impl Relay {
+impl<'c> Relay<'c> {
     /// The relay of a planned forward: the request head the origin gets (the client's fields
     /// but those it must not see, the plan's target and host, the forwarding headers).
     pub fn new(
-        rt: &Arc<Runtime>,
-        f: &crate::proxy::decide::Forward,
+        rt: &'c Runtime,
+        f: &crate::proxy::decide::Forward<'_, 'c>,
         reason: Reason,
         request_id: String,
         method: Method,
         from: &From,
-    ) -> Relay {
+    ) -> Relay<'c> {
         let forwarding = Forwarding {
             target: &f.upstream_target(),
             host: &f.host,
@@ -91,11 +92,11 @@ impl Relay {
             // A cacheable key: the origin gets no cookies (a cookie must not shape a shared page).
             drop_cookies: matches!(reason, Reason::Predicted(_)),
         };
-        let head = upstream_head(&method, from.fields, &f.rule, &forwarding);
+        let head = upstream_head(&method, from.fields, f.rule, &forwarding);
         Relay {
-            runtime: rt.clone(),
-            site: f.site.clone(),
-            rule: f.rule.clone(),
+            runtime: rt,
+            site: f.site,
+            rule: f.rule,
             pool: f.pool.clone(),
             reason,
             head,
@@ -264,7 +265,7 @@ struct Failed {
 /// `buf`).
 async fn exchange(
     up: &mut tokio::net::TcpStream,
-    relay: &Relay,
+    relay: &Relay<'_>,
     buf: &mut BytesMut,
     write_limit: Duration,
     read_limit: Duration,
@@ -320,7 +321,7 @@ impl FastPath {
     /// Forwards a planned pass to the origin and its answer to the client.
     pub(super) async fn forward(
         &self,
-        relay: Relay,
+        relay: Relay<'_>,
         client: &mut TimedHead,
         start: Instant,
         request: &[u8],
@@ -476,14 +477,13 @@ impl FastPath {
     /// answer is left to the next request ("deferred").
     fn readmit(
         &self,
-        relay: &Relay,
+        relay: &Relay<'_>,
         key: &CacheKey,
         head: &origin::ResponseHead,
         start: Instant,
     ) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
-        if let Some(reason) = policy::plainly_refused_raw(&relay.rule, &relay.path, || head.iter())
-        {
+        if let Some(reason) = policy::plainly_refused_raw(relay.rule, &relay.path, || head.iter()) {
             self.predictor
                 .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
             return Readmitted::NotStored(reason.as_str());
@@ -491,7 +491,7 @@ impl FastPath {
         let resp = stored_head(head);
         // Requests with Authorization never take the fast path (see `fast::NOT_PLAIN`).
         let requested = std::time::SystemTime::now() - start.elapsed();
-        match policy::admit(&relay.rule, &relay.path, &resp, false, requested) {
+        match policy::admit(relay.rule, &relay.path, &resp, false, requested) {
             Ok(meta) => {
                 self.predictor.mark_cacheable(key);
                 if relay.method == Method::GET && head.status == http::StatusCode::OK {
@@ -513,7 +513,7 @@ impl FastPath {
     /// storage calls as pingora's cache fill; the `Cache-Status` store outcome.
     async fn store(
         &self,
-        relay: &Relay,
+        relay: &Relay<'_>,
         key: &CacheKey,
         meta: CacheMeta,
         body: BytesMut,
@@ -521,8 +521,7 @@ impl FastPath {
     ) -> Option<&'static str> {
         use pingora::cache::storage::Storage;
         let mut key = key.clone();
-        if let Some(variance) =
-            key::variance(meta.headers(), &relay.rule, &request_headers(request))
+        if let Some(variance) = key::variance(meta.headers(), relay.rule, &request_headers(request))
         {
             key.set_variance_key(variance);
         }
@@ -542,7 +541,7 @@ impl FastPath {
     /// page, `Connection: close`), and closes the connection.
     async fn origin_failed(
         &self,
-        relay: &Relay,
+        relay: &Relay<'_>,
         client: &mut TimedHead,
         start: Instant,
         upstream: Option<std::net::SocketAddr>,
@@ -558,7 +557,7 @@ impl FastPath {
     /// the connection.
     async fn refused(
         &self,
-        relay: &Relay,
+        relay: &Relay<'_>,
         client: &mut TimedHead,
         start: Instant,
         answer: Answer,
@@ -572,7 +571,7 @@ impl FastPath {
     /// closes the connection.
     async fn edge_answer(
         &self,
-        relay: &Relay,
+        relay: &Relay<'_>,
         client: &mut TimedHead,
         start: Instant,
         answer: &Answer,
@@ -596,7 +595,7 @@ impl FastPath {
         Forwarded::Done(Outcome::Closed)
     }
 
-    fn report(&self, relay: &Relay, start: Instant, r: &Report) {
+    fn report(&self, relay: &Relay<'_>, start: Instant, r: &Report) {
         // The labels pingora's path gives the same request (`hooks::status::cache_label`).
         let (cache, bypass) = match (&relay.reason, r.store) {
             (Reason::Bypass(b), _) => ("bypass", Some(b.as_str())),
@@ -645,7 +644,7 @@ fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
 /// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` (the origin's, when
 /// it sent one) and `Connection`.
 fn response_head(
-    relay: &Relay,
+    relay: &Relay<'_>,
     head: &origin::ResponseHead,
     readmitted: Option<&Readmitted>,
 ) -> BytesMut {
@@ -654,7 +653,7 @@ fn response_head(
         _ => None,
     };
     // A stored object gets the route's browser TTL, as on pingora's path.
-    let browser = stored.and_then(|_| headers::browser_cache_control(&relay.rule));
+    let browser = stored.and_then(|_| headers::browser_cache_control(relay.rule));
     let tags = &relay.runtime.cache.tag_headers;
     let mut out = wire::HeadWriter::response(head.status, head.head.len() + 256);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);

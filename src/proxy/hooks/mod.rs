@@ -192,8 +192,9 @@ impl ProxyHttp for EdgeProxy {
         ctx.new_cohort = forward.new_cohort;
         ctx.maintenance_cached = forward.maintenance_cached;
         ctx.host = forward.host;
-        let rule = forward.rule;
-        ctx.site = Some(forward.site);
+        // This path keeps them in its context: its own references.
+        let rule = forward.rule.clone();
+        ctx.site = Some(forward.site.clone());
         ctx.runtime = Some(rt);
         if let Some(routed) = routed {
             let uri = routed.parse().map_err(|e| {
