@@ -178,17 +178,20 @@ async fn raw_origin(
 }
 
 /// One raw request on a fresh connection; everything the proxy sent until it closed or went
-/// quiet for a second.
+/// quiet for a second after its first bytes (which may take longer on a loaded machine: a
+/// whole suite's run once missed them within a second).
 async fn raw_exchange(proxy: &Proxy, requests: &str) -> String {
     let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     sock.write_all(requests.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), sock.read(&mut buf)).await {
+    let mut quiet = Duration::from_secs(10);
+    while let Ok(Ok(n)) = tokio::time::timeout(quiet, sock.read(&mut buf)).await {
         if n == 0 {
             break;
         }
         out.extend_from_slice(&buf[..n]);
+        quiet = Duration::from_secs(1);
     }
     String::from_utf8_lossy(&out).into_owned()
 }
