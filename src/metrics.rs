@@ -471,12 +471,7 @@ impl Metrics {
     /// keeps the cells it has made, found by one hash of the five labels, and writes only
     /// them ([`local`]). Label values are bounded (see the module doc), so is this.
     fn with_children<R>(&self, labels: [&str; 5], f: impl FnOnce(&Children) -> R) -> R {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ self.instance;
-        for label in labels {
-            for b in label.bytes().chain([0xff]) {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        let hash = local::label_hash(self.instance, &labels);
         CHILDREN.with(|cache| {
             let mut cache = cache.borrow_mut();
             let same = cache.entry(hash).or_default();

@@ -138,6 +138,18 @@ impl<T> Family<T> {
     }
 }
 
+/// A hash of label values (FNV-1a, each value ended by a byte no UTF-8 text has), for the
+/// per-thread caches: cheaper than building a key, and equal values hash equally.
+pub fn label_hash(seed: u64, labels: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for label in labels {
+        for b in label.bytes().chain([0xff]) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
 type CellCache = HashMap<(u64, u64), Vec<(Labels, Arc<Cell>)>>;
 
 thread_local! {
@@ -160,12 +172,7 @@ impl CounterFamily {
 
     /// Counts one for `labels` in this thread's cell, found in a per-thread cache.
     pub fn inc(&self, labels: &[&str]) {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for label in labels {
-            for b in label.bytes().chain([0xff]) {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        let hash = label_hash(0, labels);
         CELLS.with(|cache| {
             let mut cache = cache.borrow_mut();
             let same = cache.entry((self.0.id, hash)).or_default();
