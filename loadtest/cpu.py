@@ -11,6 +11,8 @@ rusage).
     loadtest/cpu.py /c/1m --rounds 5 --variant CROSSFADE_EXPERIMENT=1
                                                 # also crossfade started with that environment
     loadtest/cpu.py /c/1k --h2                  # HTTP/2 over TLS (h2load), crossfade and nginx
+    loadtest/cpu.py /p/1k --sched               # also wake-ups and inter-processor interrupts
+                                                # per request (whole box, perf), and idle CPU
 
 Uses bench.py's origin and peer configurations; stops everything it started. A benchmark, not
 a test.
@@ -46,8 +48,26 @@ def cpu_seconds(pgid):
     return user / TICKS, system / TICKS
 
 
-def measure(port, pgid, path, duration, h2=False, origin=None):
+SCHED_EVENTS = {"wakeups": "sched:sched_wakeup", "ipi_call": "irq_vectors:call_function_single_entry",
+                "ipi_resched": "irq_vectors:reschedule_entry"}
+
+
+def idle_ticks():
+    """(idle, total) jiffies of the whole box, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def measure(port, pgid, path, duration, h2=False, origin=None, sched=False):
     before = cpu_seconds(pgid)
+    idle_before = idle_ticks()
+    perf = None
+    if sched:
+        # The whole box: a proxy's wake-ups land on the client's and the origin's threads.
+        perf_out = tempfile.NamedTemporaryFile(prefix="perf-", suffix=".csv", delete=False).name
+        perf = subprocess.Popen(["perf", "stat", "-a", "-x,", "-o", perf_out, "-e",
+                                 ",".join(SCHED_EVENTS.values()), "--", "sleep", str(duration)])
     origin_before = cpu_seconds(origin) if origin else (0, 0)
     if h2:
         # HTTP/2 over TLS, 10 streams per connection (the TLS port is passed as `port`).
@@ -62,10 +82,24 @@ def measure(port, pgid, path, duration, h2=False, origin=None):
     n = int(re.search(r"(\d+) requests in" if not h2 else r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     after = cpu_seconds(pgid)
     origin_after = cpu_seconds(origin) if origin else (0, 0)
+    idle_after = idle_ticks()
     user, system = ((a - b) / n * 1e6 for a, b in zip(after, before))
-    return {"rps": n / duration, "proxy": user + system, "user": user, "system": system,
-            "client": (usage.ru_utime + usage.ru_stime) / n * 1e6,
-            "origin": sum(a - b for a, b in zip(origin_after, origin_before)) / n * 1e6}
+    result = {"rps": n / duration, "proxy": user + system, "user": user, "system": system,
+              "client": (usage.ru_utime + usage.ru_stime) / n * 1e6,
+              "origin": sum(a - b for a, b in zip(origin_after, origin_before)) / n * 1e6,
+              "idle": (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1]) * 100}
+    if perf:
+        perf.wait()
+        counts = {}
+        with open(perf_out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) > 2 and parts[0].isdigit():
+                    counts[parts[2]] = int(parts[0])
+        os.unlink(perf_out)
+        for name, event in SCHED_EVENTS.items():
+            result[name] = counts.get(event, 0) / n
+    return result
 
 
 def main():
@@ -78,6 +112,9 @@ def main():
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     ap.add_argument("--h2", action="store_true",
                     help="HTTP/2 over TLS with h2load -m 10 (crossfade and nginx: Varnish has no TLS)")
+    ap.add_argument("--sched", action="store_true",
+                    help="also count wake-ups and inter-processor interrupts per request over the "
+                         "whole box (perf stat -a), and the box's idle CPU")
     ap.add_argument("--key-cookies", default="",
                     help="comma-separated key_cookies for crossfade's rules, as bench.py's")
     args = ap.parse_args()
@@ -102,7 +139,8 @@ def main():
                                 f"https://127.0.0.1:{port(p)}{args.path}"], capture_output=True)
         for _ in range(args.rounds):
             for p in proxies:
-                results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2, origin))
+                results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2, origin,
+                                                           args.sched))
             for v in args.variant:
                 name, value = v.split("=", 1)
                 proc, port = bench.second_crossfade(work, args.binary, {name: value})
@@ -119,6 +157,12 @@ def main():
             m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "proxy", "user", "system", "client", "origin")}
             print(f"  {p:<28} {m['rps']:>8.0f} {m['proxy']:>13.1f} {m['user']:>7.1f} {m['system']:>8.1f} "
                   f"{m['client']:>14.1f} {m['origin']:>7.1f} {m['proxy'] + m['client'] + m['origin']:>7.1f}")
+        print(f"\n  {'proxy':<28} {'idle CPU %':>10}" + ("".join(f" {k + '/req':>16}" for k in SCHED_EVENTS) if args.sched else ""))
+        for p, runs in results.items():
+            line = f"  {p:<28} {statistics.median(r['idle'] for r in runs):>10.1f}"
+            if args.sched:
+                line += "".join(f" {statistics.median(r[k] for r in runs):>16.3f}" for k in SCHED_EVENTS)
+            print(line)
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)
