@@ -184,13 +184,42 @@ fn transport_keys(extra: &str) -> String {
         .collect()
 }
 
-/// A free loopback port (bound and released; the proxy binds it right after).
+/// A free loopback port for a listener a test starts later (crossfade's, Redis's) or for a
+/// server that is meant to be down.
+///
+/// It comes from below the kernel's ephemeral range: a port `bind(:0)` hands out is released
+/// here and bound later, and in between the kernel may give it to another test's origin or to
+/// an outgoing connection; a client of this test then talks to that (a TLS handshake answered
+/// by a plain HTTP origin ends in "tls handshake eof"). Ports below the range are never handed
+/// out by the kernel, and this process hands out each one once, so only another process picking
+/// its own ports can take one, and the bind check here skips those already taken.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 20000 and up: clear of well-known services and of the benchmarks' 19000-19006.
+    let (first, span) = (20_000, low.saturating_sub(20_000));
+    if span < 1000 {
+        // An unusual range leaves no room below it: fall back to the kernel's choice.
+        return StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    // Test binaries of one run start apart, so two processes rarely walk the same ports.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (first + (start + n) % span) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {first} and {}", first + span);
 }
 
 /// Admin token with the `purge` scope in every test proxy.
@@ -247,8 +276,8 @@ impl Proxy {
     }
 
     /// Starts crossfade with `[[sites]]` tables written out, and rules files `<name>.rules.toml`.
-    /// Ports are reserved by binding 127.0.0.1:0 and released, so another test may grab the
-    /// same one first; then crossfade cannot bind, and the start is retried on new ports.
+    /// Ports come from [`free_port`]; when another process took one first, crossfade cannot
+    /// bind, and the start is retried on new ports.
     pub async fn start_toml(sites: &str, rules: &[(&str, &str)], extra: &str) -> Proxy {
         Self::start_toml_limited(sites, rules, extra, None).await
     }
@@ -521,6 +550,16 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the proxy said (its last lines), which is most often why.
+        if std::thread::panicking() {
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "--- crossfade stderr (last 40 lines) ---\n{}",
+                tail.join("\n")
+            );
+        }
     }
 }
 
