@@ -271,3 +271,53 @@ fn another_environment_must_be_a_crossfade_admin_api_over_http() {
         ]
     );
 }
+
+#[test]
+fn listeners_that_share_a_port_are_a_config_error_not_a_panic_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crossfade.toml");
+    // Nothing binds these ports: the config is refused before anything starts.
+    std::fs::write(
+        &config,
+        r#"[proxy]
+listen = ["0.0.0.0:28181", "127.0.0.1:28182", "127.0.0.1:28182"]
+[admin]
+listen = "127.0.0.1:28181"
+[[admin.tokens]]
+name = "ops"
+token = "test-admin-token-0123456789"
+scopes = ["admin"]
+[[sites]]
+name = "a"
+hosts = ["a.test"]
+[sites.pools.blue]
+servers = ["127.0.0.1:28183"]
+"#,
+    )
+    .unwrap();
+    let (ok, out) = check(&[config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    let file = config.display().to_string();
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.replace(&file, "crossfade.toml"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "crossfade.toml:2: proxy.listen[2]: 127.0.0.1:28182 overlaps proxy.listen[1] (127.0.0.1:28182): one port, one listener",
+            "crossfade.toml:4: admin.listen: 127.0.0.1:28181 overlaps proxy.listen[0] (0.0.0.0:28181): one port, one listener",
+        ],
+        "{out}"
+    );
+    // `run` says the same and stops: before, pingora's listener thread panicked at start.
+    let run = Command::new(env!("CARGO_BIN_EXE_crossfade"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr).to_string();
+    assert!(!run.status.success(), "{said}");
+    assert!(said.contains("overlaps proxy.listen[1]"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}

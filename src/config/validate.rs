@@ -290,6 +290,15 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
     let sites = sites(path, site_files, &mut *issues.out);
     let mut push = |key: String, message: String| issues.push(key, message);
     let tls = super::tls::tls(path, tls_file, &sites, &mut push);
+    let proxy_listen = proxy.listen.iter().enumerate();
+    let listeners = proxy_listen
+        .map(|(i, a)| (format!("proxy.listen[{i}]"), *a))
+        .chain(tls.iter().flat_map(|t| {
+            let listen = t.listen.iter().enumerate();
+            listen.map(|(i, a)| (format!("tls.listen[{i}]"), *a))
+        }))
+        .chain(admin.iter().map(|a| ("admin.listen".to_string(), a.listen)));
+    overlapping_listeners(&listeners.collect::<Vec<_>>(), &mut push);
     Some(Runtime {
         source: path.to_path_buf(),
         server,
@@ -305,6 +314,29 @@ fn build(path: &Path, all: &mut Vec<Issue>) -> Option<Runtime> {
         dashboard,
         sites,
     })
+}
+
+/// Two listeners on one port where one address covers the other (the same address, or a
+/// wildcard): the second cannot bind, and the config check is where that should show, not a
+/// panic of the server after the config was accepted.
+fn overlapping_listeners(
+    listeners: &[(String, std::net::SocketAddr)],
+    push: &mut dyn FnMut(String, String),
+) {
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        let earlier = listeners[..i].iter().find(|(_, other)| {
+            other.port() == addr.port()
+                && (other.ip() == addr.ip()
+                    || other.ip().is_unspecified()
+                    || addr.ip().is_unspecified())
+        });
+        if let Some((other_key, other)) = earlier {
+            push(
+                key.clone(),
+                format!("{addr} overlaps {other_key} ({other}): one port, one listener"),
+            );
+        }
+    }
 }
 
 fn dashboard_settings(
