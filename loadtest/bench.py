@@ -457,15 +457,23 @@ def memory_per_object(work, pids, objects=100_000):
         print(f"  {p:<10} {n:>8} requests  {grown * 1024 / objects:>8.0f} bytes/object")
 
 
-def second_crossfade(work, binary, env=None):
+def second_crossfade(work, binary, env=None, settings=None):
     """Another crossfade beside the main one (ports +10, its own pid file and socket), same
-    origin and rules; returns (process, port). The caller stops it (or stop_all does)."""
+    origin and rules; returns (process, port). `settings` maps "section.key" to a TOML value
+    written into that section (e.g. {"server.work_stealing": "false"}). The caller stops it
+    (or stop_all does)."""
     with open(f"{work}/crossfade.toml") as f:
         config = f.read()
     port = PORTS["crossfade"] + 10
     for a, b in [(str(PORTS["crossfade"]), str(port)), (str(PORTS["admin"]), str(PORTS["admin"] + 10)),
+                 (str(PORTS["crossfade-tls"]), str(PORTS["crossfade-tls"] + 10)),
                  ("crossfade.pid", "second.pid"), ("crossfade-upgrade.sock", "second-upgrade.sock")]:
         config = config.replace(a, b)
+    for name, value in (settings or {}).items():
+        section, key = name.rsplit(".", 1)
+        if f"\n[{section}]\n" not in config:
+            config += f"\n[{section}]\n"
+        config = config.replace(f"\n[{section}]\n", f"\n[{section}]\n{key} = {value}\n", 1)
     with open(f"{work}/crossfade-second.toml", "w") as f:
         f.write(config)
     proc = start(f"{binary} run --config {work}/crossfade-second.toml", env=dict(os.environ, **(env or {})))

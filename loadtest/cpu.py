@@ -10,6 +10,8 @@ rusage).
     loadtest/cpu.py /c/1m                       # crossfade, nginx, Varnish; 3 rounds × 4 s
     loadtest/cpu.py /c/1m --rounds 5 --variant CROSSFADE_EXPERIMENT=1
                                                 # also crossfade started with that environment
+    loadtest/cpu.py /p/1k --variant server.work_stealing=false
+                                                # also crossfade with that config setting
     loadtest/cpu.py /c/1k --h2                  # HTTP/2 over TLS (h2load), crossfade and nginx
     loadtest/cpu.py /p/1k --sched               # also wake-ups and inter-processor interrupts
                                                 # per request (whole box, perf), and idle CPU
@@ -108,7 +110,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--variant", action="append", default=[],
-                    help="NAME=VALUE: also run crossfade with this in its environment")
+                    help="NAME=VALUE: also run crossfade with this in its environment; "
+                         "section.key=VALUE: with this config setting (a TOML value)")
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     ap.add_argument("--h2", action="store_true",
                     help="HTTP/2 over TLS with h2load -m 10 (crossfade and nginx: Varnish has no TLS)")
@@ -143,10 +146,14 @@ def main():
                                                            args.sched))
             for v in args.variant:
                 name, value = v.split("=", 1)
-                proc, port = bench.second_crossfade(work, args.binary, {name: value})
+                # section.key=value is a config setting; NAME=value an environment variable.
+                setting = "." in name
+                proc, second = bench.second_crossfade(work, args.binary, None if setting else {name: value},
+                                                    {name: value} if setting else None)
                 try:
-                    bench.warm(port, args.path)
-                    results.setdefault(f"crossfade {v}", []).append(measure(port, proc.pid, args.path, args.duration, origin=origin))
+                    bench.warm(second, args.path)
+                    results.setdefault(f"crossfade {v}", []).append(
+                        measure(second, proc.pid, args.path, args.duration, origin=origin, sched=args.sched))
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()

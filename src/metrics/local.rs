@@ -150,10 +150,11 @@ pub fn label_hash(seed: u64, labels: &[&str]) -> u64 {
     hash
 }
 
-type CellCache = HashMap<(u64, u64), Vec<(Labels, Arc<Cell>)>>;
+/// Keyed by hashes already taken (foldhash, not SipHash, to mix them: one lookup per request).
+type CellCache = foldhash::HashMap<(u64, u64), Vec<(Labels, Arc<Cell>)>>;
 
 thread_local! {
-    static CELLS: RefCell<CellCache> = RefCell::new(HashMap::new());
+    static CELLS: RefCell<CellCache> = RefCell::new(CellCache::default());
 }
 
 /// A counter family (`prometheus::IntCounterVec`'s exposition) of per-thread cells.

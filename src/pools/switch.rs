@@ -10,7 +10,7 @@ use super::Registry;
 use crate::config::{Runtime, Site};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -201,9 +201,13 @@ impl ChangeError {
     }
 }
 
+/// Every site's release state by site name. foldhash: every request looks its site up here,
+/// and SipHash cost more than the lookup (the names come from the config, not from clients).
+pub type States = foldhash::HashMap<String, SiteState>;
+
 /// The release state of every site, shared by the proxy, the admin API and the fleet.
 pub struct Release {
-    states: ArcSwap<HashMap<String, SiteState>>,
+    states: ArcSwap<States>,
     file: Option<PathBuf>,
     write: Mutex<()>,
 }
@@ -221,7 +225,7 @@ impl Release {
     /// The persisted state where there is one (for sites and pools that still exist), else
     /// each site's configured `active_pool`.
     pub fn load(rt: &Runtime, file: Option<PathBuf>) -> Self {
-        let saved: HashMap<String, SiteState> = file
+        let saved: States = file
             .as_deref()
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|bytes| match serde_json::from_slice(&bytes) {
@@ -232,7 +236,7 @@ impl Release {
                 }
             })
             .unwrap_or_default();
-        let mut states = HashMap::new();
+        let mut states = States::default();
         for site in &rt.sites.list {
             let state = saved
                 .get(&*site.name)
@@ -299,11 +303,11 @@ impl Release {
 
     /// Every site's state as of now, to read without copying (the request paths look at one
     /// site per request; a copy was a handful of allocations).
-    pub fn current(&self) -> arc_swap::Guard<Arc<HashMap<String, SiteState>>> {
+    pub fn current(&self) -> arc_swap::Guard<Arc<States>> {
         self.states.load()
     }
 
-    pub fn all(&self) -> Arc<HashMap<String, SiteState>> {
+    pub fn all(&self) -> Arc<States> {
         self.states.load_full()
     }
 
@@ -446,7 +450,7 @@ impl Release {
 }
 
 /// Writes `state` to `file` atomically: temp file in the same directory, fsync, rename.
-fn persist(file: &Path, state: &HashMap<String, SiteState>) -> std::io::Result<()> {
+fn persist(file: &Path, state: &States) -> std::io::Result<()> {
     let tmp = file.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(state).unwrap_or_default())?;

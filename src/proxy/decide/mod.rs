@@ -18,14 +18,13 @@ pub mod target;
 use crate::cache::key;
 use crate::cache::policy::{self, Bypass};
 use crate::config::{Runtime, Site};
-use crate::pools::switch::SiteState;
+use crate::pools::switch::States;
 use crate::pools::Registry;
 use crate::rules::Rule;
 pub use answer::Answer;
 use http::{header, HeaderMap, Method};
 use release::Choice;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use target::{HostSources, Target};
 
@@ -134,7 +133,7 @@ impl Forward<'_, '_> {
 pub fn plan<'a, 'c>(
     rt: &'c Runtime,
     pools: &Registry,
-    states: &HashMap<String, SiteState>,
+    states: &States,
     req: &RequestView<'a>,
 ) -> Plan<'a, 'c> {
     let (raw_path, query, target_authority) = match target::parse(req.target, req.method) {

@@ -37,7 +37,7 @@ mode = "override"
 edge_ttl = "1m"
 "#;
 
-fn runtime() -> (Runtime, Registry, HashMap<String, SiteState>) {
+fn runtime() -> (Runtime, Registry, States) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shop.toml"), RULES).unwrap();
     let path = dir.path().join("crossfade.toml");
@@ -50,7 +50,7 @@ fn runtime() -> (Runtime, Registry, HashMap<String, SiteState>) {
 
 fn decide(
     (rt, pools): (&Runtime, &Registry),
-    states: &HashMap<String, SiteState>,
+    states: &States,
     method: &str,
     target: &str,
     version: http::Version,

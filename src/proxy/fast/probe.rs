@@ -5,20 +5,14 @@
 
 use super::{carried, plain_request};
 use crate::config::Runtime;
-use crate::pools::switch::SiteState;
+use crate::pools::switch::States;
 use crate::pools::Registry;
 use crate::proxy::conn::framing;
 use crate::proxy::decide::{self, RequestView};
-use std::collections::HashMap;
 
 /// The plan the fast transport would carry out for `head`; `None` when it leaves the request to
 /// pingora's path (which then decides, and writes any edge answer, itself).
-pub fn fast_plan(
-    rt: &Runtime,
-    pools: &Registry,
-    states: &HashMap<String, SiteState>,
-    head: &[u8],
-) -> Option<String> {
+pub fn fast_plan(rt: &Runtime, pools: &Registry, states: &States, head: &[u8]) -> Option<String> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut slots);
     let (method, target, headers) = plain_request(&mut parsed, head, &rt.proxy.limits)?;
@@ -43,7 +37,7 @@ pub fn fast_plan(
 pub fn pingora_plan(
     rt: &Runtime,
     pools: &Registry,
-    states: &HashMap<String, SiteState>,
+    states: &States,
     head: &[u8],
 ) -> Option<String> {
     let mut slots = [httparse::EMPTY_HEADER; 256];
