@@ -471,9 +471,15 @@ def second_crossfade(work, binary, env=None, settings=None):
         config = config.replace(a, b)
     for name, value in (settings or {}).items():
         section, key = name.rsplit(".", 1)
-        if f"\n[{section}]\n" not in config:
-            config += f"\n[{section}]\n"
-        config = config.replace(f"\n[{section}]\n", f"\n[{section}]\n{key} = {value}\n", 1)
+        head = f"\n[{section}]\n"
+        if head not in config:
+            config += head
+        begin = config.index(head) + len(head)
+        end = config.find("\n[", begin)
+        end = len(config) if end < 0 else end + 1
+        lines = [line for line in config[begin:end].splitlines(keepends=True)
+                 if line.split("=")[0].strip() != key]
+        config = config[:begin] + f"{key} = {value}\n" + "".join(lines) + config[end:]
     with open(f"{work}/crossfade-second.toml", "w") as f:
         f.write(config)
     proc = start(f"{binary} run --config {work}/crossfade-second.toml", env=dict(os.environ, **(env or {})))

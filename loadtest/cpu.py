@@ -122,8 +122,6 @@ def main():
                     help="comma-separated key_cookies for crossfade's rules, as bench.py's")
     args = ap.parse_args()
     bench.KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
-    if args.h2 and args.variant:
-        sys.exit("--variant starts a second crossfade on the HTTP/1.1 ports only; leave out --h2")
     bench.ensure_tools()
     proxies = ("crossfade", "nginx") if args.h2 else ("crossfade", "nginx", "varnish")
     port = (lambda p: bench.PORTS[f"{p}-tls"]) if args.h2 else (lambda p: bench.PORTS[p])
@@ -152,8 +150,13 @@ def main():
                                                     {name: value} if setting else None)
                 try:
                     bench.warm(second, args.path)
+                    # The second crossfade's TLS listener is the first's plus 10, as its others.
+                    at = bench.PORTS["crossfade-tls"] + 10 if args.h2 else second
+                    if args.h2:
+                        subprocess.run(["h2load", "-n20", "-c1", "-H", ":authority: bench.test",
+                                        f"https://127.0.0.1:{at}{args.path}"], capture_output=True)
                     results.setdefault(f"crossfade {v}", []).append(
-                        measure(second, proc.pid, args.path, args.duration, origin=origin, sched=args.sched))
+                        measure(at, proc.pid, args.path, args.duration, args.h2, origin, args.sched))
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()

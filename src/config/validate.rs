@@ -420,7 +420,7 @@ fn server_settings(f: ServerFile, issues: &mut Issues) -> ServerSettings {
     }
     ServerSettings {
         threads: threads.max(1),
-        work_stealing: f.work_stealing.unwrap_or(true),
+        work_stealing: f.work_stealing.unwrap_or(false),
         grace_period: issues.duration(
             "server.grace_period",
             &f.grace_period,

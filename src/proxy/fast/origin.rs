@@ -29,9 +29,9 @@ type Idle = foldhash::HashMap<SocketAddr, VecDeque<(TcpStream, Instant)>>;
 /// The idle pool in shards, one per serving thread (round robin): a pass takes and returns
 /// connections on its own thread's shard, so passes on different threads never wait for each
 /// other's lock (one process-wide mutex was taken twice per pass), and with
-/// `server.work_stealing = false` a connection stays with the runtime that opened it, as
-/// nginx's per-worker keep-alive pools. A thread whose shard is empty takes from another
-/// shard only when that one's lock is free.
+/// `server.work_stealing = false` (the default) a connection stays with the runtime that opened
+/// it, as nginx's per-worker keep-alive pools. A thread whose shard is empty takes from another
+/// shard only when that one's lock is free, and moves what it takes to its own reactor.
 const SHARDS: usize = 16;
 
 static IDLE: LazyLock<[Mutex<Idle>; SHARDS]> =
@@ -63,6 +63,18 @@ pub fn take_idle(addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpSt
     (1..SHARDS)
         .map(|i| &IDLE[(own + i) % SHARDS])
         .find_map(|shard| take_from(&mut *shard.try_lock().ok()?, addr, idle, now))
+        .and_then(register_here)
+}
+
+/// A connection from another thread's shard, moved to this thread's reactor when each thread
+/// has its own (work stealing off): its readiness would otherwise arrive through the thread
+/// that opened it and wake this one from there, for as long as it lives.
+fn register_here(stream: TcpStream) -> Option<TcpStream> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::CurrentThread) => stream.into_std().and_then(TcpStream::from_std).ok(),
+        _ => Some(stream),
+    }
 }
 
 fn take_from(pool: &mut Idle, addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpStream> {

@@ -313,6 +313,11 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// crossfade patch: see `l4::Stream::register_here`.
+    pub(crate) fn register_here(&mut self) -> std::io::Result<()> {
+        self.l4.register_here()
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {

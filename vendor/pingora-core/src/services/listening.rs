@@ -226,10 +226,20 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
             };
             match new_io {
-                Ok(io) => {
+                Ok(mut io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        // crossfade patch: with work stealing off each runtime is a single
+                        // thread with its own reactor, and this one may not be the one that
+                        // accepted: the connection's socket moves to this thread's reactor.
+                        use tokio::runtime::{Handle, RuntimeFlavor};
+                        if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+                            if let Err(e) = io.register_here() {
+                                error!("could not register the accepted socket: {e}");
+                                return;
+                            }
+                        }
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {

@@ -623,6 +623,25 @@ impl Stream {
         }
     }
 
+    /// crossfade patch: registers a TCP socket with the reactor of the runtime this is called
+    /// on. tokio registers a socket where it was created; with `work_stealing` off, pingora
+    /// accepts on one single-threaded runtime and hands each connection to another, so every
+    /// read and write readiness of that connection arrived through the accepting thread's
+    /// reactor and then woke the serving thread: two threads woken per event instead of one.
+    /// Only for a fresh stream: nothing may be buffered yet.
+    pub(crate) fn register_here(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let mut raw = buffered.into_inner();
+        raw.stream = match raw.stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            other => other,
+        };
+        self.stream = Some(BufferedStream::with_capacity(0, 0, raw));
+        Ok(())
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
