@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=VALUE: also run crossfade with this in its environment; "
-                         "section.key=VALUE: with this config setting (a TOML value)")
+                         "section.key=VALUE[,section.key=VALUE…]: with these config settings (TOML values)")
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/crossfade"))
     ap.add_argument("--h2", action="store_true",
                     help="HTTP/2 over TLS with h2load -m 10 (crossfade and nginx: Varnish has no TLS)")
@@ -143,11 +143,13 @@ def main():
                 results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2, origin,
                                                            args.sched))
             for v in args.variant:
-                name, value = v.split("=", 1)
-                # section.key=value is a config setting; NAME=value an environment variable.
-                setting = "." in name
-                proc, second = bench.second_crossfade(work, args.binary, None if setting else {name: value},
-                                                    {name: value} if setting else None)
+                # section.key=value is a config setting (several joined by commas); NAME=value an
+                # environment variable.
+                pairs = dict(p.split("=", 1) for p in v.split(",")) if "." in v.split("=")[0] \
+                    else dict([v.split("=", 1)])
+                setting = "." in v.split("=")[0]
+                proc, second = bench.second_crossfade(work, args.binary, None if setting else pairs,
+                                                    pairs if setting else None)
                 try:
                     bench.warm(second, args.path)
                     # The second crossfade's TLS listener is the first's plus 10, as its others.
