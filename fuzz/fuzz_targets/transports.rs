@@ -1,11 +1,10 @@
 //! One decision, two readings: a request head as the fast transport reads it and as pingora's
 //! path reads it must lead to the same plan whenever the fast transport takes the request.
 #![no_main]
-use crossfade::pools::switch::{Release, SiteState};
+use crossfade::pools::switch::{Release, States};
 use crossfade::pools::Registry;
 use crossfade::proxy::fast::probe;
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 const CONFIG: &str = r#"
@@ -41,7 +40,7 @@ mode = "override"
 edge_ttl = "1m"
 "#;
 
-type Fixture = (crossfade::config::Runtime, Registry, HashMap<String, SiteState>);
+type Fixture = (crossfade::config::Runtime, Registry, States);
 
 fn runtime() -> &'static Fixture {
     static RT: OnceLock<Fixture> = OnceLock::new();
