@@ -89,8 +89,8 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Whether a connection may move between worker threads (tokio's work stealing). Off (the
     /// default), each thread is its own runtime with its own reactor and runs the connections
-    /// it is handed like an nginx worker: no task moves between cores, and passes ran 7–10%
-    /// faster, hits 7% (`loadtest/cpu.py --variant server.work_stealing=…`).
+    /// it is handed like an nginx worker: no task moves between cores; in one interleaved A/B
+    /// passes ran 10% faster and hits 7% (`loadtest/cpu.py --variant server.work_stealing=…`).
     pub work_stealing: bool,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
