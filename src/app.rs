@@ -3,7 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::cache::CacheCore;
-use crate::config::Runtime;
+use crate::config::{ConnectionBalance, Runtime};
 use crate::fleet::Purger;
 use crate::metrics::Metrics;
 use crate::pools::health::HealthService;
@@ -107,9 +107,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         graceful_shutdown_timeout_seconds: Some(runtime.server.graceful_shutdown_timeout.as_secs()),
         pid_file: runtime.server.pid_file.clone(),
         upgrade_sock: runtime.server.upgrade_sock.clone(),
-        // On by default (pingora's). Off, each thread serves its own connections: fewer
-        // cross-thread wake-ups on hits, but pingora then parks pooled upstream connections on a
-        // random thread, so passes hop threads; on 2 cores the full bench showed no difference.
+        // Off by default (`ServerSettings::work_stealing`): each thread is a runtime of its own.
         work_stealing: runtime.server.work_stealing,
         // Pingora's 16, with its own policy, let one GET become 16 origin requests when an
         // origin closed connections without answering: a retry storm on an origin already in
@@ -136,6 +134,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
     );
     let admin = runtime.admin.clone();
     let tls = runtime.tls.clone();
+    let random_placement = runtime.server.connection_balance == ConnectionBalance::Random;
     let runtime = Arc::new(ArcSwap::from_pointee(runtime));
     let pools = Arc::new(crate::pools::Registry::new(&runtime.load()));
     let release = Arc::new(Release::load(
@@ -251,6 +250,7 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
             metrics.clone(),
         ),
     );
+    service.set_random_placement(random_placement);
     for addr in listen {
         service.add_tcp(&addr.to_string());
     }

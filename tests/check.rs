@@ -321,3 +321,38 @@ servers = ["127.0.0.1:28183"]
     assert!(said.contains("overlaps proxy.listen[1]"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
 }
+
+#[test]
+fn a_connection_balance_that_cannot_apply_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crossfade.toml");
+    let site = "[[sites]]\nname = \"a\"\nhosts = [\"a.test\"]\n[sites.pools.blue]\nservers = [\"127.0.0.1:28183\"]\n";
+    let run = |server: &str| {
+        std::fs::write(&config, format!("[server]\n{server}\n{site}")).unwrap();
+        let (ok, out) = check(&[config.to_str().unwrap()]);
+        let file = config.display().to_string();
+        (ok, out.replace(&file, "crossfade.toml"))
+    };
+    let (ok, out) = run("connection_balance = \"even\"");
+    assert!(!ok);
+    assert_eq!(
+        out.trim(),
+        "crossfade.toml:2: server.connection_balance: \"even\" is not one of \"fewest\", \"random\""
+    );
+    // With work stealing, tokio moves connections itself: the setting would mean nothing.
+    let (ok, out) = run("work_stealing = true\nconnection_balance = \"fewest\"");
+    assert!(!ok);
+    assert_eq!(
+        out.trim(),
+        "crossfade.toml:3: server.connection_balance: has no effect with server.work_stealing = true \
+         (idle threads take connections from busy ones); remove one of them"
+    );
+    for fine in [
+        "connection_balance = \"random\"",
+        "work_stealing = true",
+        "",
+    ] {
+        let (ok, out) = run(fine);
+        assert!(ok, "{fine}: {out}");
+    }
+}

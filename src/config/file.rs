@@ -102,6 +102,7 @@ pub struct FleetFile {
 pub struct ServerFile {
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
+    pub connection_balance: Option<String>,
     pub grace_period: Option<String>,
     pub graceful_shutdown_timeout: Option<String>,
     pub pid_file: Option<String>,

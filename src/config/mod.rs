@@ -84,6 +84,18 @@ pub struct Runtime {
     pub sites: Sites,
 }
 
+/// `server.connection_balance`: how a new connection picks its thread (work stealing off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionBalance {
+    /// The thread serving the fewest connections (ties: the next in turn), as Envoy's exact
+    /// balance and HAProxy's per-thread accept queues do: pingora's random pick left one of two
+    /// threads with half again as many connections as the other, and on this box passes and
+    /// hits ran 14% faster balanced (`loadtest/cpu.py --variant server.connection_balance=…`).
+    Fewest,
+    /// A thread at random, each time (pingora's own placement).
+    Random,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
@@ -92,6 +104,8 @@ pub struct ServerSettings {
     /// it is handed like an nginx worker: no task moves between cores; in one interleaved A/B
     /// passes ran 10% faster and hits 7% (`loadtest/cpu.py --variant server.work_stealing=…`).
     pub work_stealing: bool,
+    /// Which thread a new connection is handed to when work stealing is off.
+    pub connection_balance: ConnectionBalance,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: String,

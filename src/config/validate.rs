@@ -418,9 +418,31 @@ fn server_settings(f: ServerFile, issues: &mut Issues) -> ServerSettings {
     if threads == 0 {
         issues.push("server.threads", "must be at least 1");
     }
+    let work_stealing = f.work_stealing.unwrap_or(false);
+    let connection_balance = match f.connection_balance.as_deref() {
+        None | Some("fewest") => ConnectionBalance::Fewest,
+        Some("random") => ConnectionBalance::Random,
+        Some(other) => {
+            issues.push(
+                "server.connection_balance",
+                format!("{other:?} is not one of \"fewest\", \"random\""),
+            );
+            ConnectionBalance::Fewest
+        }
+    };
+    if work_stealing && f.connection_balance.is_some() {
+        // With stealing on, tokio moves connections between threads itself: the setting
+        // would be silently ignored.
+        issues.push(
+            "server.connection_balance",
+            "has no effect with server.work_stealing = true (idle threads take connections \
+             from busy ones); remove one of them",
+        );
+    }
     ServerSettings {
         threads: threads.max(1),
-        work_stealing: f.work_stealing.unwrap_or(false),
+        work_stealing,
+        connection_balance,
         grace_period: issues.duration(
             "server.grace_period",
             &f.grace_period,

@@ -110,6 +110,7 @@ fn server_settings(c: &mut Changes, old: &ServerSettings, new: &mut ServerSettin
     let ServerSettings {
         threads,
         work_stealing,
+        connection_balance,
         grace_period,
         graceful_shutdown_timeout,
         pid_file,
@@ -120,6 +121,11 @@ fn server_settings(c: &mut Changes, old: &ServerSettings, new: &mut ServerSettin
         "server.work_stealing",
         work_stealing,
         &mut new.work_stealing,
+    );
+    c.restart(
+        "server.connection_balance",
+        connection_balance,
+        &mut new.connection_balance,
     );
     c.restart("server.grace_period", grace_period, &mut new.grace_period);
     c.restart(
@@ -332,6 +338,7 @@ fn tls_settings(c: &mut Changes, old: &Option<TlsSettings>, new: &mut Option<Tls
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConnectionBalance;
     use std::time::Duration;
 
     fn runtime() -> Runtime {
@@ -356,6 +363,7 @@ mod tests {
         let later = Duration::from_secs(99);
         new.server.threads += 1;
         new.server.work_stealing = !new.server.work_stealing;
+        new.server.connection_balance = ConnectionBalance::Random;
         new.server.grace_period = later;
         new.server.graceful_shutdown_timeout = later;
         new.server.pid_file = "/x.pid".into();
@@ -385,6 +393,7 @@ mod tests {
             [
                 "server.threads",
                 "server.work_stealing",
+                "server.connection_balance",
                 "server.grace_period",
                 "server.graceful_shutdown_timeout",
                 "server.pid_file",
