@@ -361,42 +361,67 @@ pub fn plainly_refused_raw<'a, I>(
 where
     I: Iterator<Item = (&'a [u8], &'a [u8])>,
 {
-    // A targeted field (RFC 9213) may say otherwise than Cache-Control: `admit` decides.
-    let defers = |n: &[u8]| {
-        n.eq_ignore_ascii_case(b"set-cookie")
+    if super::armor::guards(path) {
+        return None;
+    }
+    // One pass over the fields (this runs on every pass of a key known to be uncacheable).
+    let mut verdict = Plainly::default();
+    for (name, value) in fields() {
+        if name.eq_ignore_ascii_case(b"cache-control") {
+            verdict.read(value)?;
+        } else if name.eq_ignore_ascii_case(b"set-cookie")
             || rule
                 .targeted
                 .iter()
-                .any(|t| n.eq_ignore_ascii_case(t.as_bytes()))
-    };
-    if super::armor::guards(path) || fields().any(|(n, _)| defers(n)) {
-        return None;
+                .any(|t| name.eq_ignore_ascii_case(t.as_bytes()))
+        {
+            // A targeted field (RFC 9213) may say otherwise than Cache-Control: `admit` decides.
+            return None;
+        }
     }
-    let values = fields()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"cache-control"))
-        .map(|(_, v)| v);
-    plainly_refused_by(values)
+    verdict.end()
 }
 
 /// [`plainly_refused`] over the raw `Cache-Control` values of a response.
 fn plainly_refused_by<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<NotStored> {
-    let (mut no_store, mut must_understand) = (false, false);
+    let mut verdict = Plainly::default();
     for value in values {
+        verdict.read(value)?;
+    }
+    verdict.end()
+}
+
+/// What the `Cache-Control` values read so far plainly say.
+#[derive(Default)]
+struct Plainly {
+    private: bool,
+    no_store: bool,
+    must_understand: bool,
+}
+
+impl Plainly {
+    /// Reads one value; `None` when it is not plain (a quoted string: `admit` decides).
+    fn read(&mut self, value: &[u8]) -> Option<()> {
         if value.contains(&b'"') {
             return None;
         }
         for directive in value.split(|&b| b == b',') {
             let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
             let name = name.trim_ascii();
-            if name.eq_ignore_ascii_case(b"private") {
-                return Some(NotStored::Private);
-            }
-            no_store |= name.eq_ignore_ascii_case(b"no-store");
-            must_understand |= name.eq_ignore_ascii_case(b"must-understand");
+            self.private |= name.eq_ignore_ascii_case(b"private");
+            self.no_store |= name.eq_ignore_ascii_case(b"no-store");
+            self.must_understand |= name.eq_ignore_ascii_case(b"must-understand");
         }
+        Some(())
     }
-    // `must-understand` can make `no-store` not apply: `admit` decides.
-    (no_store && !must_understand).then_some(NotStored::NoStore)
+
+    fn end(self) -> Option<NotStored> {
+        if self.private {
+            return Some(NotStored::Private);
+        }
+        // `must-understand` can make `no-store` not apply: `admit` decides.
+        (self.no_store && !self.must_understand).then_some(NotStored::NoStore)
+    }
 }
 
 fn secs(d: Option<Duration>) -> u32 {
