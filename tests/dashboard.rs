@@ -21,14 +21,18 @@ struct Browser {
     base: String,
     driver: std::process::Child,
     _profile: tempfile::TempDir,
+    /// Chromium's scratch directories (`TMPDIR`): left in /tmp, one or two per session.
+    _scratch: tempfile::TempDir,
 }
 
 impl Browser {
     async fn start() -> Browser {
         let port = free_port();
         use std::os::unix::process::CommandExt;
+        let scratch = tempfile::tempdir().unwrap();
         let driver = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", scratch.path())
             // Its own process group, so that drop ends the Chromium it starts too.
             .process_group(0)
             .stdout(std::process::Stdio::null())
@@ -68,6 +72,7 @@ impl Browser {
             base: format!("{root}/session/{id}"),
             driver,
             _profile: profile,
+            _scratch: scratch,
         }
     }
 
