@@ -36,10 +36,20 @@ pub fn hash(primary: &[u8]) -> [u8; 16] {
 /// Browsers send one Cookie header with `; ` separators, but HTTP/2 clients may send several
 /// and applications accept missing spaces or tabs, so all of those forms are read the same way.
 pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+    cookie_pairs(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// [`cookies`] over the raw values of the Cookie fields (the fast transport's parsed head).
+pub fn cookie_pairs<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -85,14 +95,28 @@ pub fn variance(
 /// client's order (a cookie must not shape a shared page unless it is part of the key).
 /// `None`: no Cookie field at all.
 pub fn kept_cookies(req: &HeaderMap, rule: &crate::rules::Rule) -> Option<String> {
+    let values = req.get_all(http::header::COOKIE);
+    kept_cookie_values(values.iter().map(|v| v.as_bytes()), rule)
+}
+
+/// [`kept_cookies`] over the raw values of the Cookie fields.
+pub fn kept_cookie_values<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    rule: &crate::rules::Rule,
+) -> Option<String> {
     if rule.key_cookies.is_empty() {
         return None;
     }
-    let kept: Vec<String> = cookies(req)
-        .filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    let mut kept = String::new();
+    for (n, v) in cookie_pairs(values).filter(|(n, _)| rule.key_cookies.iter().any(|k| k == n)) {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(n);
+        kept.push('=');
+        kept.push_str(v);
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The query as it is keyed (and forwarded on cacheable requests): parameters the rule does
@@ -216,6 +240,29 @@ mod tests {
             vec!["type", "page", "xyz"]
         );
         assert!(dropped_by_allow_list("utm_source=x", &drop).is_empty());
+    }
+
+    #[test]
+    fn kept_cookies_read_alike_from_a_header_map_and_from_raw_fields() {
+        let mut rule = crate::rules::honor_rule("r", None);
+        rule.key_cookies = vec!["currency".into(), "lang".into()];
+        let fields = ["a=1; lang=de", "\tcurrency = EUR ;theme=dark"];
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append("cookie", f.parse().unwrap());
+        }
+        let raw = kept_cookie_values(fields.iter().map(|f| f.as_bytes()), &rule);
+        assert_eq!(raw.as_deref(), Some("lang=de; currency=EUR"));
+        assert_eq!(kept_cookies(&h, &rule), raw);
+        assert_eq!(
+            kept_cookie_values(["a=1"].map(str::as_bytes).into_iter(), &rule),
+            None
+        );
+        rule.key_cookies.clear();
+        assert_eq!(
+            kept_cookie_values(fields.map(str::as_bytes).into_iter(), &rule),
+            None
+        );
     }
 
     #[test]

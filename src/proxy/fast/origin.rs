@@ -159,6 +159,18 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream>
     Ok(stream)
 }
 
+/// What one read from the origin takes at most (the relay's buffer).
+pub const READ_SIZE: usize = 16 << 10;
+
+/// The body bytes the client's first write may carry after the head: the buffer holding the
+/// head is made with room for them, so that appending a small body does not move it.
+pub fn body_room(framing: Framing) -> usize {
+    match framing {
+        Framing::Length(n) => n.min(READ_SIZE as u64) as usize,
+        _ => 0,
+    }
+}
+
 /// Reads more of the response into `buf`; `Ok(0)` when the origin closed the connection.
 pub async fn read_more(
     up: &mut TcpStream,
@@ -166,7 +178,7 @@ pub async fn read_more(
     limit: Duration,
 ) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 << 10);
+        buf.reserve(READ_SIZE);
     }
     tokio::time::timeout(limit, up.read_buf(buf))
         .await
@@ -192,6 +204,10 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The connection may carry another request after this response.
     pub reusable: bool,
+    /// The index of the first `Connection` field and of the first `Date` field, found while
+    /// parsing: the response head's writer reads both, and need not scan for them.
+    pub connection: Option<usize>,
+    pub date: Option<usize>,
 }
 
 impl ResponseHead {
@@ -199,6 +215,20 @@ impl ResponseHead {
         self.fields
             .iter()
             .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
+    }
+
+    /// The values of the fields named `name`, whose first is at `first` (one of the indices
+    /// above).
+    pub fn values<'a>(
+        &'a self,
+        first: Option<usize>,
+        name: &'static [u8],
+    ) -> impl Iterator<Item = &'a [u8]> {
+        let from = first.unwrap_or(self.fields.len());
+        self.fields[from..]
+            .iter()
+            .filter(move |(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| &self.head[v.clone()])
     }
 }
 
@@ -243,7 +273,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut close = resp.version != Some(1);
-        for h in resp.headers.iter() {
+        let (mut connection, mut date) = (None, None);
+        for (i, h) in resp.headers.iter().enumerate() {
             let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
             fields.push((n..n + h.name.len(), v..v + h.value.len()));
             let name = h.name.as_bytes();
@@ -262,7 +293,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
                     return Err(BadHead::Invalid("unsupported transfer-encoding"));
                 }
                 chunked = true;
+            } else if name.eq_ignore_ascii_case(b"date") {
+                date = date.or(Some(i));
             } else if name.eq_ignore_ascii_case(b"connection") {
+                connection = connection.or(Some(i));
                 close |= h
                     .value
                     .split(|&b| b == b',')
@@ -288,6 +322,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
             fields,
             framing,
             reusable: !close,
+            connection,
+            date,
         });
     }
 }

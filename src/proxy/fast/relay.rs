@@ -152,22 +152,18 @@ pub fn upstream_head(
     }
     if f.drop_cookies {
         // As `upstream_request_filter`: the key cookies, in order, in one field after the
-        // client's others, and the one coding the variant is keyed by.
-        let mut jar = http::HeaderMap::new();
-        for h in fields.iter().filter(|h| {
-            h.name.eq_ignore_ascii_case("cookie") || h.name.eq_ignore_ascii_case("accept-encoding")
-        }) {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(h.name.as_bytes()),
-                http::HeaderValue::from_bytes(h.value),
-            ) {
-                jar.append(n, v);
-            }
-        }
-        if let Some(kept) = key::kept_cookies(&jar, rule) {
+        // client's others, and the one coding the variant is keyed by — read from the raw
+        // fields by the same functions (httparse has refused the bytes a value cannot hold).
+        let values = |name: &'static str| {
+            fields
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        if let Some(kept) = key::kept_cookie_values(values("cookie"), rule) {
             line(b"Cookie", kept.as_bytes());
         }
-        if let Some(coding) = vary::accept_encoding(&jar) {
+        if let Some(coding) = vary::preferred(values("accept-encoding")) {
             line(b"Accept-Encoding", coding.as_bytes());
         }
     }
@@ -350,7 +346,7 @@ impl FastPath {
                 return self.refused(&relay, client, start, Answer::busy()).await;
             }
         };
-        let mut buf = BytesMut::with_capacity(16 << 10);
+        let mut buf = BytesMut::with_capacity(origin::READ_SIZE);
         let mut fresh_only = false;
         let (server, _inflight, mut up, head, upstream_time) = loop {
             // No healthy server (or none left after a failed connect): nothing was sent, and
@@ -633,10 +629,7 @@ impl FastPath {
 
 /// [`headers::HopByHop`] of an origin's response head.
 fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
-    let connection = head
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .map(|(_, v)| v);
+    let connection = head.values(head.connection, b"connection");
     headers::HopByHop::new(head.status.as_u16(), connection)
 }
 
@@ -655,7 +648,8 @@ fn response_head(
     // A stored object gets the route's browser TTL, as on pingora's path.
     let browser = stored.and_then(|_| headers::browser_cache_control(relay.rule));
     let tags = &relay.runtime.cache.tag_headers;
-    let mut out = wire::HeadWriter::response(head.status, head.head.len() + 256);
+    let room = head.head.len() + 256 + origin::body_room(head.framing);
+    let mut out = wire::HeadWriter::response(head.status, room);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     let hop = hop_by_hop(head);
     for (name, value) in head.iter() {
@@ -699,9 +693,5 @@ fn response_head(
         (Reason::Predicted(_), None) => unreachable!("a predicted key is always readmitted"),
     };
     out.line_with(b"cache-status", |v| status.write(v));
-    let date = head
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"date"))
-        .map(|(_, v)| v);
-    out.finish_response(date)
+    out.finish_response(head.values(head.date, b"date").next())
 }
