@@ -283,15 +283,36 @@ def warm(port, path):
         urllib.request.urlopen(req).read()
 
 
+def paired(by_proxy, p):
+    """The median over rounds of `p`'s rate divided by the best peer's rate in the same round,
+    and the lowest and highest of those ratios. On a shared box the rate of every proxy moves
+    by ±20% from one minute to the next; within one round the proxies ran seconds apart, so
+    the ratio of a round is steadier than the ratio of the two medians."""
+    peers = [q for q in by_proxy if q != "crossfade"]
+    ratios = []
+    for r, run in enumerate(by_proxy[p]):
+        best = max(by_proxy[q][r]["rps"] for q in peers)
+        if best:
+            ratios.append(run["rps"] / best)
+    if not ratios:
+        return 0, 0, 0
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def report(title, results):
     print(f"\n{title}")
-    print(f"  {'workload':<10} {'proxy':<10} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'vs best peer':>13}")
+    print(f"  {'workload':<10} {'proxy':<10} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'vs best peer':>13}"
+          f"  {'per round (median, range)':>26}")
     for workload, by_proxy in results.items():
         med = {p: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")} for p, runs in by_proxy.items()}
         best_peer = max(med[p]["rps"] for p in med if p != "crossfade")
         for p, m in med.items():
             ratio = m["rps"] / best_peer if best_peer else 0
-            print(f"  {workload:<10} {p:<10} {m['rps']:>15.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} {ratio:>12.2f}x")
+            rounds = ""
+            if p == "crossfade":
+                mid, low, high = paired(by_proxy, p)
+                rounds = f"  {mid:>11.2f}x ({low:.2f}-{high:.2f})"
+            print(f"  {workload:<10} {p:<10} {m['rps']:>15.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} {ratio:>12.2f}x{rounds}")
         bad = [(p, r["errors"], r["sock"]) for p, runs in by_proxy.items() for r in runs if r["errors"] or r["sock"]]
         if bad:
             print(f"  {workload}: errors {bad}")
