@@ -43,20 +43,19 @@ impl HopByHop {
     pub fn new<'a>(status: u16, connection: impl Iterator<Item = &'a [u8]>) -> HopByHop {
         let upgrade = status == 101;
         // Most origins list nothing but `keep-alive` or `close`: no allocation for those.
-        let mut listed = Vec::new();
-        for token in connection
+        let listed = connection
             .filter(|_| !upgrade)
             .flat_map(|v| v.split(|&b| b == b','))
-        {
-            let t = token.trim_ascii();
-            let known = |h: &&str| t.eq_ignore_ascii_case(h.as_bytes());
-            if !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !HOP_BY_HOP_RESPONSE.iter().any(known)
-            {
-                listed.push(t.to_ascii_lowercase());
-            }
-        }
+            .map(|t| t.trim_ascii())
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP_RESPONSE
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+            })
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
         HopByHop { upgrade, listed }
     }
 

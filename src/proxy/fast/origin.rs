@@ -204,10 +204,6 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The connection may carry another request after this response.
     pub reusable: bool,
-    /// The index of the first `Connection` field and of the first `Date` field, found while
-    /// parsing: the response head's writer reads both, and need not scan for them.
-    pub connection: Option<usize>,
-    pub date: Option<usize>,
 }
 
 impl ResponseHead {
@@ -215,20 +211,6 @@ impl ResponseHead {
         self.fields
             .iter()
             .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
-    }
-
-    /// The values of the fields named `name`, whose first is at `first` (one of the indices
-    /// above).
-    pub fn values<'a>(
-        &'a self,
-        first: Option<usize>,
-        name: &'static [u8],
-    ) -> impl Iterator<Item = &'a [u8]> {
-        let from = first.unwrap_or(self.fields.len());
-        self.fields[from..]
-            .iter()
-            .filter(move |(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name))
-            .map(|(_, v)| &self.head[v.clone()])
     }
 }
 
@@ -273,8 +255,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut close = resp.version != Some(1);
-        let (mut connection, mut date) = (None, None);
-        for (i, h) in resp.headers.iter().enumerate() {
+        for h in resp.headers.iter() {
             let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
             fields.push((n..n + h.name.len(), v..v + h.value.len()));
             let name = h.name.as_bytes();
@@ -293,10 +274,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
                     return Err(BadHead::Invalid("unsupported transfer-encoding"));
                 }
                 chunked = true;
-            } else if name.eq_ignore_ascii_case(b"date") {
-                date = date.or(Some(i));
             } else if name.eq_ignore_ascii_case(b"connection") {
-                connection = connection.or(Some(i));
                 close |= h
                     .value
                     .split(|&b| b == b',')
@@ -322,8 +300,6 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<ResponseHead
             fields,
             framing,
             reusable: !close,
-            connection,
-            date,
         });
     }
 }

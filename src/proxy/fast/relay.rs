@@ -629,7 +629,10 @@ impl FastPath {
 
 /// [`headers::HopByHop`] of an origin's response head.
 fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
-    let connection = head.values(head.connection, b"connection");
+    let connection = head
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .map(|(_, v)| v);
     headers::HopByHop::new(head.status.as_u16(), connection)
 }
 
@@ -693,5 +696,9 @@ fn response_head(
         (Reason::Predicted(_), None) => unreachable!("a predicted key is always readmitted"),
     };
     out.line_with(b"cache-status", |v| status.write(v));
-    out.finish_response(head.values(head.date, b"date").next())
+    let date = head
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"date"))
+        .map(|(_, v)| v);
+    out.finish_response(date)
 }
