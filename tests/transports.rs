@@ -446,3 +446,43 @@ async fn origin_failures_get_crossfade_pages_that_close_the_connection() {
         assert!(text.contains("crossfade: the origin"), "{path}: {text}");
     }
 }
+
+/// A stored variant is served to the visitors it is for even after another variant of the
+/// same page turned out private. The private answer makes pingora's predictor remember the
+/// primary key as uncacheable; pingora's path asked it before looking in the cache, so the
+/// stored USD page went to the origin again there while the fast transport served it.
+#[tokio::test]
+async fn a_private_variant_does_not_hide_a_stored_one() {
+    let origin = Origin::start(|seen| async move {
+        let cookie = seen.header("cookie").unwrap_or("").to_string();
+        let cc = if cookie == "currency=USD" {
+            "public, max-age=60"
+        } else {
+            "private"
+        };
+        reply(200, &[("cache-control", cc)], format!("cookie={cookie}"))
+    })
+    .await;
+    let rules = "[defaults]\nkey_cookies = [\"currency\"]\n";
+    let proxy = Proxy::single(&origin, rules, "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let url = proxy.url("/price");
+    let usd = [("cookie", "currency=USD")];
+    let first = common::get(&c, &url, &usd).await;
+    assert!(!first.is_hit(), "{}", first.cache());
+    assert!(common::get(&c, &url, &usd).await.is_hit());
+    for _ in 0..2 {
+        let gbp = common::get(&c, &url, &[("cookie", "currency=GBP")]).await;
+        assert_eq!(gbp.body, "cookie=currency=GBP");
+        assert!(!gbp.is_hit(), "{}", gbp.cache());
+    }
+    let asked = origin.hits();
+    let again = common::get(&c, &url, &usd).await;
+    assert_eq!(again.body, "cookie=currency=USD");
+    assert!(again.is_hit(), "the stored USD page: {}", again.cache());
+    assert_eq!(
+        origin.hits(),
+        asked,
+        "a fresh stored page is not fetched again"
+    );
+}

@@ -201,6 +201,28 @@ impl EdgeStorage {
         Ok(self.objects.insert(id, updated))
     }
 
+    /// The fresh stored answer a request to `rule`'s route finds under the primary key `hash`
+    /// now, in the variant it selects as `cache_vary_filter` keys variants (origin `Vary`, key
+    /// cookies and headers); `request` gives the request headers for the stored object's
+    /// headers, asked only when a variance is needed (a plain object needs none). What both
+    /// transports serve as a hit without asking the predictor.
+    pub fn fresh_hit<'h>(
+        &self,
+        rule: &crate::rules::Rule,
+        hash: HashBinary,
+        request: impl FnOnce(&http::HeaderMap) -> std::borrow::Cow<'h, http::HeaderMap>,
+    ) -> Option<(CacheMeta, Body)> {
+        let keyed = !rule.key_cookies.is_empty() || !rule.key_headers.is_empty();
+        let variance = |meta: &CacheMeta| {
+            if !keyed && meta.variance().is_none() {
+                return None;
+            }
+            let stored = meta.headers();
+            key::variance(stored, rule, &request(stored))
+        };
+        self.fresh_variant_hit(hash, SystemTime::now(), variance)
+    }
+
     /// The object a request for `primary` finds when it can be served as a plain hit: live and
     /// fresh at `now`. Used by `proxy::fast`. Objects that vary (origin `Vary`, key cookies
     /// and headers) are found as pingora's lookup finds them: the primary slot under

@@ -109,8 +109,9 @@ impl FastPath {
         if !carried(&f) {
             return None;
         }
-        let (meta, body) =
-            self.fresh_hit(&f, key::hash(primary), |_| Cow::Borrowed(&req.headers))?;
+        let (meta, body) = self
+            .storage
+            .fresh_hit(f.rule, key::hash(primary), |_| Cow::Borrowed(&req.headers))?;
         let request_id = headers::request_id(req.headers.get("x-request-id"));
         let stored = meta.response_header();
         let mut head = ResponseHeader::build_no_case(stored.status, Some(12)).ok()?;

@@ -47,7 +47,7 @@ use relay::{Forwarded, Reason, Relay};
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the proxy's hooks share with the fast path.
@@ -302,7 +302,7 @@ impl FastPath {
                             Cow::Owned(relay::request_headers(head))
                         }
                     };
-                    if let Some((meta, body)) = self.fresh_hit(&f, hash, request) {
+                    if let Some((meta, body)) = self.storage.fresh_hit(f.rule, hash, request) {
                         return hit(rt, &f, method.clone(), (request_id, who), &meta, body);
                     }
                 }
@@ -326,28 +326,6 @@ impl FastPath {
         let mut relay = Relay::new(rt, &f, reason, request_id, method.clone(), &from);
         relay.client = who;
         Some(Decision::Relay(relay))
-    }
-
-    /// The fresh stored answer under the primary key `hash`, in the variant this request
-    /// selects, found as `cache_vary_filter` keys variants (origin `Vary`, key cookies and
-    /// headers); `request` gives the request headers for the stored object's headers, asked
-    /// only when a variance is needed (a plain object needs none). Both transports' hits.
-    fn fresh_hit<'h>(
-        &self,
-        f: &decide::Forward,
-        hash: pingora::cache::key::HashBinary,
-        request: impl FnOnce(&HeaderMap) -> Cow<'h, HeaderMap>,
-    ) -> Option<(pingora::cache::CacheMeta, Body)> {
-        let keyed = !f.rule.key_cookies.is_empty() || !f.rule.key_headers.is_empty();
-        let variance = |meta: &pingora::cache::CacheMeta| {
-            if !keyed && meta.variance().is_none() {
-                return None;
-            }
-            let stored = meta.headers();
-            key::variance(stored, f.rule, &request(stored))
-        };
-        self.storage
-            .fresh_variant_hit(hash, SystemTime::now(), variance)
     }
 
     fn log(&self, a: &HitAnswer<'_>, start: Instant, bytes: usize) {

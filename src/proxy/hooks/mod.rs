@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use ctx::RequestCtx;
 use http::header;
 use pingora::cache::key::HashBinary;
+use pingora::cache::predictor::CacheablePredictor;
 use pingora::cache::ForcedFreshness;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -35,6 +36,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::FailToProxy;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,6 +78,15 @@ impl EdgeProxy {
     /// The flag that makes every answer close its connection.
     pub fn draining(&self) -> Arc<AtomicBool> {
         self.draining.clone()
+    }
+
+    /// The cache key of `ctx`'s request: its primary key under its site's namespace, hashed
+    /// as the fast transport hashes it.
+    fn cache_key(&self, ctx: &RequestCtx) -> CacheKey {
+        let site = ctx.site.as_ref().map_or("", |s| &s.name);
+        let mut k = CacheKey::new(ctx.primary.clone(), site);
+        k.set_primary_bin_override(key::hash(&ctx.primary));
+        k
     }
 
     /// The server this request was sent to, for health bookkeeping.
@@ -232,18 +243,29 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         let c = &self.cache;
+        // Pingora asks the predictor before it looks in the cache, so a key remembered as
+        // uncacheable (another variant of the page was private) would hide a fresh stored
+        // variant. Where this request's variant is stored fresh, the lookup runs without the
+        // predictor and serves it, as the fast transport does (it looks first).
+        let predictor: &'static (dyn CacheablePredictor + Sync) = c.predictor;
+        let predictor = match ctx.rule.as_deref() {
+            Some(rule) if !c.predictor.cacheable_prediction(&self.cache_key(ctx)) => {
+                let stored = c.storage.fresh_hit(rule, key::hash(&ctx.primary), |_| {
+                    Cow::Borrowed(&session.req_header().headers)
+                });
+                stored.is_none().then_some(predictor)
+            }
+            _ => Some(predictor),
+        };
         session
             .cache
-            .enable(c.storage, None, Some(c.predictor), Some(c.lock), None);
+            .enable(c.storage, None, predictor, Some(c.lock), None);
         session.cache.set_max_file_size_bytes(c.max_object_size);
         Ok(())
     }
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
-        let site = ctx.site.as_ref().map_or("", |s| &s.name);
-        let mut k = CacheKey::new(ctx.primary.clone(), site);
-        k.set_primary_bin_override(key::hash(&ctx.primary));
-        Ok(k)
+        Ok(self.cache_key(ctx))
     }
 
     fn cache_vary_filter(
