@@ -486,3 +486,44 @@ async fn a_private_variant_does_not_hide_a_stored_one() {
         "a fresh stored page is not fetched again"
     );
 }
+
+/// The origin read timer of a kept-alive client connection is kept from one pass to the next
+/// (the fast transport resets it): passes answered in time on the connection, an idle gap
+/// longer than the limit, then a pass the origin never answers gets its 504 after the limit,
+/// neither at once nor never.
+#[tokio::test]
+async fn a_kept_alive_connection_times_its_later_passes_as_its_first() {
+    let addr = raw_origin(|path| {
+        path.ends_with("/ok")
+            .then(|| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+    })
+    .await;
+    let extra = "[origin]\nread_timeout = \"1s\"\n";
+    let proxy = Proxy::single_addr(addr, RULES, extra).await;
+    let mut sock = connect(proxy.addr).await;
+    let cookie = "Cookie: session=1\r\n";
+    for _ in 0..3 {
+        sock.write_all(get("/account/ok", cookie).as_bytes())
+            .await
+            .unwrap();
+        let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+        assert_eq!(got, [(200, "ok".to_string())]);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sock.write_all(get("/account/ok", cookie).as_bytes())
+        .await
+        .unwrap();
+    let got = answers(&mut sock, 1, Duration::from_secs(5)).await;
+    assert_eq!(got, [(200, "ok".to_string())], "after an idle gap");
+    let asked = Instant::now();
+    sock.write_all(get("/account/silent", cookie).as_bytes())
+        .await
+        .unwrap();
+    let got = answers(&mut sock, 1, Duration::from_secs(10)).await;
+    let waited = asked.elapsed();
+    assert_eq!(got.first().map(|g| g.0), Some(504), "{got:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "answered after {waited:?}"
+    );
+}

@@ -220,7 +220,7 @@ impl EdgeStorage {
             let stored = meta.headers();
             key::variance(stored, rule, &request(stored))
         };
-        self.fresh_variant_hit(hash, SystemTime::now(), variance)
+        self.fresh_variant_hit(hash, SystemTime::now, variance)
     }
 
     /// The object a request for `primary` finds when it can be served as a plain hit: live and
@@ -233,7 +233,7 @@ impl EdgeStorage {
     pub fn fresh_variant_hit(
         &self,
         primary: HashBinary,
-        now: SystemTime,
+        now: impl FnOnce() -> SystemTime,
         variance_of: impl FnOnce(&CacheMeta) -> Option<HashBinary>,
     ) -> Option<(CacheMeta, Body)> {
         let slot = self.objects.get(u128::from_be_bytes(primary))?;
@@ -256,7 +256,7 @@ impl EdgeStorage {
             }
             (variant_meta, variant.body.clone())
         };
-        meta.is_fresh(now).then_some((meta, body))
+        meta.is_fresh(now()).then_some((meta, body))
     }
 
     fn verdict(&self, obj: &Object) -> Verdict {

@@ -79,8 +79,9 @@ impl Default for ServerState {
 
 impl ServerState {
     pub fn is_healthy(&self) -> bool {
-        self.checked_up.load(Ordering::Acquire)
-            && self.down_until_ms.load(Ordering::Acquire) <= now_ms()
+        // A server never marked down (the usual case) needs no clock read.
+        let down_until = self.down_until_ms.load(Ordering::Acquire);
+        self.checked_up.load(Ordering::Acquire) && (down_until == 0 || down_until <= now_ms())
     }
 
     /// Passes its active check (passive marks aside).

@@ -86,6 +86,8 @@ pub struct Conn {
     /// from this reference instead of each cloning one (a count every thread's requests
     /// would write), and it is replaced when a reload has swapped the config.
     runtime: Option<Arc<Runtime>>,
+    /// Times its passes' reads from the origin.
+    origin_clock: origin::ReadClock,
 }
 
 /// What the fast path does with a request.
@@ -126,6 +128,7 @@ impl FastPath {
             peer,
             writable,
             runtime,
+            origin_clock,
         } = conn;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
         let longest = {
@@ -177,7 +180,10 @@ impl FastPath {
             Some(Decision::Hit(head, answer)) => (head, answer),
             Some(Decision::Relay(relay)) => {
                 let request = buf.split_to(head_len);
-                return match self.forward(relay, stream, start, &request).await {
+                return match self
+                    .forward(relay, (stream, origin_clock), start, &request)
+                    .await
+                {
                     Forwarded::Done(outcome) => outcome,
                     Forwarded::Fallback => {
                         keep_raw_target(stream, &request);
@@ -308,10 +314,11 @@ impl FastPath {
                 }
                 let mut k = CacheKey::new(primary.clone(), &*f.site.name);
                 k.set_primary_bin_override(hash);
-                if !passes || self.predictor.cacheable_prediction(&k) {
+                if !passes {
                     return None;
                 }
-                Reason::Predicted(k)
+                let was = self.predictor.predicted_uncacheable_reason(&k)?;
+                Reason::Predicted(k, was)
             }
         };
         if !passes {

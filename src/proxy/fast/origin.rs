@@ -12,11 +12,13 @@ use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Longest chunk-size or trailer line accepted in a chunked body.
 const MAX_LINE: usize = 4096;
@@ -171,18 +173,60 @@ pub fn body_room(framing: Framing) -> usize {
     }
 }
 
-/// Reads more of the response into `buf`; `Ok(0)` when the origin closed the connection.
+/// The timer of a client connection's reads from the origin, kept from one pass to the next.
+/// A new timer per read (`tokio::time::timeout`) is inserted into the runtime's timer wheel
+/// when the read waits and taken out when it ends, on every pass; moving a kept timer's
+/// deadline later only marks it (the wheel looks again when the old deadline comes).
+#[derive(Default)]
+pub struct ReadClock(Option<Pin<Box<Sleep>>>);
+
+impl ReadClock {
+    /// This clock for reads that may each wait `limit`.
+    pub fn limit(&mut self, limit: Duration) -> ReadLimit<'_> {
+        ReadLimit { clock: self, limit }
+    }
+}
+
+/// How long one read from the origin may wait, timed on a connection's [`ReadClock`].
+pub struct ReadLimit<'c> {
+    clock: &'c mut ReadClock,
+    limit: Duration,
+}
+
+impl ReadLimit<'_> {
+    /// The timer, due one limit from now.
+    fn arm(&mut self) -> Pin<&mut Sleep> {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let sleep = self
+            .clock
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        sleep.as_mut().reset(deadline);
+        sleep.as_mut()
+    }
+}
+
+/// Reads more of the response into `buf`, waiting at most the limit when nothing has arrived
+/// yet; `Ok(0)` when the origin closed the connection.
 pub async fn read_more(
     up: &mut TcpStream,
     buf: &mut BytesMut,
-    limit: Duration,
+    limit: &mut ReadLimit<'_>,
 ) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(READ_SIZE);
     }
-    tokio::time::timeout(limit, up.read_buf(buf))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "origin read timed out"))?
+    // Bytes already there (the rest of a body, most often) are read without the timer.
+    match up.try_read_buf(buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        read => return read,
+    }
+    let timer = limit.arm();
+    tokio::select! {
+        biased;
+        read = up.read_buf(buf) => read,
+        () = timer => Err(io::Error::new(io::ErrorKind::TimedOut, "origin read timed out")),
+    }
 }
 
 /// How the origin's response body ends.
@@ -357,7 +401,7 @@ pub async fn relay_body<W: AsyncWrite + Unpin>(
     client: &mut W,
     mut out: BytesMut,
     framing: Framing,
-    read_limit: Duration,
+    read_limit: &mut ReadLimit<'_>,
     mut capture: Option<&mut Capture>,
 ) -> Result<(usize, bool), RelayError> {
     let mut sent = 0usize;

@@ -40,8 +40,8 @@ use tokio::io::AsyncWriteExt;
 pub enum Reason {
     /// The request says so (cookie, route); the origin gets it as the client sent it.
     Bypass(Bypass),
-    /// A cacheable request whose key the predictor remembers as uncacheable.
-    Predicted(CacheKey),
+    /// A cacheable request whose key the predictor remembers as uncacheable, and why.
+    Predicted(CacheKey, NoCacheReason),
 }
 
 /// A request the fast transport relays to the origin, as decided from its head.
@@ -90,7 +90,7 @@ impl<'c> Relay<'c> {
             tls: from.tls,
             request_id: &request_id,
             // A cacheable key: the origin gets no cookies (a cookie must not shape a shared page).
-            drop_cookies: matches!(reason, Reason::Predicted(_)),
+            drop_cookies: matches!(reason, Reason::Predicted(..)),
         };
         let head = upstream_head(&method, from.fields, f.rule, &forwarding);
         Relay {
@@ -264,7 +264,7 @@ async fn exchange(
     relay: &Relay<'_>,
     buf: &mut BytesMut,
     write_limit: Duration,
-    read_limit: Duration,
+    read_limit: &mut origin::ReadLimit<'_>,
 ) -> Result<origin::ResponseHead, Failed> {
     let fail = |retry, error| Failed { retry, error };
     // A head fits an idle connection's empty send buffer: written at once, without arming a
@@ -318,7 +318,7 @@ impl FastPath {
     pub(super) async fn forward(
         &self,
         relay: Relay<'_>,
-        client: &mut TimedHead,
+        (client, clock): (&mut TimedHead, &mut origin::ReadClock),
         start: Instant,
         request: &[u8],
     ) -> Forwarded {
@@ -329,7 +329,7 @@ impl FastPath {
         };
         let o = &relay.runtime.origin;
         let connect_limit = pool.spec.connect_timeout.unwrap_or(o.connect_timeout);
-        let read_limit = pool.spec.read_timeout.unwrap_or(o.read_timeout);
+        let mut read_limit = clock.limit(pool.spec.read_timeout.unwrap_or(o.read_timeout));
         // Origin protection, as `upstream_peer` does it; a relayed request has no stale copy.
         let labels = [&*relay.site.name, pool.name()];
         let _slot = match pool.admit().await {
@@ -370,7 +370,7 @@ impl FastPath {
                     }
                 },
             };
-            match exchange(&mut up, &relay, &mut buf, o.write_timeout, read_limit).await {
+            match exchange(&mut up, &relay, &mut buf, o.write_timeout, &mut read_limit).await {
                 Ok(head) => break (server, inflight, up, head, sent_at.elapsed()),
                 // An idle connection the origin closed as we took it: the request (a GET or
                 // HEAD without a body) goes again, once, on a new one.
@@ -394,7 +394,7 @@ impl FastPath {
         server.answered();
         let readmitted = match &relay.reason {
             Reason::Bypass(_) => None,
-            Reason::Predicted(key) => Some(self.readmit(&relay, key, &head, start)),
+            Reason::Predicted(key, was) => Some(self.readmit(&relay, (key, *was), &head, start)),
         };
         let mut capture = match &readmitted {
             Some(Readmitted::Store(meta)) => {
@@ -414,7 +414,7 @@ impl FastPath {
             client,
             out,
             head.framing,
-            read_limit,
+            &mut read_limit,
             capture.as_mut(),
         )
         .await;
@@ -443,7 +443,7 @@ impl FastPath {
             (None, _) => None,
             (Some(Readmitted::NotStored(reason)), _) => Some(Some(reason)),
             (Some(Readmitted::Store(meta)), Some(body)) if error.is_empty() && !body.over => {
-                let Reason::Predicted(key) = &relay.reason else {
+                let Reason::Predicted(key, _) = &relay.reason else {
                     unreachable!("only a predicted key is readmitted")
                 };
                 Some(self.store(&relay, key, *meta, body.body, request).await)
@@ -474,14 +474,16 @@ impl FastPath {
     fn readmit(
         &self,
         relay: &Relay<'_>,
-        key: &CacheKey,
+        (key, was): (&CacheKey, NoCacheReason),
         head: &origin::ResponseHead,
         start: Instant,
     ) -> Readmitted {
         // Most such answers plainly say `private` or `no-store`: no header map needed.
         if let Some(reason) = policy::plainly_refused_raw(relay.rule, &relay.path, || head.iter()) {
-            self.predictor
-                .mark_uncacheable(key, NoCacheReason::Custom(reason.as_str()));
+            let now = NoCacheReason::Custom(reason.as_str());
+            if now != was || remark_due() {
+                self.predictor.mark_uncacheable(key, now);
+            }
             return Readmitted::NotStored(reason.as_str());
         }
         let resp = stored_head(head);
@@ -595,8 +597,8 @@ impl FastPath {
         // The labels pingora's path gives the same request (`hooks::status::cache_label`).
         let (cache, bypass) = match (&relay.reason, r.store) {
             (Reason::Bypass(b), _) => ("bypass", Some(b.as_str())),
-            (Reason::Predicted(_), Some(None)) => ("miss", None),
-            (Reason::Predicted(_), _) => ("uncacheable", None),
+            (Reason::Predicted(..), Some(None)) => ("miss", None),
+            (Reason::Predicted(..), _) => ("uncacheable", None),
         };
         self.metrics.fast_passes.inc(&[&relay.site.name]);
         crate::telemetry::finished(
@@ -626,6 +628,23 @@ impl FastPath {
         );
     }
 }
+
+/// Whether this pass re-marks a key the predictor already remembers for the same reason.
+/// Marking takes the write lock of a shard every thread shares, and the answer would not
+/// change; one pass in [`REMARK_EVERY`] on each thread still marks, which keeps a key passed
+/// often among the recently used in the predictor's LRU (else it could age out and one
+/// request take the cache path to learn it again: slower, not different).
+fn remark_due() -> bool {
+    thread_local!(static PASSES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    PASSES.with(|n| {
+        let next = n.get().wrapping_add(1);
+        n.set(next);
+        next % REMARK_EVERY == 0
+    })
+}
+
+/// See [`remark_due`].
+const REMARK_EVERY: u32 = 64;
 
 /// [`headers::HopByHop`] of an origin's response head.
 fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
@@ -680,20 +699,20 @@ fn response_head(
     line(b"x-request-id", relay.request_id.as_bytes());
     let status = match (&relay.reason, readmitted) {
         (Reason::Bypass(b), _) => CacheStatus::bypass(*b),
-        (Reason::Predicted(_), Some(Readmitted::Store(meta))) => CacheStatus {
+        (Reason::Predicted(..), Some(Readmitted::Store(meta))) => CacheStatus {
             fwd: Some("miss"),
             fwd_status: Some(head.status.as_u16()),
             stored: true,
             fresh_until: Some(meta.fresh_until()),
             ..Default::default()
         },
-        (Reason::Predicted(_), Some(Readmitted::NotStored(reason))) => CacheStatus {
+        (Reason::Predicted(..), Some(Readmitted::NotStored(reason))) => CacheStatus {
             fwd: Some("miss"),
             fwd_status: Some(head.status.as_u16()),
             detail: Some(reason),
             ..Default::default()
         },
-        (Reason::Predicted(_), None) => unreachable!("a predicted key is always readmitted"),
+        (Reason::Predicted(..), None) => unreachable!("a predicted key is always readmitted"),
     };
     out.line_with(b"cache-status", |v| status.write(v));
     let date = head
