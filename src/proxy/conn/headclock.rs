@@ -86,10 +86,15 @@ impl TimedHead {
     /// Arms the clock for the next request on a kept-alive HTTP/1 connection: it may stay
     /// idle for `idle`, then the next head must arrive within `limit` of its first byte.
     pub fn rearm(&self, limit: Duration, idle: Duration) {
+        self.rearm_at(Instant::now(), limit, idle);
+    }
+
+    /// [`Self::rearm`] for a request that ended at `now` (read by the caller already).
+    pub fn rearm_at(&self, now: Instant, limit: Duration, idle: Duration) {
         let mut s = self.clock.state();
         s.limit = limit;
         s.armed = true;
-        s.deadline = Instant::now() + idle;
+        s.deadline = now + idle;
         s.restart_at_first_byte = true;
         s.scan = HeadScan::default();
         s.seen = 0;

@@ -307,6 +307,8 @@ struct Report<'a> {
     upstream: Option<std::net::SocketAddr>,
     upstream_time: Option<Duration>,
     ttfb: Option<Duration>,
+    /// From the complete request head to the end of the answer.
+    total: Duration,
     bytes: usize,
     error: &'a str,
     store: Option<Option<&'static str>>,
@@ -348,7 +350,7 @@ impl FastPath {
         };
         let mut buf = BytesMut::with_capacity(origin::READ_SIZE);
         let mut fresh_only = false;
-        let (server, _inflight, mut up, head, upstream_time) = loop {
+        let (server, _inflight, mut up, head, (sent_at, answered)) = loop {
             // No healthy server (or none left after a failed connect): nothing was sent, and
             // pingora's path has the answers for that (its retries, the 503 page).
             let Some(server) = pool.pick() else {
@@ -371,7 +373,8 @@ impl FastPath {
                 },
             };
             match exchange(&mut up, &relay, &mut buf, o.write_timeout, &mut read_limit).await {
-                Ok(head) => break (server, inflight, up, head, sent_at.elapsed()),
+                // One clock read for the time the origin took and the time to first byte.
+                Ok(head) => break (server, inflight, up, head, (sent_at, Instant::now())),
                 // An idle connection the origin closed as we took it: the request (a GET or
                 // HEAD without a body) goes again, once, on a new one.
                 Err(f) if f.retry && reused => {
@@ -407,7 +410,6 @@ impl FastPath {
             _ => None,
         };
         let out = response_head(&relay, &head, readmitted.as_ref());
-        let ttfb = start.elapsed();
         let relayed = origin::relay_body(
             &mut up,
             &mut buf,
@@ -418,13 +420,15 @@ impl FastPath {
             capture.as_mut(),
         )
         .await;
+        // The request's end, for the idle pool, the client's next-head clock and the logs.
+        let end = Instant::now();
         let (bytes, error, outcome, asked) = match relayed {
             Ok((bytes, clean)) => {
                 if clean && head.reusable {
-                    origin::put_idle(server.addr, up, o.idle_timeout, Instant::now());
+                    origin::put_idle(server.addr, up, o.idle_timeout, end);
                 }
                 let limits = &relay.runtime.proxy.limits;
-                client.rearm(limits.header_timeout, limits.keepalive_timeout);
+                client.rearm_at(end.into(), limits.header_timeout, limits.keepalive_timeout);
                 (bytes, "", Outcome::Served, Asked::Answered(status))
             }
             // The response is cut short: only closing the connection tells the client.
@@ -452,12 +456,12 @@ impl FastPath {
         };
         self.report(
             &relay,
-            start,
             &Report {
                 status,
                 upstream: Some(server.addr),
-                upstream_time: Some(upstream_time),
-                ttfb: Some(ttfb),
+                upstream_time: Some(answered - sent_at),
+                ttfb: Some(answered - start),
+                total: end - start,
                 bytes,
                 error,
                 store,
@@ -579,21 +583,23 @@ impl FastPath {
             .write_all(&wire::answer(answer, &relay.request_id))
             .await;
         let _ = client.flush().await;
+        let elapsed = start.elapsed();
         let report = Report {
             status: answer.status,
             upstream,
             upstream_time: None,
-            ttfb: Some(start.elapsed()),
+            ttfb: Some(elapsed),
+            total: elapsed,
             bytes: 0,
             error,
             store: None,
             origin,
         };
-        self.report(relay, start, &report);
+        self.report(relay, &report);
         Forwarded::Done(Outcome::Closed)
     }
 
-    fn report(&self, relay: &Relay<'_>, start: Instant, r: &Report) {
+    fn report(&self, relay: &Relay<'_>, r: &Report) {
         // The labels pingora's path gives the same request (`hooks::status::cache_label`).
         let (cache, bypass) = match (&relay.reason, r.store) {
             (Reason::Bypass(b), _) => ("bypass", Some(b.as_str())),
@@ -617,7 +623,7 @@ impl FastPath {
                 upstream: r.upstream,
                 upstream_time: r.upstream_time,
                 ttfb: r.ttfb,
-                total: start.elapsed(),
+                total: r.total,
                 bytes: r.bytes,
                 error: r.error,
                 request_id: &relay.request_id,

@@ -48,8 +48,14 @@ impl HeadWriter {
     /// or forwarded one, which a cache must not change) or else the current one, a kept-alive
     /// connection.
     pub fn finish_response(mut self, date: Option<&[u8]>) -> BytesMut {
-        let now = pingora::protocols::http::date::get_cached_date();
-        self.line(b"Date", date.unwrap_or(now.as_bytes()));
+        match date {
+            Some(date) => self.line(b"Date", date),
+            // Only then: the cached date reads the clock to see whether it is still current.
+            None => self.line(
+                b"Date",
+                pingora::protocols::http::date::get_cached_date().as_bytes(),
+            ),
+        }
         self.line(b"Connection", b"keep-alive");
         self.finish()
     }
