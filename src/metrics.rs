@@ -46,6 +46,8 @@ pub struct RequestEvent<'a> {
     pub store: Option<Option<&'static str>>,
     /// What the pool's server did with the request.
     pub origin: crate::stats::Asked,
+    /// Answered by the HTTP/1.1 fast transport: a hit (`cache` is `hit`) or a pass.
+    pub fast: bool,
 }
 
 /// The per-request metric cells of one label set, as a thread keeps them (its own: see
@@ -60,6 +62,8 @@ struct Children {
     /// `crossfade_cache_store_total` of this site and route, by not-stored reason ("" for
     /// stored).
     store: std::cell::RefCell<Vec<(Box<str>, Arc<Cell>)>>,
+    /// `crossfade_fast_path_hits_total` or `…_passes_total` of this site (by the cache label).
+    fast: std::cell::OnceCell<Arc<Cell>>,
 }
 
 /// Keyed by a hash already taken (`local::label_hash`): foldhash mixes it in a few
@@ -435,6 +439,13 @@ impl Metrics {
                     .observe(u.as_secs_f64());
             }
             c.bytes.observe(e.bytes as f64);
+            if e.fast {
+                let family = match e.cache {
+                    "hit" => &self.fast_hits,
+                    _ => &self.fast_passes,
+                };
+                c.fast.get_or_init(|| family.cell(&[e.site])).inc();
+            }
             if let Some(reason) = e.store {
                 let reason = reason.unwrap_or("");
                 let mut store = c.store.borrow_mut();
@@ -489,6 +500,7 @@ impl Metrics {
                     upstream: std::cell::OnceCell::new(),
                     bytes: self.response_bytes.cell(&[site, route, pool]),
                     store: Default::default(),
+                    fast: std::cell::OnceCell::new(),
                 };
                 same.push((self.instance, labels.map(Box::from), children));
                 same.len() - 1
@@ -567,8 +579,17 @@ mod tests {
             bypass: None,
             store: None,
             origin: crate::stats::Asked::No,
+            fast: true,
         });
         let text = m.render();
+        assert!(
+            text.contains(r#"crossfade_fast_path_hits_total{site="shop"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"crossfade_fast_path_passes_total{site="shop"}"#),
+            "{text}"
+        );
         assert!(text.contains(r#"crossfade_requests_total{cache="hit",pool="blue",route="home",site="shop",status_class="2xx"} 1"#), "{text}");
         assert!(text.contains("crossfade_response_seconds_bucket"));
         assert_eq!(status_class(503), "5xx");
@@ -586,6 +607,7 @@ mod tests {
             upstream: upstream.map(Duration::from_millis),
             ttfb: None,
             bytes: 10,
+            fast: false,
             bypass: None,
             store: None,
             origin: crate::stats::Asked::No,

@@ -16,12 +16,15 @@ pub const KEEP_SECONDS: u64 = 900;
 /// Latency histogram: bucket i holds durations up to `0.1 ms * 1.2^i`.
 const LATENCY_BUCKETS: usize = 64;
 
+/// The first bucket whose upper bound is not below `d` (the last holds everything above).
+/// A search of the bounds: a logarithm per request cost more.
 fn latency_bucket(d: Duration) -> usize {
+    static UPPER_MS: std::sync::LazyLock<[f64; LATENCY_BUCKETS]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(bucket_upper_ms));
     let ms = d.as_secs_f64() * 1000.0;
-    if ms <= 0.1 {
-        return 0;
-    }
-    (((ms / 0.1).ln() / 1.2f64.ln()).ceil() as usize).min(LATENCY_BUCKETS - 1)
+    UPPER_MS
+        .partition_point(|&upper| upper < ms)
+        .min(LATENCY_BUCKETS - 1)
 }
 
 fn bucket_upper_ms(i: usize) -> f64 {
@@ -337,6 +340,26 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_falls_in_the_first_bucket_that_holds_it() {
+        assert_eq!(latency_bucket(Duration::ZERO), 0);
+        assert_eq!(latency_bucket(Duration::from_micros(100)), 0);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(3600)),
+            LATENCY_BUCKETS - 1
+        );
+        for us in [101, 150, 730, 1_000, 4_321, 55_555, 1_234_567, 60_000_000] {
+            let d = Duration::from_micros(us);
+            let ms = us as f64 / 1000.0;
+            let i = latency_bucket(d);
+            assert!(
+                bucket_upper_ms(i) >= ms || i == LATENCY_BUCKETS - 1,
+                "{us} µs in {i}"
+            );
+            assert!(i == 0 || bucket_upper_ms(i - 1) < ms, "{us} µs in {i}");
+        }
+    }
 
     #[test]
     fn summaries() {

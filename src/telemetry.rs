@@ -176,6 +176,8 @@ pub struct Finished<'a> {
     pub query_filter: Option<&'a crate::rules::QueryFilter>,
     /// Who asked (empty when the access log is off).
     pub client: &'a Client,
+    /// Answered by the HTTP/1.1 fast transport (counted in `crossfade_fast_path_*_total`).
+    pub fast: bool,
 }
 
 /// Logs and counts one finished request.
@@ -224,6 +226,7 @@ pub fn finished(metrics: &Metrics, f: &Finished) {
         bypass: f.bypass,
         store: f.store,
         origin: f.origin,
+        fast: f.fast,
     });
 }
 

@@ -280,20 +280,27 @@ impl Sites {
 /// Lowercases a host and strips a port and a trailing dot, so `WWW.Store.test.:8080` and
 /// `www.store.test` name the same site and the same cache entries.
 pub fn normalize_host(raw: &str) -> String {
+    // Byte searches (every byte looked for is ASCII, so each cut is a char boundary): this
+    // runs for every request.
     let raw = raw.trim();
-    let without_port = if let Some(rest) = raw.strip_prefix('[') {
+    let bytes = raw.as_bytes();
+    let without_port = if bytes.first() == Some(&b'[') {
         // IPv6 literal: keep the brackets, drop what follows them.
-        match rest.find(']') {
-            Some(end) => &raw[..end + 2],
+        match bytes.iter().position(|&b| b == b']') {
+            Some(end) => &raw[..end + 1],
             None => raw,
         }
     } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(i) if bytes[i + 1..].iter().all(u8::is_ascii_digit) => &raw[..i],
             _ => raw,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let end = without_port
+        .bytes()
+        .rposition(|b| b != b'.')
+        .map_or(0, |i| i + 1);
+    without_port[..end].to_ascii_lowercase()
 }
 
 /// Resolves `path` against the directory of the file that named it.
@@ -338,5 +345,12 @@ mod tests {
         assert_eq!(normalize_host("WWW.Store.test.:8080"), "www.store.test");
         assert_eq!(normalize_host("store.test"), "store.test");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host(" [::1] "), "[::1]");
+        assert_eq!(normalize_host("[::1"), "[::1");
+        assert_eq!(normalize_host("Store.test:"), "store.test");
+        assert_eq!(normalize_host("store.test:80a"), "store.test:80a");
+        assert_eq!(normalize_host("store.test..."), "store.test");
+        assert_eq!(normalize_host("..."), "");
+        assert_eq!(normalize_host("Bücher.test.:8080"), "bücher.test");
     }
 }

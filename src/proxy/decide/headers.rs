@@ -218,13 +218,13 @@ fn new_request_id() -> String {
         })
     };
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for word in [next(), next()] {
-        for i in (0..16).rev() {
-            out.push(HEX[((word >> (i * 4)) & 0xf) as usize] as char);
+    let mut digits = [0u8; 32];
+    for (half, word) in digits.chunks_exact_mut(16).zip([next(), next()]) {
+        for (i, d) in half.iter_mut().enumerate() {
+            *d = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
         }
     }
-    out
+    String::from_utf8(digits.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The `Cache-Control` a route's `browser_ttl` gives cached objects (and `Expires` goes).
@@ -243,6 +243,21 @@ pub fn browser_cache_control(rule: &crate::rules::Rule) -> Option<String> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn generated_request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64).map(|_| request_id(None)).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Both halves vary: not one word repeated.
+        assert!(ids.iter().any(|id| id[..16] != id[16..]));
+    }
 
     #[test]
     fn cache_status_renders_its_parameters_in_one_order() {

@@ -337,7 +337,6 @@ impl FastPath {
 
     fn log(&self, a: &HitAnswer<'_>, start: Instant, bytes: usize) {
         let total = start.elapsed();
-        self.metrics.fast_hits.inc(&[a.site]);
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
@@ -361,6 +360,7 @@ impl FastPath {
                 origin: crate::stats::Asked::No,
                 query_filter: Some(&a.rule.query),
                 client: &a.client,
+                fast: true,
             },
         );
     }

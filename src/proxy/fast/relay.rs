@@ -606,7 +606,6 @@ impl FastPath {
             (Reason::Predicted(..), Some(None)) => ("miss", None),
             (Reason::Predicted(..), _) => ("uncacheable", None),
         };
-        self.metrics.fast_passes.inc(&[&relay.site.name]);
         crate::telemetry::finished(
             &self.metrics,
             &crate::telemetry::Finished {
@@ -630,6 +629,7 @@ impl FastPath {
                 origin: r.origin,
                 query_filter: Some(&relay.rule.query),
                 client: &relay.client,
+                fast: true,
             },
         );
     }

@@ -733,6 +733,7 @@ impl ProxyHttp for EdgeProxy {
                 origin,
                 query_filter: ctx.rule.as_ref().map(|r| &r.query),
                 client: &client,
+                fast: false,
             },
         );
     }
