@@ -527,3 +527,34 @@ async fn a_kept_alive_connection_times_its_later_passes_as_its_first() {
         "answered after {waited:?}"
     );
 }
+
+/// Answers written by pingora's path (misses, through its buffered stream) and by the fast
+/// transport (hits and passes, sent on the socket itself when nothing waits in that buffer)
+/// interleave on one pipelined connection and still arrive whole and in order.
+#[tokio::test]
+async fn pipelined_misses_hits_and_passes_arrive_in_order() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::single(&origin, RULES, "").await;
+    let mut sock = connect(proxy.addr).await;
+    let warm: String = (0..10).map(|i| get(&format!("/h/{i}"), "")).collect();
+    sock.write_all(warm.as_bytes()).await.unwrap();
+    assert_eq!(
+        answers(&mut sock, 10, Duration::from_secs(10)).await.len(),
+        10
+    );
+    let mut all = String::new();
+    let mut want = Vec::new();
+    for i in 0..60 {
+        let (path, extra) = match i % 3 {
+            0 => (format!("/m/{i}"), ""),
+            1 => (format!("/h/{}", i % 10), ""),
+            _ => (format!("/account/{i}"), "Cookie: session=1\r\n"),
+        };
+        want.push(format!("path={path} host=www.shop.test"));
+        all.push_str(&get(&path, extra));
+    }
+    sock.write_all(all.as_bytes()).await.unwrap();
+    let got = answers(&mut sock, 60, Duration::from_secs(20)).await;
+    let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, want);
+}

@@ -75,6 +75,7 @@ impl TimedHead {
             raw_target: None,
             held: BytesMut::new(),
             cork: None,
+            unflushed: false,
         })
     }
 
@@ -144,6 +145,15 @@ impl TimedHead {
         Some(tcp.as_raw_fd())
     }
 
+    /// The plain TCP socket, when nothing written through this stream waits in a buffer of
+    /// it (flushed, not corked): bytes sent on the socket itself then go out in order.
+    pub fn raw_socket(&self) -> Option<std::os::fd::RawFd> {
+        if self.unflushed || self.cork.is_some() {
+            return None;
+        }
+        self.tcp_fd()
+    }
+
     /// Whether the connection is TLS.
     pub fn is_tls(&self) -> bool {
         self.inner.get_ssl_digest().is_some()
@@ -207,6 +217,9 @@ pub struct TimedHead {
     held: BytesMut,
     /// Writes held and flushes put off (an HTTP/2 connection, [`TimedHead::cork_writes`]).
     cork: Option<Cork>,
+    /// Bytes were written through this stream since its last completed flush (they may wait
+    /// in pingora's write buffer).
+    unflushed: bool,
 }
 
 impl std::fmt::Debug for TimedHead {
@@ -264,6 +277,7 @@ impl AsyncRead for TimedHead {
         }
         if seen > 0 {
             // Best effort: a 72-byte write to a socket with an empty send buffer completes.
+            this.unflushed = true;
             let _ = Pin::new(&mut this.inner).poll_write(cx, TIMED_OUT);
         }
         Poll::Ready(Err(timed_out()))
@@ -310,6 +324,7 @@ impl AsyncWrite for TimedHead {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.unflushed = true;
         match &mut this.cork {
             Some(cork) => cork.write(&mut this.inner, cx, &[io::IoSlice::new(buf)]),
             None => Pin::new(&mut this.inner).poll_write(cx, buf),
@@ -322,6 +337,7 @@ impl AsyncWrite for TimedHead {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.unflushed = true;
         match &mut this.cork {
             Some(cork) => cork.write(&mut this.inner, cx, bufs),
             None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
@@ -334,10 +350,14 @@ impl AsyncWrite for TimedHead {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match &mut this.cork {
+        let flushed = match &mut this.cork {
             Some(cork) => cork.flush(&mut this.inner, cx),
             None => Pin::new(&mut this.inner).poll_flush(cx),
+        };
+        if let Poll::Ready(Ok(())) = flushed {
+            this.unflushed = false;
         }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -435,6 +455,7 @@ impl Peek for TimedHead {
                 Err(_) => {
                     if self.clock.state().seen > 0 {
                         use tokio::io::AsyncWriteExt;
+                        self.unflushed = true;
                         let _ = self.inner.write_all(TIMED_OUT).await;
                     }
                     return Err(timed_out());

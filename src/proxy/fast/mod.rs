@@ -181,7 +181,7 @@ impl FastPath {
             Some(Decision::Relay(relay)) => {
                 let request = buf.split_to(head_len);
                 return match self
-                    .forward(relay, (stream, origin_clock), start, &request)
+                    .forward(relay, (stream, writable, origin_clock), start, &request)
                     .await
                 {
                     Forwarded::Done(outcome) => outcome,
@@ -211,26 +211,32 @@ impl FastPath {
         let sent = answer.body.as_ref().map_or(0, |b| b.len());
         // The client's socket, for sendfile: a plain TCP stream only (TLS encrypts its bytes).
         let socket = stream.tcp_fd();
+        let mut out = sendfile::ClientOut {
+            stream,
+            waiter: writable,
+        };
         let written = match (&answer.body, socket) {
             (Some(Body::Heap(body)), _) if body.len() <= APPEND_MAX => {
                 head.extend_from_slice(body);
-                stream.write_all(&head).await
+                out.send(&head).await
             }
             // Large bodies in a memory file go to a plain socket without a copy of ours.
-            (Some(Body::File(file)), Some(fd)) => match stream.flush().await {
-                Ok(()) => sendfile::send(fd, &head, file, writable).await,
+            (Some(Body::File(file)), Some(fd)) => match out.stream.flush().await {
+                Ok(()) => sendfile::send(fd, &head, file, out.waiter).await,
                 Err(e) => Err(e),
             },
             // Head and body in one vectored write: one segment boundary fewer.
             (Some(body), _) => {
                 let body = body.bytes();
-                stream
-                    .write_all_buf(&mut Buf::chain(&head[..], &body[..]))
-                    .await
+                let chained = &mut Buf::chain(&head[..], &body[..]);
+                match out.stream.write_all_buf(chained).await {
+                    Ok(()) => out.stream.flush().await,
+                    Err(e) => Err(e),
+                }
             }
-            (None, _) => stream.write_all(&head).await,
+            (None, _) => out.send(&head).await,
         };
-        if written.is_err() || stream.flush().await.is_err() {
+        if written.is_err() {
             return Outcome::Closed;
         }
         self.log(&answer, start, sent);

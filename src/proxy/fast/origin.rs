@@ -8,6 +8,7 @@
 //! (168 new connections in 3 s of the pass benchmark, ~5% of the CPU in connect/close).
 
 use super::as_pingora;
+use super::sendfile::ClientOut;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::io;
@@ -16,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -395,10 +396,10 @@ impl Capture {
 /// with what is already in `buf`) to `client`, copying the body's data into `capture` when
 /// given. Returns the body bytes sent and whether the origin connection ended its message
 /// cleanly with nothing left over (so it can be reused).
-pub async fn relay_body<W: AsyncWrite + Unpin>(
+pub async fn relay_body(
     up: &mut TcpStream,
     buf: &mut BytesMut,
-    client: &mut W,
+    client: &mut ClientOut<'_>,
     mut out: BytesMut,
     framing: Framing,
     read_limit: &mut ReadLimit<'_>,
@@ -444,13 +445,9 @@ pub async fn relay_body<W: AsyncWrite + Unpin>(
             }
         };
         if (done || out.len() >= WRITE_AT || buf.is_empty()) && !out.is_empty() {
-            // Flushed each time: the client stream may buffer, and what the origin sent so
-            // far must not wait for what it has not.
-            client
-                .write_all(&out)
-                .await
-                .map_err(|_| RelayError::Client)?;
-            client.flush().await.map_err(|_| RelayError::Client)?;
+            // Onto the socket each time: what the origin sent so far must not wait for what
+            // it has not.
+            client.send(&out).await.map_err(|_| RelayError::Client)?;
             out.clear();
         }
         if done {
@@ -462,10 +459,9 @@ pub async fn relay_body<W: AsyncWrite + Unpin>(
         match read_more(up, buf, read_limit).await {
             Ok(0) if framing == Framing::Close => {
                 client
-                    .write_all(b"0\r\n\r\n")
+                    .send(b"0\r\n\r\n")
                     .await
                     .map_err(|_| RelayError::Client)?;
-                client.flush().await.map_err(|_| RelayError::Client)?;
                 return Ok((sent, false));
             }
             Ok(0) => return Err(RelayError::Origin("origin closed before the body ended")),

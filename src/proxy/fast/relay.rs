@@ -15,6 +15,7 @@
 //! to pingora, whose answers for that case are the reference.
 
 use super::origin::{self, BadHead, Framing, RelayError};
+use super::sendfile::{ClientOut, Writable};
 use super::{as_pingora, wire, FastPath, Outcome};
 use crate::cache::policy::{self, Bypass};
 use crate::cache::{key, vary};
@@ -320,7 +321,7 @@ impl FastPath {
     pub(super) async fn forward(
         &self,
         relay: Relay<'_>,
-        (client, clock): (&mut TimedHead, &mut origin::ReadClock),
+        (client, writable, clock): (&mut TimedHead, &mut Writable, &mut origin::ReadClock),
         start: Instant,
         request: &[u8],
     ) -> Forwarded {
@@ -413,7 +414,10 @@ impl FastPath {
         let relayed = origin::relay_body(
             &mut up,
             &mut buf,
-            client,
+            &mut ClientOut {
+                stream: client,
+                waiter: writable,
+            },
             out,
             head.framing,
             &mut read_limit,

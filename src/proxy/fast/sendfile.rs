@@ -1,5 +1,8 @@
-//! Writes a stored body kept in a memory file (`cache::body`) to a plain TCP client with
-//! `sendfile(2)`: the socket takes references to the file's pages instead of a copy of them.
+//! Writes to a plain TCP client past pingora's stream: a stored body kept in a memory file
+//! (`cache::body`) with `sendfile(2)` (the socket takes references to the file's pages instead
+//! of a copy of them), and a whole answer made here ([`ClientOut`]) with one `send(2)`
+//! (pingora's stream would first copy an answer shorter than its write buffer into the
+//! buffer, then write the buffer on the flush).
 //!
 //! The client socket belongs to pingora's stream (a boxed trait object whose tokio
 //! registration we cannot reach), so waiting for room in the send buffer uses a duplicate of
@@ -12,10 +15,11 @@
 //! same file through its mapping.
 
 use crate::cache::body::BodyFile;
+use crate::proxy::conn::headclock::TimedHead;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio::io::{AsyncWriteExt, Interest};
 
 /// The per-connection waiter for write readiness (see the module doc).
 #[derive(Default)]
@@ -32,7 +36,8 @@ pub async fn send(
 ) -> io::Result<()> {
     let mut sent = 0;
     while sent < head.len() {
-        let step = |sent: &mut usize| send_more(sock, &head[*sent..]).map(|n| *sent += n);
+        let step =
+            |sent: &mut usize| send_once(sock, &head[*sent..], libc::MSG_MORE).map(|n| *sent += n);
         retry(sock, waiter, || step(&mut sent)).await?;
     }
     let len = file.len();
@@ -41,6 +46,39 @@ pub async fn send(
         retry(sock, waiter, || sendfile_once(sock, file, &mut offset, len)).await?;
     }
     Ok(())
+}
+
+/// Sends all of `bytes` on the socket `sock` (non-blocking, owned by the caller's stream, with
+/// nothing buffered ahead of it).
+pub async fn send_all(sock: RawFd, bytes: &[u8], waiter: &mut Writable) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let step = |sent: &mut usize| send_once(sock, &bytes[*sent..], 0).map(|n| *sent += n);
+        retry(sock, waiter, || step(&mut sent)).await?;
+    }
+    Ok(())
+}
+
+/// Where the fast transport writes a client's answer: its stream, and the waiter for room in
+/// the socket's send buffer.
+pub struct ClientOut<'a> {
+    pub stream: &'a mut TimedHead,
+    pub waiter: &'a mut Writable,
+}
+
+impl ClientOut<'_> {
+    /// Writes `bytes` and sees them onto the socket: sent on it directly when it is a plain
+    /// TCP socket with nothing waiting in the stream's buffer, else through the stream and
+    /// flushed.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.stream.raw_socket() {
+            Some(sock) => send_all(sock, bytes, self.waiter).await,
+            None => {
+                self.stream.write_all(bytes).await?;
+                self.stream.flush().await
+            }
+        }
+    }
 }
 
 /// Runs `op` once, and again each time the socket becomes writable while it would block.
@@ -66,8 +104,8 @@ async fn retry(
     }
 }
 
-/// One `send` of `bytes` with `MSG_MORE`; how many bytes it took.
-fn send_more(sock: RawFd, bytes: &[u8]) -> io::Result<usize> {
+/// One `send` of `bytes` with `flags` (and `MSG_NOSIGNAL`); how many bytes it took.
+fn send_once(sock: RawFd, bytes: &[u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: sends from a live slice of the stated length.
         let n = unsafe {
@@ -75,7 +113,7 @@ fn send_more(sock: RawFd, bytes: &[u8]) -> io::Result<usize> {
                 sock,
                 bytes.as_ptr().cast(),
                 bytes.len(),
-                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                flags | libc::MSG_NOSIGNAL,
             )
         };
         if n >= 0 {
