@@ -165,6 +165,66 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream>
 /// What one read from the origin takes at most (the relay's buffer).
 pub const READ_SIZE: usize = 16 << 10;
 
+/// A buffer of at least [`READ_SIZE`] bytes (a pass's reads from the origin, its answer to
+/// the client) that goes back to its thread's spares when dropped, for the next pass to take:
+/// an allocation of that size and its release, twice on every pass, cost more than keeping a
+/// few. One that is still shared (a part of it lives on) is let go instead.
+pub struct SpareBuffer(BytesMut);
+
+thread_local! {
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spares kept per thread: enough for the passes one thread has in flight at once, mostly.
+const SPARES: usize = 16;
+
+impl SpareBuffer {
+    /// A spare of this thread's (empty), else a new one.
+    pub fn take() -> SpareBuffer {
+        let spare = SPARE_BUFFERS.with(|s| s.borrow_mut().pop());
+        SpareBuffer(spare.unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE)))
+    }
+
+    /// `buf` (one taken with [`SpareBuffer::take`] and filled), to go back when dropped.
+    pub fn from_taken(buf: BytesMut) -> SpareBuffer {
+        SpareBuffer(buf)
+    }
+
+    /// The buffer itself, no longer a spare.
+    pub fn into_inner(mut self) -> BytesMut {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for SpareBuffer {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SpareBuffer {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+}
+
+impl Drop for SpareBuffer {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        // Only a buffer no `Bytes` still shares gets its whole room back.
+        if buf.try_reclaim(READ_SIZE) {
+            SPARE_BUFFERS.with(|s| {
+                let mut spares = s.borrow_mut();
+                if spares.len() < SPARES {
+                    spares.push(buf);
+                }
+            });
+        }
+    }
+}
+
 /// The body bytes the client's first write may carry after the head: the buffer holding the
 /// head is made with room for them, so that appending a small body does not move it.
 pub fn body_room(framing: Framing) -> usize {
@@ -400,7 +460,7 @@ pub async fn relay_body(
     up: &mut TcpStream,
     buf: &mut BytesMut,
     client: &mut ClientOut<'_>,
-    mut out: BytesMut,
+    mut out: SpareBuffer,
     framing: Framing,
     read_limit: &mut ReadLimit<'_>,
     mut capture: Option<&mut Capture>,

@@ -349,7 +349,7 @@ impl FastPath {
                 return self.refused(&relay, client, start, Answer::busy()).await;
             }
         };
-        let mut buf = BytesMut::with_capacity(origin::READ_SIZE);
+        let mut buf = origin::SpareBuffer::take();
         let mut fresh_only = false;
         let (server, _inflight, mut up, head, (sent_at, answered)) = loop {
             // No healthy server (or none left after a failed connect): nothing was sent, and
@@ -410,7 +410,8 @@ impl FastPath {
             }
             _ => None,
         };
-        let out = response_head(&relay, &head, readmitted.as_ref());
+        let out =
+            origin::SpareBuffer::from_taken(response_head(&relay, &head, readmitted.as_ref()));
         let relayed = origin::relay_body(
             &mut up,
             &mut buf,
@@ -680,8 +681,11 @@ fn response_head(
     // A stored object gets the route's browser TTL, as on pingora's path.
     let browser = stored.and_then(|_| headers::browser_cache_control(relay.rule));
     let tags = &relay.runtime.cache.tag_headers;
+    // Room for the head and a small body after it (appending does not move it then).
     let room = head.head.len() + 256 + origin::body_room(head.framing);
-    let mut out = wire::HeadWriter::response(head.status, room);
+    let mut spare = origin::SpareBuffer::take().into_inner();
+    spare.reserve(room);
+    let mut out = wire::HeadWriter::response_in(spare, head.status);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     let hop = hop_by_hop(head);
     for (name, value) in head.iter() {

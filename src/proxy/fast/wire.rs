@@ -13,7 +13,11 @@ pub struct HeadWriter(BytesMut);
 impl HeadWriter {
     /// A response head: `HTTP/1.1 <code> <reason>`.
     pub fn response(status: StatusCode, capacity: usize) -> HeadWriter {
-        let mut out = BytesMut::with_capacity(capacity);
+        Self::response_in(BytesMut::with_capacity(capacity), status)
+    }
+
+    /// [`Self::response`] written into `out` (empty; its room is kept).
+    pub fn response_in(mut out: BytesMut, status: StatusCode) -> HeadWriter {
         out.put_slice(b"HTTP/1.1 ");
         out.put_slice(status.as_str().as_bytes());
         out.put_u8(b' ');
