@@ -12,6 +12,7 @@ not a test: CI does not run it. Needs root to install missing peers from Debian.
 
     loadtest/bench.py [--rounds 3] [--duration 5] [--connections 64] [--no-build]
                       [--parts hits,tls,memory,mixed,store] [--key-cookies currency] [--threads 2]
+                      [--nginx-edge]
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -19,6 +20,8 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 KEY_COOKIES = []
 # crossfade's `server.threads` (`--threads`); nginx runs as many workers.
 THREADS = 2
+# `--nginx-edge`: nginx also does the per-request work crossfade does (see `nginx_edge`).
+NGINX_EDGE = False
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORTS = {"origin": 19000, "nginx": 19001, "varnish": 19002, "crossfade": 19003, "admin": 19004,
@@ -88,6 +91,22 @@ def stop_all():
             pass
 
 
+def nginx_edge():
+    """With `--nginx-edge`, the directives that make nginx do per request what crossfade does:
+    the client's host, forwarding headers and a request id to the origin, the id and a cache
+    status to the client, and the rules' key cookies in the cache key. Without it (the default,
+    and every run the README quotes unless it says otherwise), nginx's own defaults."""
+    if not NGINX_EDGE:
+        return ""
+    cookies = "".join(f"$cookie_{c}" for c in KEY_COOKIES)
+    return ("proxy_set_header Host $host; "
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+            "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; "
+            "proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always; "
+            'add_header Cache-Status "nginx; $upstream_cache_status" always; '
+            f"proxy_cache_key $scheme$host$request_uri{cookies};")
+
+
 def setup(work):
     ports_free()
     files = os.path.join(work, "files")
@@ -127,6 +146,7 @@ http {{
     location / {{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache z; proxy_cache_lock off; proxy_cache_bypass $cookie_session; proxy_no_cache $cookie_session;
+      {nginx_edge()}
     }}
   }}
   server {{
@@ -138,6 +158,7 @@ http {{
     location / {{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache z; proxy_cache_lock off; proxy_cache_bypass $cookie_session; proxy_no_cache $cookie_session;
+      {nginx_edge()}
     }}
   }}
 }}"""
@@ -388,8 +409,12 @@ def main():
                          "rules key on currency); requests carry none of them, as most do")
     ap.add_argument("--threads", type=int, default=2,
                     help="crossfade's server.threads and nginx's worker_processes (scaling runs)")
+    ap.add_argument("--nginx-edge", action="store_true",
+                    help="nginx also forwards X-Forwarded-*, a request id and the client's host, "
+                         "answers with the id and a cache status, and keys on the key cookies")
     args = ap.parse_args()
-    global KEY_COOKIES, THREADS
+    global KEY_COOKIES, THREADS, NGINX_EDGE
+    NGINX_EDGE = args.nginx_edge
     KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
     THREADS = args.threads
     ensure_tools()
