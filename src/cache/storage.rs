@@ -224,7 +224,8 @@ impl EdgeStorage {
     }
 
     /// The object a request for `primary` finds when it can be served as a plain hit: live and
-    /// fresh at `now`. Used by `proxy::fast`. Objects that vary (origin `Vary`, key cookies
+    /// fresh at the time `now` gives (read only for an object found; see [`Self::fresh_hit`]).
+    /// Objects that vary (origin `Vary`, key cookies
     /// and headers) are found as pingora's lookup finds them: the primary slot under
     /// `primary`, then, when the request's variance (`variance_of`, given the primary slot's
     /// meta) is not the slot's, the variant stored under the primary and that variance, valid

@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub bypass: Option<Bypass>,
     /// The primary cache key, for cacheable requests.
     pub primary: Vec<u8>,
+    /// Its hash (`cache::key::hash`), taken once for the predictor, the lookup and the key.
+    pub primary_hash: [u8; 16],
     /// Path and normalised query sent upstream on cacheable requests.
     pub upstream_uri: Option<String>,
     /// Set when the edge answered by itself (unknown host, …); a label, never user input.
@@ -76,6 +78,7 @@ impl RequestCtx {
             host: String::new(),
             bypass: None,
             primary: Vec::new(),
+            primary_hash: [0; 16],
             upstream_uri: None,
             edge_answer: None,
             edge_at: None,

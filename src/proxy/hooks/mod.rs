@@ -85,7 +85,7 @@ impl EdgeProxy {
     fn cache_key(&self, ctx: &RequestCtx) -> CacheKey {
         let site = ctx.site.as_ref().map_or("", |s| &s.name);
         let mut k = CacheKey::new(ctx.primary.clone(), site);
-        k.set_primary_bin_override(key::hash(&ctx.primary));
+        k.set_primary_bin_override(ctx.primary_hash);
         k
     }
 
@@ -197,6 +197,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream_uri = Some(forward.upstream_target().into_owned());
         ctx.bypass = forward.bypass();
         if let decide::Caching::Cacheable { primary, .. } = forward.cache {
+            ctx.primary_hash = key::hash(&primary);
             ctx.primary = primary;
         }
         ctx.pool = Some(forward.pool);
@@ -248,9 +249,12 @@ impl ProxyHttp for EdgeProxy {
         // variant. Where this request's variant is stored fresh, the lookup runs without the
         // predictor and serves it, as the fast transport does (it looks first).
         let predictor: &'static (dyn CacheablePredictor + Sync) = c.predictor;
+        // The predictor reads only the key's hash.
+        let mut probe = CacheKey::new("", "");
+        probe.set_primary_bin_override(ctx.primary_hash);
         let predictor = match ctx.rule.as_deref() {
-            Some(rule) if !c.predictor.cacheable_prediction(&self.cache_key(ctx)) => {
-                let stored = c.storage.fresh_hit(rule, key::hash(&ctx.primary), |_| {
+            Some(rule) if !c.predictor.cacheable_prediction(&probe) => {
+                let stored = c.storage.fresh_hit(rule, ctx.primary_hash, |_| {
                     Cow::Borrowed(&session.req_header().headers)
                 });
                 stored.is_none().then_some(predictor)
