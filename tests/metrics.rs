@@ -284,6 +284,67 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// statsd lines are batched per serving thread: many requests share a datagram, no datagram
+/// is larger than one Ethernet frame's payload, and nothing is lost or held back (the last
+/// lines arrive without further traffic). A datagram per request was a `send(2)` per request
+/// on a socket every serving thread shares.
+#[tokio::test]
+async fn statsd_lines_of_many_requests_share_datagrams_and_none_is_lost() {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!(
+        "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
+        udp.local_addr().unwrap()
+    );
+    let origin =
+        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "abc") }).await;
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    let c = proxy.client(&["www.shop.test"]);
+    // The resolver points statsd at the socket in the background: until a first line comes.
+    let mut pointed = false;
+    for _ in 0..10 {
+        get(&c, &proxy.url("/first"), &[]).await;
+        if statsd_line(&udp, ".requests:1|c", Duration::from_secs(1))
+            .await
+            .is_some()
+        {
+            pointed = true;
+            break;
+        }
+    }
+    assert!(pointed, "a request's lines arrive without more traffic");
+    const N: usize = 60;
+    for i in 0..N {
+        assert_eq!(
+            get(&c, &proxy.url(&format!("/s{i}")), &[]).await.status,
+            200
+        );
+    }
+    let (mut datagrams, mut requests, mut misses) = (0, 0, 0);
+    let mut buf = vec![0u8; 65536];
+    while requests < N {
+        let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{requests} of {N} requests' lines arrived"))
+            .unwrap();
+        assert!(n <= 1432, "a datagram of {n} bytes");
+        datagrams += 1;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        for line in text.lines() {
+            assert!(
+                line.starts_with("store.shop.all.") && line.contains(':') && line.contains('|'),
+                "{line:?} in {text:?}"
+            );
+            requests += (line == "store.shop.all.requests:1|c") as usize;
+            misses += (line == "store.shop.all.miss:1|c") as usize;
+        }
+    }
+    assert_eq!((requests, misses), (N, N), "every request counted once");
+    assert!(
+        datagrams <= N / 3,
+        "{N} requests' lines came in {datagrams} datagrams"
+    );
+}
+
 /// Receives statsd lines until one contains `want`, or `within` passes.
 async fn statsd_line(udp: &tokio::net::UdpSocket, want: &str, within: Duration) -> Option<String> {
     let mut buf = vec![0u8; 65536];

@@ -1,5 +1,13 @@
-//! statsd push: one UDP datagram per finished request, named `<prefix>.<site>.<route>.<what>`
-//! (the store's scheme), and the [`Resolver`] that keeps the destination current.
+//! statsd push, named `<prefix>.<site>.<route>.<what>` (the store's scheme): each finished
+//! request's lines go into its serving thread's batch, sent as one UDP datagram when the next
+//! request's lines would not fit in [`MAX_PACKET`] bytes, and by the [`Resolver`] every
+//! [`FLUSH_EVERY`] (and at shutdown), so a line waits at most that long. Also owns the
+//! [`Resolver`] that keeps the destination current.
+//!
+//! A datagram per request was a `send(2)` per request on one socket all serving threads share
+//! (the kernel locks it): a syscall and a shared lock on every hit once statsd was set. A
+//! thread's batch is its own (its mutex is taken by another thread only for the periodic
+//! flush), and a datagram carries several requests.
 //!
 //! Metrics never stop the proxy: `metrics.statsd` is a host name or an address, resolved in the
 //! background. A name that does not resolve at start is retried (1 s, doubling to 30 s) with a
@@ -11,14 +19,45 @@
 use super::{status_class, RequestEvent};
 use crate::config::{Runtime, StatsdTarget};
 use arc_swap::{ArcSwap, ArcSwapOption};
+use std::cell::RefCell;
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The largest datagram a batch grows to: what one Ethernet frame carries (1500 bytes less
+/// the IP and UDP headers, the size statsd clients default to), so no datagram is fragmented.
+/// One request's lines longer than this (very long site and route names) go alone.
+pub const MAX_PACKET: usize = 1432;
+/// How often the lines waiting in threads' batches are sent: at most this late in statsd,
+/// whose own flush interval is 10 s.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// Tells `Statsd` instances apart in the per-thread batch lists (tests make several).
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's batch of each `Statsd` instance.
+    static BATCHES: RefCell<Vec<(u64, Arc<Mutex<Batch>>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Where packets go now; empty: nowhere (no statsd, or not resolved yet).
-#[derive(Default)]
 pub struct Statsd {
     sink: ArcSwapOption<Sink>,
+    instance: u64,
+    /// Every thread's batch, for the periodic flush.
+    batches: Mutex<Vec<Arc<Mutex<Batch>>>>,
+}
+
+impl Default for Statsd {
+    fn default() -> Self {
+        Statsd {
+            sink: ArcSwapOption::empty(),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            batches: Mutex::default(),
+        }
+    }
 }
 
 struct Sink {
@@ -26,31 +65,81 @@ struct Sink {
     prefix: String,
 }
 
+/// One thread's lines not yet sent, and where they go (the sink current when they were
+/// written: a new target gets only lines written after it was set).
+#[derive(Default)]
+struct Batch {
+    lines: Vec<u8>,
+    to: Option<Arc<Sink>>,
+}
+
+impl Batch {
+    /// Sends the waiting lines as one datagram. Errors (no listener, full buffer) are
+    /// deliberately ignored: metrics never stop the proxy.
+    fn send(&mut self) {
+        if let (false, Some(to)) = (self.lines.is_empty(), &self.to) {
+            let _ = to.socket.send(&self.lines);
+        }
+        self.lines.clear();
+    }
+
+    /// Adds one request's lines, sending first what waits when they would not fit in the
+    /// same datagram.
+    fn add(&mut self, sink: &Arc<Sink>, e: &RequestEvent) {
+        if !self.to.as_ref().is_some_and(|to| Arc::ptr_eq(to, sink)) {
+            self.send();
+            self.to = Some(sink.clone());
+        }
+        let before = self.lines.len();
+        write_request(&mut self.lines, &sink.prefix, e);
+        if before > 0 && self.lines.len() > MAX_PACKET {
+            // What waited goes alone; this request's lines (after their separating newline)
+            // start the next datagram.
+            let _ = sink.socket.send(&self.lines[..before]);
+            self.lines.drain(..=before);
+        }
+        if self.lines.len() >= MAX_PACKET {
+            self.send();
+        }
+    }
+}
+
 impl Statsd {
-    /// Sends one request's timers and counters. Never blocks: the socket is non-blocking and
-    /// a full buffer or a dead server only drops the packet.
+    /// Adds one request's timers and counters to this thread's batch. Never blocks: the
+    /// socket is non-blocking and a full buffer or a dead server only drops the datagram.
     pub fn request(&self, e: &RequestEvent) {
         let guard = self.sink.load();
         let Some(sink) = guard.as_ref() else {
             return;
         };
-        let base = format!("{}.{}.{}", sink.prefix, e.site, e.route);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let mut lines = vec![
-            format!("{base}.requests:1|c"),
-            format!("{base}.response_time:{:.3}|ms", ms(e.total)),
-            format!("{base}.response_size:{}|ms", e.bytes),
-            format!("{base}.{}:1|c", e.cache.replace('-', "_")),
-            format!("{base}.status_{}:1|c", status_class(e.status)),
-        ];
-        if let Some(u) = e.upstream {
-            lines.push(format!("{base}.upstream_time:{:.3}|ms", ms(u)));
-        }
-        // One datagram per request; errors (no listener, full buffer) are deliberately ignored.
-        let _ = sink.socket.send(lines.join("\n").as_bytes());
+        BATCHES.with(|batches| {
+            let mut batches = batches.borrow_mut();
+            let batch = match batches.iter().find(|(i, _)| *i == self.instance) {
+                Some((_, b)) => b,
+                None => {
+                    let b = Arc::new(Mutex::new(Batch::default()));
+                    self.batches
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(b.clone());
+                    batches.push((self.instance, b));
+                    &batches.last().expect("just pushed").1
+                }
+            };
+            batch.lock().unwrap_or_else(|e| e.into_inner()).add(sink, e);
+        });
     }
 
-    /// Counts one `<prefix>.<name>` (a release event), never blocking.
+    /// Sends every thread's waiting lines (the [`Resolver`]'s tick, and at shutdown).
+    pub fn flush(&self) {
+        let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        for b in batches.iter() {
+            b.lock().unwrap_or_else(|e| e.into_inner()).send();
+        }
+    }
+
+    /// Counts one `<prefix>.<name>` (a release event), never blocking: sent at once, not
+    /// batched (rare, and the timeline's statsd counter is read beside its annotation).
     pub fn count(&self, name: &str) {
         if let Some(sink) = self.sink.load().as_ref() {
             let _ = sink
@@ -75,6 +164,42 @@ impl Statsd {
             }
         };
         self.sink.store(sink);
+        Ok(())
+    }
+}
+
+/// One request's lines, each after a newline unless `out` is empty: `requests`, the cache outcome, the status class,
+/// response time and size, and upstream time when the origin was asked.
+fn write_request(out: &mut Vec<u8>, prefix: &str, e: &RequestEvent) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut line = |what: std::fmt::Arguments| {
+        if !out.is_empty() {
+            out.push(b'\n');
+        }
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{prefix}.{}.{}.{what}", e.site, e.route);
+    };
+    line(format_args!("requests:1|c"));
+    line(format_args!("response_time:{:.3}|ms", ms(e.total)));
+    line(format_args!("response_size:{}|ms", e.bytes));
+    line(format_args!("{}:1|c", Underscored(e.cache)));
+    line(format_args!("status_{}:1|c", status_class(e.status)));
+    if let Some(u) = e.upstream {
+        line(format_args!("upstream_time:{:.3}|ms", ms(u)));
+    }
+}
+
+/// A label with `-` written as `_` (statsd name segments), without a copy.
+struct Underscored<'a>(&'a str);
+
+impl std::fmt::Display for Underscored<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        for (i, part) in self.0.split('-').enumerate() {
+            if i > 0 {
+                f.write_str("_")?;
+            }
+            f.write_str(part)?;
+        }
         Ok(())
     }
 }
@@ -216,10 +341,13 @@ impl pingora::services::background::BackgroundService for Resolver {
                 tracing::warn!(error = %e, "cannot open a UDP socket for statsd");
             }
             tokio::select! {
-                // Often enough to pick up a reloaded target promptly; a lookup is made only
-                // when one is due.
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.changed() => return,
+                // Often enough to pick up a reloaded target promptly (a lookup is made only
+                // when one is due) and to send the lines threads' batches hold.
+                _ = tokio::time::sleep(FLUSH_EVERY) => self.metrics.statsd.flush(),
+                _ = shutdown.changed() => {
+                    self.metrics.statsd.flush();
+                    return;
+                }
             }
         }
     }
@@ -237,6 +365,102 @@ mod tests {
             },
             "store".into(),
         )
+    }
+
+    fn event<'a>(site: &'a str, upstream: Option<Duration>) -> RequestEvent<'a> {
+        RequestEvent {
+            site,
+            route: "all",
+            pool: "blue",
+            cache: "not-stored",
+            status: 200,
+            total: Duration::from_micros(1500),
+            upstream,
+            ttfb: None,
+            bytes: 1024,
+            bypass: None,
+            store: None,
+            origin: crate::stats::Asked::No,
+            fast: false,
+        }
+    }
+
+    /// A socket statsd would listen on, and a sink pointed at it.
+    fn listener() -> (UdpSocket, Arc<Sink>) {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.connect(rx.local_addr().unwrap()).unwrap();
+        let sink = Sink {
+            socket,
+            prefix: "store".into(),
+        };
+        (rx, Arc::new(sink))
+    }
+
+    fn datagrams(rx: &UdpSocket) -> Vec<String> {
+        let mut buf = [0u8; 65536];
+        std::iter::from_fn(|| {
+            let n = rx.recv(&mut buf).ok()?;
+            Some(String::from_utf8(buf[..n].to_vec()).unwrap())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_batch_fills_datagrams_up_to_one_frame_and_sends_an_oversized_request_alone() {
+        let (rx, sink) = listener();
+        let mut batch = Batch::default();
+        let one = {
+            let mut out = Vec::new();
+            write_request(
+                &mut out,
+                "store",
+                &event("shop", Some(Duration::from_millis(2))),
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            one,
+            "store.shop.all.requests:1|c\nstore.shop.all.response_time:1.500|ms\n\
+             store.shop.all.response_size:1024|ms\nstore.shop.all.not_stored:1|c\n\
+             store.shop.all.status_2xx:1|c\nstore.shop.all.upstream_time:2.000|ms"
+        );
+        for _ in 0..20 {
+            batch.add(&sink, &event("shop", Some(Duration::from_millis(2))));
+        }
+        batch.send();
+        let got = datagrams(&rx);
+        let per = MAX_PACKET / (one.len() + 1);
+        assert_eq!(got.len(), 20_usize.div_ceil(per), "{got:?}");
+        assert!(got
+            .iter()
+            .all(|d| d.len() <= MAX_PACKET && !d.ends_with('\n')));
+        assert!(got[..got.len() - 1]
+            .iter()
+            .all(|d| d.len() + 1 + one.len() > MAX_PACKET));
+        assert_eq!(got.join("\n"), vec![one.as_str(); 20].join("\n"));
+
+        // Lines longer than a datagram: what waits goes first, then they go alone.
+        let long = "s".repeat(MAX_PACKET / 4);
+        batch.add(&sink, &event("shop", None));
+        batch.add(&sink, &event(&long, None));
+        batch.add(&sink, &event("shop", None));
+        batch.send();
+        let got = datagrams(&rx);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[0].starts_with("store.shop.") && got[2].starts_with("store.shop."));
+        assert!(got[1].starts_with(&format!("store.{long}.")) && got[1].len() > MAX_PACKET);
+        assert_eq!(got[1].lines().count(), 5);
+
+        // A new target gets only the lines written after it was set.
+        let (rx2, sink2) = listener();
+        batch.add(&sink, &event("old", None));
+        batch.add(&sink2, &event("new", None));
+        batch.send();
+        assert!(datagrams(&rx).iter().all(|d| d.starts_with("store.old.")));
+        assert!(datagrams(&rx2).iter().all(|d| d.starts_with("store.new.")));
     }
 
     #[test]
