@@ -211,7 +211,13 @@ async fn a_node_that_stops_announces_it_and_purges_stay_complete() {
     let until = std::time::Instant::now() + Duration::from_secs(7);
     while std::time::Instant::now() < until {
         let report = nodes[0].purge(json!({"kind": "all", "soft": true})).await;
-        assert_eq!(report["complete"], true, "{report}");
+        assert_eq!(
+            report["complete"],
+            true,
+            "{report}\nn3: {}\nn1: {}",
+            nodes[2].stderr(),
+            nodes[0].stderr()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

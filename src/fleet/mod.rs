@@ -16,7 +16,10 @@ use redis::RedisLink;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a purge waiting for confirmations looks whether a node it waits for has left.
+const LEFT_CHECK: Duration = Duration::from_millis(100);
 
 /// What one node did for a purge.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -183,7 +186,17 @@ impl Purger {
         let deadline = Instant::now() + link.confirm_timeout;
         while !waiting.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, acks.recv()).await {
+            if left.is_zero() {
+                break;
+            }
+            // A node stopping while the purge was on its way (a rolling restart) says so on
+            // the members channel and stops confirming a moment later: one this node heard
+            // leave is not waited for, nor reported unconfirmed.
+            match tokio::time::timeout(left.min(LEFT_CHECK), acks.recv()).await {
+                Err(_) => {
+                    waiting.retain(|id| !link.has_left(id));
+                    continue;
+                }
                 Ok(Some(ack)) => {
                     waiting.retain(|n| *n != ack.node);
                     let node = redis::name_of(&ack.node).to_string();
@@ -201,6 +214,7 @@ impl Purger {
             }
         }
         link.done(id);
+        waiting.retain(|id| !link.has_left(id));
         report.complete &= waiting.is_empty();
         report.unconfirmed = waiting
             .iter()

@@ -288,6 +288,12 @@ impl RedisLink {
         s.departed.insert(id.to_string());
     }
 
+    /// Whether instance `id` said it left (a purge sent before this node heard so no longer
+    /// waits for it: it either confirmed in its last moments or is gone).
+    pub(super) fn has_left(&self, id: &str) -> bool {
+        lock(&self.state).departed.contains(id)
+    }
+
     /// The instances this node expects to confirm a purge (its memory of the fleet).
     pub(super) fn expected(&self) -> Vec<String> {
         lock(&self.state).expected(now_ms())
