@@ -209,8 +209,9 @@ async fn label_cardinality_stays_bounded_under_random_paths_and_hosts() {
     );
 }
 
-#[tokio::test]
-async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
+/// A proxy sending statsd (prefix `store`) to the returned socket, in front of an origin
+/// answering `abc`, cacheable for a minute.
+async fn statsd_proxy() -> (tokio::net::UdpSocket, Origin, Proxy) {
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let extra = format!(
         "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
@@ -219,6 +220,12 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
     let origin =
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "abc") }).await;
     let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    (udp, origin, proxy)
+}
+
+#[tokio::test]
+async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
+    let (udp, origin, proxy) = statsd_proxy().await;
     let c = proxy.client(&["www.shop.test"]);
     for _ in 0..3 {
         get(&c, &proxy.url("/s"), &[]).await;
@@ -290,14 +297,7 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
 /// on a socket every serving thread shares.
 #[tokio::test]
 async fn statsd_lines_of_many_requests_share_datagrams_and_none_is_lost() {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let extra = format!(
-        "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
-        udp.local_addr().unwrap()
-    );
-    let origin =
-        Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "abc") }).await;
-    let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    let (udp, _origin, proxy) = statsd_proxy().await;
     let c = proxy.client(&["www.shop.test"]);
     // The resolver points statsd at the socket in the background: until a first line comes.
     let mut pointed = false;
