@@ -213,10 +213,7 @@ async fn label_cardinality_stays_bounded_under_random_paths_and_hosts() {
 /// answering `abc`, cacheable for a minute.
 async fn statsd_proxy() -> (tokio::net::UdpSocket, Origin, Proxy) {
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let extra = format!(
-        "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
-        udp.local_addr().unwrap()
-    );
+    let extra = statsd_config(&udp);
     let origin =
         Origin::start(|_| async { reply(200, &[("cache-control", "max-age=60")], "abc") }).await;
     let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
@@ -299,19 +296,7 @@ async fn statsd_receives_timers_and_counters_and_a_dead_statsd_costs_nothing() {
 async fn statsd_lines_of_many_requests_share_datagrams_and_none_is_lost() {
     let (udp, _origin, proxy) = statsd_proxy().await;
     let c = proxy.client(&["www.shop.test"]);
-    // The resolver points statsd at the socket in the background: until a first line comes.
-    let mut pointed = false;
-    for _ in 0..10 {
-        get(&c, &proxy.url("/first"), &[]).await;
-        if statsd_line(&udp, ".requests:1|c", Duration::from_secs(1))
-            .await
-            .is_some()
-        {
-            pointed = true;
-            break;
-        }
-    }
-    assert!(pointed, "a request's lines arrive without more traffic");
+    until_statsd_receives(&udp, &c, &proxy.url("/first")).await;
     const N: usize = 60;
     for i in 0..N {
         assert_eq!(
@@ -343,6 +328,62 @@ async fn statsd_lines_of_many_requests_share_datagrams_and_none_is_lost() {
         datagrams <= N / 3,
         "{N} requests' lines came in {datagrams} datagrams"
     );
+}
+
+/// A request that finishes while the process drains after SIGTERM still reaches statsd: its
+/// lines wait in the thread's batch, which the flush keeps sending until the process exits.
+#[tokio::test]
+async fn statsd_lines_of_a_request_finished_while_draining_are_sent() {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let origin = Origin::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        reply(200, &[("cache-control", "private")], "slow")
+    })
+    .await;
+    let extra = statsd_config(&udp);
+    let proxy = Proxy::single(&origin, OVERRIDE_ALL, &extra).await;
+    let c = proxy.client(&["www.shop.test"]);
+    until_statsd_receives(&udp, &c, &proxy.url("/warm")).await;
+    let slow = {
+        let (c, url) = (c.clone(), proxy.url("/draining"));
+        tokio::spawn(async move { get(&c, &url, &[]).await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(proxy.pid(), "TERM");
+    assert_eq!(slow.await.unwrap(), 200, "the request in flight is served");
+    assert!(
+        statsd_line(
+            &udp,
+            "store.shop.all.upstream_time:",
+            Duration::from_secs(3)
+        )
+        .await
+        .is_some(),
+        "its lines reach statsd"
+    );
+}
+
+/// The `[metrics]` section sending statsd (prefix `store`) to `udp`.
+fn statsd_config(udp: &tokio::net::UdpSocket) -> String {
+    format!(
+        "[metrics]\nstatsd = \"{}\"\nstatsd_prefix = \"store\"\n",
+        udp.local_addr().unwrap()
+    )
+}
+
+/// Requests `url` until its lines reach `udp` without more traffic (the resolver points
+/// statsd at the socket in the background, soon after start).
+async fn until_statsd_receives(udp: &tokio::net::UdpSocket, c: &reqwest::Client, url: &str) {
+    for _ in 0..10 {
+        get(c, url, &[]).await;
+        if statsd_line(udp, ".requests:1|c", Duration::from_secs(1))
+            .await
+            .is_some()
+        {
+            return;
+        }
+    }
+    panic!("no statsd line for {url}");
 }
 
 /// Receives statsd lines until one contains `want`, or `within` passes.

@@ -1,7 +1,7 @@
 //! statsd push, named `<prefix>.<site>.<route>.<what>` (the store's scheme): each finished
 //! request's lines go into its serving thread's batch, sent as one UDP datagram when the next
 //! request's lines would not fit in [`MAX_PACKET`] bytes, and by the [`Resolver`] every
-//! [`FLUSH_EVERY`] (and at shutdown), so a line waits at most that long. Also owns the
+//! [`FLUSH_EVERY`] (also while a stopping process drains), so a line waits at most that long. Also owns the
 //! [`Resolver`] that keeps the destination current.
 //!
 //! A datagram per request was a `send(2)` per request on one socket all serving threads share
@@ -130,7 +130,7 @@ impl Statsd {
         });
     }
 
-    /// Sends every thread's waiting lines (the [`Resolver`]'s tick, and at shutdown).
+    /// Sends every thread's waiting lines (the [`Resolver`]'s tick, also while the process drains).
     pub fn flush(&self) {
         let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         for b in batches.iter() {
@@ -344,11 +344,14 @@ impl pingora::services::background::BackgroundService for Resolver {
                 // Often enough to pick up a reloaded target promptly (a lookup is made only
                 // when one is due) and to send the lines threads' batches hold.
                 _ = tokio::time::sleep(FLUSH_EVERY) => self.metrics.statsd.flush(),
-                _ = shutdown.changed() => {
-                    self.metrics.statsd.flush();
-                    return;
-                }
+                _ = shutdown.changed() => break,
             }
+        }
+        // Shutting down: connections still draining finish requests, whose lines are sent
+        // on the same ticks until the process exits (the target no longer changes).
+        loop {
+            self.metrics.statsd.flush();
+            tokio::time::sleep(FLUSH_EVERY).await;
         }
     }
 }
