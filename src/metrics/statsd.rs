@@ -1,8 +1,8 @@
 //! statsd push, named `<prefix>.<site>.<route>.<what>` (the store's scheme): each finished
 //! request's lines go into its serving thread's batch, sent as one UDP datagram when the next
 //! request's lines would not fit in [`MAX_PACKET`] bytes, and by the [`Resolver`] every
-//! [`FLUSH_EVERY`] (also while a stopping process drains), so a line waits at most that long. Also owns the
-//! [`Resolver`] that keeps the destination current.
+//! [`FLUSH_EVERY`] (also while a stopping process drains), so a line waits at most that long.
+//! Also owns the [`Resolver`] that keeps the destination current.
 //!
 //! A datagram per request was a `send(2)` per request on one socket all serving threads share
 //! (the kernel locks it): a syscall and a shared lock on every hit once statsd was set. A
@@ -130,7 +130,8 @@ impl Statsd {
         });
     }
 
-    /// Sends every thread's waiting lines (the [`Resolver`]'s tick, also while the process drains).
+    /// Sends every thread's waiting lines (the [`Resolver`]'s tick, also while the process
+    /// drains).
     pub fn flush(&self) {
         let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         for b in batches.iter() {
