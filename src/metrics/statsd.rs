@@ -169,8 +169,9 @@ impl Statsd {
     }
 }
 
-/// One request's lines, each after a newline unless `out` is empty: `requests`, the cache outcome, the status class,
-/// response time and size, and upstream time when the origin was asked.
+/// One request's lines, each after a newline unless `out` is empty: `requests`, the cache
+/// outcome, the status class, response time and size, and upstream time when the origin was
+/// asked.
 fn write_request(out: &mut Vec<u8>, prefix: &str, e: &RequestEvent) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut line = |what: std::fmt::Arguments| {
