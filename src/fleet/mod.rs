@@ -299,16 +299,27 @@ impl pingora::services::background::BackgroundService for FleetService {
         }
         let run = self.link.clone().run(self.purger.clone());
         tokio::pin!(run);
-        tokio::select! {
-            _ = &mut run => return,
-            _ = shutdown.changed() => {}
-        }
-        // Leaving: still confirming purges (the subscription keeps running) until the others
-        // have heard it and a little after, so a purge that counted on this node gets its
-        // confirmation instead of waiting out the timeout.
+        // `run` ends only when the purger is gone, which happens when the process stops (the
+        // proxy service drops it, sometimes before this task sees the shutdown signal): that
+        // is leaving too, and the goodbye must still be said, else the others wait for this
+        // node's confirmations until its heartbeat is old.
+        let ended = tokio::select! {
+            _ = &mut run => true,
+            _ = shutdown.changed() => false,
+        };
+        // Leaving: still confirming purges (the subscription keeps running while it can) until
+        // the others have heard it and a little after, so a purge that counted on this node
+        // gets its confirmation instead of waiting out the timeout.
         let grace = self.link.leave_grace();
+        let confirming = async {
+            if !ended {
+                (&mut run).await;
+            }
+            // The subscription has ended: the goodbye below is still said.
+            std::future::pending::<()>().await
+        };
         tokio::select! {
-            _ = &mut run => {}
+            _ = confirming => {}
             _ = async {
                 self.link.leave().await;
                 tokio::time::sleep(grace).await;
