@@ -410,8 +410,7 @@ impl FastPath {
             }
             _ => None,
         };
-        let out =
-            origin::SpareBuffer::from_taken(response_head(&relay, &head, readmitted.as_ref()));
+        let out = response_head(&relay, &head, readmitted.as_ref());
         let relayed = origin::relay_body(
             &mut up,
             &mut buf,
@@ -673,7 +672,7 @@ fn response_head(
     relay: &Relay<'_>,
     head: &origin::ResponseHead,
     readmitted: Option<&Readmitted>,
-) -> BytesMut {
+) -> origin::SpareBuffer {
     let stored = match readmitted {
         Some(Readmitted::Store(meta)) => Some(meta),
         _ => None,
@@ -681,7 +680,9 @@ fn response_head(
     // A stored object gets the route's browser TTL, as on pingora's path.
     let browser = stored.and_then(|_| headers::browser_cache_control(relay.rule));
     let tags = &relay.runtime.cache.tag_headers;
-    // Room for the head and a small body after it (appending does not move it then).
+    // Room for the head and a small body after it (appending does not move it then), in a
+    // spare buffer of the thread's: the head writer owns it while writing, and it is a spare
+    // again (back to the thread when the relay drops it) once the head is written.
     let room = head.head.len() + 256 + origin::body_room(head.framing);
     let mut spare = origin::SpareBuffer::take().into_inner();
     spare.reserve(room);
@@ -733,5 +734,5 @@ fn response_head(
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(b"date"))
         .map(|(_, v)| v);
-    out.finish_response(date)
+    origin::SpareBuffer::from_taken(out.finish_response(date))
 }
