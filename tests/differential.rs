@@ -305,7 +305,7 @@ type H2Request = (
 );
 
 /// HTTP/2 requests in order on one connection.
-const H2_CORPUS: [H2Request; 10] = [
+const H2_CORPUS: [H2Request; 17] = [
     ("miss", "GET", "/page/h2?utm_source=x&b=2&a=1", &[]),
     ("hit", "GET", "/page/h2?a=1&b=2", &[]),
     ("head hit", "HEAD", "/page/h2?a=1&b=2", &[]),
@@ -331,7 +331,44 @@ const H2_CORPUS: [H2Request; 10] = [
     ),
     ("pass route", "GET", "/account/me", &[]),
     ("unknown host", "GET", "http://nobody.test/page/h2", &[]),
+    // Passes, which the fast transport relays with its own origin client.
+    (
+        "bypass, cookies in two fields",
+        "GET",
+        "/page/h2?b=2&a=1",
+        &[("cookie", "theme=dark"), ("cookie", "session=42")],
+    ),
+    ("private page", "GET", "/private/h2?b=2&a=1", &[]),
+    (
+        "private page again (predicted)",
+        "GET",
+        "/private/h2?b=2&a=1",
+        &[],
+    ),
+    (
+        "private page, HEAD (predicted)",
+        "HEAD",
+        "/private/h2?b=2&a=1",
+        &[],
+    ),
+    // A HEAD that misses a cacheable route: pingora asks the origin with GET.
+    ("head miss", "HEAD", "/page/h2-head", &[]),
+    (
+        "untrusted and hop-by-hop headers",
+        "GET",
+        "/account/x",
+        &[
+            ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=1.2.3.4"),
+            ("te", "trailers"),
+        ],
+    ),
+    // Larger than the stream's first flow-control window.
+    ("large pass", "GET", "/big/2", &[("cookie", "session=42")]),
 ];
+
+/// Fast passes in [`H2_CORPUS`]: the bypasses, the pass routes and the predicted private pages.
+const H2_PASSES: &str = "7";
 
 /// An answer as status, sorted header lines (the values that differ between runs masked) and
 /// body.
@@ -360,6 +397,7 @@ async fn http2_answers_are_the_same_on_both_transports() {
     for extra in TRANSPORTS {
         let proxy = Proxy::single(&origin, RULES, extra).await;
         let c = proxy.h2_client(&["www.shop.test", "nobody.test"]);
+        origin.seen.lock().unwrap().clear();
         let mut answers = Vec::new();
         for (name, method, path, headers) in H2_CORPUS {
             let url = match path.strip_prefix("http://nobody.test") {
@@ -367,7 +405,7 @@ async fn http2_answers_are_the_same_on_both_transports() {
                 None => proxy.url(path),
             };
             let got = send(&c, method.parse().unwrap(), &url, headers).await;
-            answers.push((name, h2_answer(&got)));
+            answers.push((name, h2_answer(&got), seen(&origin)));
         }
         // Many streams in flight on the connection at once, each answered with its own object
         // (stored first, so that every one is a hit).
@@ -398,6 +436,10 @@ async fn http2_answers_are_the_same_on_both_transports() {
         }
         let fast =
             counter_reaches(&proxy, "crossfade_fast_path_hits_total", fast_count("203")).await;
+        // Every pass in the corpus on the fast proxy, none on the other (both set explicitly).
+        let want = if runs.is_empty() { H2_PASSES } else { "0" };
+        let passes = counter_reaches(&proxy, "crossfade_fast_path_passes_total", want).await;
+        assert_eq!(passes, want, "HTTP/2 passes relayed by the fast transport");
         // (`:authority` names the proxy's port, which differs between the two.)
         let port = format!(":{}\"", proxy.addr.port());
         let log = access_log(&proxy.stdout());
@@ -409,17 +451,35 @@ async fn http2_answers_are_the_same_on_both_transports() {
     assert_eq!(fast.1, "203", "HTTP/2 hits were the fast transport's");
     assert_eq!(slow.1, "0", "the other proxy served none");
     let mut differences = Vec::new();
-    for ((name, f), (_, p)) in fast.0.iter().zip(&slow.0) {
+    for ((name, f, fo), (_, p, po)) in fast.0.iter().zip(&slow.0) {
         if f != p {
             differences.push(format!("{name}:\n--- fast\n{f}\n--- pingora\n{p}"));
         }
+        if fo != po {
+            differences.push(format!(
+                "origin, {name}:\n--- fast\n{fo:#?}\n--- pingora\n{po:#?}"
+            ));
+        }
     }
-    // The first ten events are the sequence's (the concurrent streams finish in any order).
-    if fast.2[..10] != slow.2[..10] {
+    // An HTTP/2 client's cookie fields reach an HTTP/1.1 origin as one (RFC 9113 §8.2.3).
+    for (name, _, origin_saw) in &fast.0 {
+        if *name == "bypass, cookies in two fields" {
+            let fields = &origin_saw[0];
+            assert!(
+                fields.contains("\ncookie: theme=dark; session=42\n")
+                    || fields.ends_with("\ncookie: theme=dark; session=42"),
+                "{fields}"
+            );
+            assert_eq!(fields.matches("cookie:").count(), 1, "{fields}");
+        }
+    }
+    // The sequence's events come first (the concurrent streams finish in any order).
+    let n = H2_CORPUS.len();
+    if fast.2[..n] != slow.2[..n] {
         differences.push(format!(
             "access log:\n--- fast\n{}\n--- pingora\n{}",
-            fast.2[..10].join("\n"),
-            slow.2[..10].join("\n")
+            fast.2[..n].join("\n"),
+            slow.2[..n].join("\n")
         ));
     }
     assert!(differences.is_empty(), "{}", differences.join("\n\n"));

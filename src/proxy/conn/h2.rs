@@ -2,7 +2,8 @@
 //! (`protocols::http::v2::server::accept_downstream_sessions`, crate-private there) with one
 //! change: a stream that is a plain hit is answered inside the loop by the fast transport
 //! ([`crate::proxy::fast::h2`]) instead of in a task of its own; every other stream gets its
-//! task and pingora's proxy, as in pingora.
+//! task, where a pass the fast transport carries is relayed by it and the rest go to pingora's
+//! proxy, as in pingora.
 //!
 //! Why in the loop: h2 writes what its streams queued only when it has read every frame that
 //! arrived. A hit answered in its own task wakes the connection task, which tokio runs next
@@ -17,6 +18,7 @@
 
 use super::headclock::TimedHead;
 use super::Transports;
+use crate::proxy::fast::h2::H2Stream;
 use futures_util::FutureExt;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{self, H2Accept, HttpSession};
@@ -105,9 +107,11 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                 }
                 Ok(Some(H2Accept::Session(session))) => session,
             };
-            if transports.fast.answer_h2(&mut session) {
-                continue;
-            }
+            let pass = match transports.fast.answer_h2(&mut session) {
+                H2Stream::Served => continue,
+                H2Stream::MayPass => true,
+                H2Stream::Pingora => false,
+            };
             let guard = active.start();
             let transports = transports.clone();
             let shutdown = shutdown.clone();
@@ -116,6 +120,9 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
             tokio::spawn(async move {
                 // Held for the stream's life, so the idle timeout sees the connection busy.
                 let _guard = guard;
+                if pass && transports.fast.pass_h2(&mut session).await {
+                    return;
+                }
                 transports
                     .proxy
                     .process_new_http(ServerSession::new_http2(session), &shutdown)

@@ -30,6 +30,22 @@ const HOP_BY_HOP_RESPONSE: [&str; 6] = [
     "upgrade",
 ];
 
+/// A request's `Cookie` fields as one, `; `-separated, when there are several: an HTTP/2
+/// client may send each cookie in a field of its own, and they must be joined before the
+/// request goes on over HTTP/1.1 (RFC 9113 §8.2.3), where an origin may read only the first.
+/// `None` for one field or none (it goes on as it is).
+pub fn joined_cookies<'v>(mut values: impl Iterator<Item = &'v [u8]>) -> Option<Vec<u8>> {
+    let first = values.next()?;
+    let second = values.next()?;
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 2);
+    joined.extend_from_slice(first);
+    for value in std::iter::once(second).chain(values) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value);
+    }
+    Some(joined)
+}
+
 /// The response fields of an origin's answer that stay on the origin's connection: the
 /// hop-by-hop set and every field its `Connection` header lists. A `101 Switching Protocols`
 /// keeps them: the upgrade is the answer.

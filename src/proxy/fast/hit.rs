@@ -21,6 +21,9 @@ pub trait Head {
     /// A header this answer sets, whose value `value` writes (no `format!` per request).
     fn set_with(&mut self, name: HeaderName, spelled: &[u8], value: impl FnOnce(&mut BytesMut));
 
+    /// A field of an origin's raw response head (a pass), as the origin spelled it.
+    fn raw(&mut self, name: &[u8], value: &[u8]);
+
     fn set(&mut self, name: HeaderName, spelled: &[u8], value: &[u8]) {
         self.set_with(name, spelled, |out| out.put_slice(value));
     }
@@ -29,6 +32,10 @@ pub trait Head {
 impl Head for HeadWriter {
     fn stored(&mut self, _name: &HeaderName, spelled: &[u8], value: &HeaderValue) {
         self.line(spelled, value.as_bytes());
+    }
+
+    fn raw(&mut self, name: &[u8], value: &[u8]) {
+        self.line(name, value);
     }
 
     fn set_with(&mut self, _name: HeaderName, spelled: &[u8], value: impl FnOnce(&mut BytesMut)) {
@@ -42,6 +49,15 @@ impl Head for ResponseHeader {
     fn stored(&mut self, name: &HeaderName, _spelled: &[u8], value: &HeaderValue) {
         // A name and value already in a header map are valid in another one.
         let _ = self.append_header(name.clone(), value.clone());
+    }
+
+    fn raw(&mut self, name: &[u8], value: &[u8]) {
+        // httparse has taken only token names and field values a header map holds too.
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            let _ = self.append_header(name, value);
+        }
     }
 
     fn set_with(&mut self, name: HeaderName, _spelled: &[u8], value: impl FnOnce(&mut BytesMut)) {

@@ -18,6 +18,7 @@
 //! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
 
 pub mod as_pingora;
+mod downstream;
 pub mod h2;
 mod handback;
 mod hit;
@@ -180,10 +181,15 @@ impl FastPath {
             Some(Decision::Hit(head, answer)) => (head, answer),
             Some(Decision::Relay(relay)) => {
                 let request = buf.split_to(head_len);
-                return match self
-                    .forward(relay, (stream, writable, origin_clock), start, &request)
-                    .await
-                {
+                let mut client = downstream::H1 {
+                    out: sendfile::ClientOut {
+                        stream,
+                        waiter: writable,
+                    },
+                    request: &request,
+                };
+                let forwarded = self.forward(relay, &mut client, origin_clock, start).await;
+                return match forwarded {
                     Forwarded::Done(outcome) => outcome,
                     Forwarded::Fallback => {
                         keep_raw_target(stream, &request);
@@ -318,13 +324,10 @@ impl FastPath {
                         return hit(rt, &f, method.clone(), (request_id, who), &meta, body);
                     }
                 }
-                let mut k = CacheKey::new(primary.clone(), &*f.site.name);
-                k.set_primary_bin_override(hash);
                 if !passes {
                     return None;
                 }
-                let was = self.predictor.predicted_uncacheable_reason(&k)?;
-                Reason::Predicted(k, was)
+                self.predicted(&f, primary, hash)?
             }
         };
         if !passes {
@@ -332,13 +335,23 @@ impl FastPath {
         }
         let client = client_ip(peer, stream);
         let from = relay::From {
-            fields: parsed.headers,
+            fields: &*parsed.headers,
             client: (!client.is_empty()).then_some(client),
             tls,
         };
-        let mut relay = Relay::new(rt, &f, reason, request_id, method.clone(), &from);
+        let mut relay = Relay::new(rt, &f, reason, request_id, method.clone(), from);
         relay.client = who;
         Some(Decision::Relay(relay))
+    }
+
+    /// A pass for a cacheable request with no fresh object under `primary` (hashed `hash`)
+    /// when the predictor remembers its key as uncacheable (and why); else `None`: a miss,
+    /// which only pingora's path fills.
+    fn predicted(&self, f: &decide::Forward, primary: &[u8], hash: [u8; 16]) -> Option<Reason> {
+        let mut k = CacheKey::new(primary.to_vec(), &*f.site.name);
+        k.set_primary_bin_override(hash);
+        let was = self.predictor.predicted_uncacheable_reason(&k)?;
+        Some(Reason::Predicted(k, was))
     }
 
     fn log(&self, a: &HitAnswer<'_>, start: Instant, bytes: usize) {

@@ -8,7 +8,6 @@
 //! (168 new connections in 3 s of the pass benchmark, ~5% of the CPU in connect/close).
 
 use super::as_pingora;
-use super::sendfile::ClientOut;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use std::io;
@@ -452,21 +451,31 @@ impl Capture {
     }
 }
 
-/// Sends `out` (the response head, already built) and then the body read from `up` (starting
-/// with what is already in `buf`) to `client`, copying the body's data into `capture` when
+/// Where a relayed body goes: an HTTP/1.1 client connection (bytes, in chunks where the origin
+/// framed the body by chunks or by closing) or an HTTP/2 stream (DATA frames, no chunks).
+pub(crate) trait BodySink {
+    /// Whether a body without a length goes out in HTTP/1.1 chunks.
+    const CHUNKS: bool;
+    /// Sends what `out` holds and empties it; `end`: the response ends with it.
+    async fn put(&mut self, out: &mut BytesMut, end: bool) -> io::Result<()>;
+}
+
+/// Sends `out` (what goes before the body: the HTTP/1.1 response head, or nothing) and then the
+/// body read from `up` (starting with what is already in `buf`) to `client`, copying the body's data into `capture` when
 /// given. Returns the body bytes sent and whether the origin connection ended its message
 /// cleanly with nothing left over (so it can be reused).
-pub async fn relay_body(
-    up: &mut TcpStream,
-    buf: &mut BytesMut,
-    client: &mut ClientOut<'_>,
+pub(crate) async fn relay_body<S: BodySink>(
+    (up, buf, framing): (&mut TcpStream, &mut BytesMut, Framing),
+    client: &mut S,
     mut out: SpareBuffer,
-    framing: Framing,
     read_limit: &mut ReadLimit<'_>,
     mut capture: Option<&mut Capture>,
 ) -> Result<(usize, bool), RelayError> {
     let mut sent = 0usize;
-    let mut chunks = Chunked::default();
+    let mut chunks = Chunked {
+        raw: !S::CHUNKS,
+        ..Chunked::default()
+    };
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => 0,
@@ -498,17 +507,19 @@ pub async fn relay_body(
                     if let Some(c) = capture.as_deref_mut() {
                         c.take(buf);
                     }
-                    chunk(&mut out, buf);
+                    emit(&mut out, buf, S::CHUNKS);
                     buf.clear();
                 }
                 false
             }
         };
-        if (done || out.len() >= WRITE_AT || buf.is_empty()) && !out.is_empty() {
+        if (done || out.len() >= WRITE_AT || buf.is_empty()) && (done || !out.is_empty()) {
             // Onto the socket each time: what the origin sent so far must not wait for what
             // it has not.
-            client.send(&out).await.map_err(|_| RelayError::Client)?;
-            out.clear();
+            client
+                .put(&mut out, done)
+                .await
+                .map_err(|_| RelayError::Client)?;
         }
         if done {
             return Ok((sent, buf.is_empty()));
@@ -518,8 +529,11 @@ pub async fn relay_body(
         }
         match read_more(up, buf, read_limit).await {
             Ok(0) if framing == Framing::Close => {
+                if S::CHUNKS {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
                 client
-                    .send(b"0\r\n\r\n")
+                    .put(&mut out, true)
                     .await
                     .map_err(|_| RelayError::Client)?;
                 return Ok((sent, false));
@@ -534,6 +548,15 @@ pub async fn relay_body(
     }
 }
 
+/// Appends `data` to `out`: as one chunk when `chunks`, else as it is.
+fn emit(out: &mut BytesMut, data: &[u8], chunks: bool) {
+    if chunks {
+        chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
 /// Appends `data` to `out` as one chunk.
 fn chunk(out: &mut BytesMut, data: &[u8]) {
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -542,13 +565,15 @@ fn chunk(out: &mut BytesMut, data: &[u8]) {
 }
 
 /// A chunked-body decoder that re-encodes what it decodes: the client gets chunks this proxy
-/// framed, never the origin's bytes verbatim (an origin's bad framing cannot reach the client
-/// as a second response).
+/// framed (or, on an HTTP/2 stream, the data alone), never the origin's bytes verbatim (an
+/// origin's bad framing cannot reach the client as a second response).
 #[derive(Default)]
 pub struct Chunked {
     state: ChunkState,
     /// Data bytes appended by the last `decode` call.
     data: usize,
+    /// The data is appended as it is, not re-framed (for an HTTP/2 stream).
+    raw: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -604,7 +629,7 @@ impl Chunked {
                         return Ok(false);
                     }
                     let take = (buf.len() as u64).min(left) as usize;
-                    chunk(out, &buf[..take]);
+                    emit(out, &buf[..take], !self.raw);
                     if let Some(c) = capture.as_deref_mut() {
                         c.take(&buf[..take]);
                     }
@@ -632,7 +657,9 @@ impl Chunked {
                     };
                     // Trailers are dropped (pingora's path drops them too); an empty line ends.
                     if line.is_empty() {
-                        out.extend_from_slice(b"0\r\n\r\n");
+                        if !self.raw {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
                         return Ok(true);
                     }
                 }

@@ -14,16 +14,15 @@
 //! nothing has been sent yet and it cannot go on (no healthy server), it hands the request back
 //! to pingora, whose answers for that case are the reference.
 
-use super::origin::{self, BadHead, Framing, RelayError};
-use super::sendfile::{ClientOut, Writable};
+use super::downstream::Downstream;
+use super::origin::{self, BadHead, RelayError};
 use super::{as_pingora, wire, FastPath, Outcome};
 use crate::cache::policy::{self, Bypass};
 use crate::cache::{key, vary};
 use crate::config::{Runtime, Site};
 use crate::pools::Admission;
-use crate::proxy::conn::headclock::TimedHead;
 use crate::proxy::decide::answer::{self, Answer};
-use crate::proxy::decide::headers::{self, CacheStatus};
+use crate::proxy::decide::headers;
 use crate::proxy::decide::sanitize::UNTRUSTED;
 use crate::rules::Rule;
 use crate::stats::Asked;
@@ -65,9 +64,9 @@ pub struct Relay<'c> {
 }
 
 /// What the relay takes from the client connection besides the plan.
-pub struct From<'a, 'h> {
-    /// The client's header fields, in order and case.
-    pub fields: &'a [httparse::Header<'h>],
+pub struct From<'a, F> {
+    /// The client's header fields (name, value), in order and case.
+    pub fields: F,
     /// The client's IP address.
     pub client: Option<&'a str>,
     pub tls: bool,
@@ -76,13 +75,13 @@ pub struct From<'a, 'h> {
 impl<'c> Relay<'c> {
     /// The relay of a planned forward: the request head the origin gets (the client's fields
     /// but those it must not see, the plan's target and host, the forwarding headers).
-    pub fn new(
+    pub fn new<'f>(
         rt: &'c Runtime,
         f: &crate::proxy::decide::Forward<'_, 'c>,
         reason: Reason,
         request_id: String,
         method: Method,
-        from: &From,
+        from: From<'_, impl Fields<'f>>,
     ) -> Relay<'c> {
         let forwarding = Forwarding {
             target: &f.upstream_target(),
@@ -122,45 +121,72 @@ pub struct Forwarding<'a> {
     pub drop_cookies: bool,
 }
 
+/// A request's header fields as (name, value), in order: an HTTP/1.1 head's as httparse read
+/// them, or an HTTP/2 stream's from its header map.
+pub trait Fields<'f>: Copy {
+    fn iter(self) -> impl Iterator<Item = (&'f str, &'f [u8])>;
+}
+
+impl<'f> Fields<'f> for &[httparse::Header<'f>] {
+    fn iter(self) -> impl Iterator<Item = (&'f str, &'f [u8])> {
+        self.iter().map(|h| (h.name, h.value))
+    }
+}
+
+impl<'f> Fields<'f> for &'f http::HeaderMap {
+    fn iter(self) -> impl Iterator<Item = (&'f str, &'f [u8])> {
+        http::HeaderMap::iter(self).map(|(n, v)| (n.as_str(), v.as_bytes()))
+    }
+}
+
 /// The request head for the origin: the client's headers in their order and case, minus the
 /// ones it must not get, plus the forwarding headers (as `upstream_request_filter` sets them).
-pub fn upstream_head(
+pub fn upstream_head<'f>(
     method: &Method,
-    fields: &[httparse::Header],
+    fields: impl Fields<'f>,
     rule: &Rule,
     f: &Forwarding,
 ) -> BytesMut {
     let mut out = wire::HeadWriter::request(method, f.target);
     let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
+    let values = |name: &'static str| {
+        fields
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
     // The host the key was built from, never the client's spelling of it.
     line(b"Host", f.host.as_bytes());
-    for h in fields {
-        let is = |n: &&str| h.name.eq_ignore_ascii_case(n);
+    let mut cookies_sent = false;
+    for (name, value) in fields.iter() {
+        let is = |n: &&str| name.eq_ignore_ascii_case(n);
+        let cookie = name.eq_ignore_ascii_case("cookie");
         if is(&"host")
             || UNTRUSTED.iter().any(is)
             || as_pingora::HOP_BY_HOP.iter().any(is)
             || rule
                 .strip_headers
                 .iter()
-                .any(|n| h.name.eq_ignore_ascii_case(n))
-            || f.drop_cookies
-                && (h.name.eq_ignore_ascii_case("cookie")
-                    || h.name.eq_ignore_ascii_case("accept-encoding"))
+                .any(|n| name.eq_ignore_ascii_case(n))
+            || f.drop_cookies && (cookie || name.eq_ignore_ascii_case("accept-encoding"))
+            || cookie && cookies_sent
         {
             continue;
         }
-        line(h.name.as_bytes(), h.value);
+        if cookie {
+            // All of them in one field where the first was (`headers::joined_cookies`).
+            cookies_sent = true;
+            if let Some(joined) = headers::joined_cookies(values("cookie")) {
+                line(b"Cookie", &joined);
+                continue;
+            }
+        }
+        line(name.as_bytes(), value);
     }
     if f.drop_cookies {
         // As `upstream_request_filter`: the key cookies, in order, in one field after the
         // client's others, and the one coding the variant is keyed by — read from the raw
         // fields by the same functions (httparse has refused the bytes a value cannot hold).
-        let values = |name: &'static str| {
-            fields
-                .iter()
-                .filter(move |h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value)
-        };
         if let Some(kept) = key::kept_cookie_values(values("cookie"), rule) {
             line(b"Cookie", kept.as_bytes());
         }
@@ -181,7 +207,7 @@ pub fn upstream_head(
 }
 
 /// What the storage policy says of a predicted-uncacheable key's response.
-enum Readmitted {
+pub(super) enum Readmitted {
     /// Not stored, for this reason (the `Cache-Status` detail).
     NotStored(&'static str),
     /// Stored once it has reached the client whole.
@@ -321,11 +347,11 @@ impl FastPath {
     pub(super) async fn forward(
         &self,
         relay: Relay<'_>,
-        (client, writable, clock): (&mut TimedHead, &mut Writable, &mut origin::ReadClock),
+        client: &mut impl Downstream,
+        clock: &mut origin::ReadClock,
         start: Instant,
-        request: &[u8],
     ) -> Forwarded {
-        // This client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
+        // This origin client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
         let pool = self.pools.pool(&relay.site.name, &relay.pool);
         let Some(pool) = pool.filter(|p| !p.spec.http2) else {
             return Forwarded::Fallback;
@@ -410,20 +436,13 @@ impl FastPath {
             }
             _ => None,
         };
-        let out = response_head(&relay, &head, readmitted.as_ref());
-        let relayed = origin::relay_body(
-            &mut up,
-            &mut buf,
-            &mut ClientOut {
-                stream: client,
-                waiter: writable,
-            },
-            out,
-            head.framing,
-            &mut read_limit,
-            capture.as_mut(),
-        )
-        .await;
+        let relayed = match client.start(&relay, &head, readmitted.as_ref()) {
+            Ok(out) => {
+                let body = (&mut up, &mut *buf, head.framing);
+                origin::relay_body(body, client, out, &mut read_limit, capture.as_mut()).await
+            }
+            Err(_) => Err(RelayError::Client),
+        };
         // The request's end, for the idle pool, the client's next-head clock and the logs.
         let end = Instant::now();
         let (bytes, error, outcome, asked) = match relayed {
@@ -431,13 +450,13 @@ impl FastPath {
                 if clean && head.reusable {
                     origin::put_idle(server.addr, up, o.idle_timeout, end);
                 }
-                let limits = &relay.runtime.proxy.limits;
-                client.rearm_at(end.into(), limits.header_timeout, limits.keepalive_timeout);
+                client.finished(&relay, end);
                 (bytes, "", Outcome::Served, Asked::Answered(status))
             }
-            // The response is cut short: only closing the connection tells the client.
+            // The response is cut short: the client must not take it for a whole one.
             Err(RelayError::Origin(e)) => {
                 server.exchange_failed(pool.spec.passive_failures, pool.spec.passive_down);
+                client.cut_short();
                 (0, e, Outcome::Closed, Asked::Failed)
             }
             Err(RelayError::Client) => (
@@ -454,6 +473,7 @@ impl FastPath {
                 let Reason::Predicted(key, _) = &relay.reason else {
                     unreachable!("only a predicted key is readmitted")
                 };
+                let request = || client.request_headers();
                 Some(self.store(&relay, key, *meta, body.body, request).await)
             }
             (Some(Readmitted::Store(_)), _) => Some(Some("incomplete-body")),
@@ -515,20 +535,19 @@ impl FastPath {
     }
 
     /// Stores a response that reached the client whole under `key` (with the variance its
-    /// `Vary` and the rule give it, read from the client's `request` head), through the same
-    /// storage calls as pingora's cache fill; the `Cache-Status` store outcome.
+    /// `Vary` and the rule give it, read from the client's `request` headers), through the
+    /// same storage calls as pingora's cache fill; the `Cache-Status` store outcome.
     async fn store(
         &self,
         relay: &Relay<'_>,
         key: &CacheKey,
         meta: CacheMeta,
         body: BytesMut,
-        request: &[u8],
+        request: impl FnOnce() -> http::HeaderMap,
     ) -> Option<&'static str> {
         use pingora::cache::storage::Storage;
         let mut key = key.clone();
-        if let Some(variance) = key::variance(meta.headers(), relay.rule, &request_headers(request))
-        {
+        if let Some(variance) = key::variance(meta.headers(), relay.rule, &request()) {
             key.set_variance_key(variance);
         }
         let trace = pingora::cache::trace::Span::inactive().handle();
@@ -544,11 +563,11 @@ impl FastPath {
     }
 
     /// Answers an origin failure as pingora's path does (502, or 504 for a timeout: crossfade's
-    /// page, `Connection: close`), and closes the connection.
+    /// page; an HTTP/1.1 connection closes after it).
     async fn origin_failed(
         &self,
         relay: &Relay<'_>,
-        client: &mut TimedHead,
+        client: &mut impl Downstream,
         start: Instant,
         upstream: Option<std::net::SocketAddr>,
         error: ErrorType,
@@ -559,12 +578,12 @@ impl FastPath {
             .await
     }
 
-    /// Answers with the edge's own `answer` before anything was sent to the origin, and closes
-    /// the connection.
+    /// Answers with the edge's own `answer` before anything was sent to the origin (an HTTP/1.1
+    /// connection closes after it).
     async fn refused(
         &self,
         relay: &Relay<'_>,
-        client: &mut TimedHead,
+        client: &mut impl Downstream,
         start: Instant,
         answer: Answer,
     ) -> Forwarded {
@@ -573,20 +592,17 @@ impl FastPath {
             .await
     }
 
-    /// Writes `answer`, reports it with (upstream, error label, what the origin did), and
-    /// closes the connection.
+    /// Writes `answer` and reports it with (upstream, error label, what the origin did); an
+    /// HTTP/1.1 connection closes after it.
     async fn edge_answer(
         &self,
         relay: &Relay<'_>,
-        client: &mut TimedHead,
+        client: &mut impl Downstream,
         start: Instant,
         answer: &Answer,
         (upstream, error, origin): (Option<std::net::SocketAddr>, &str, Asked),
     ) -> Forwarded {
-        let _ = client
-            .write_all(&wire::answer(answer, &relay.request_id))
-            .await;
-        let _ = client.flush().await;
+        client.answer(answer, &relay.request_id).await;
         let elapsed = start.elapsed();
         let report = Report {
             status: answer.status,
@@ -657,82 +673,10 @@ fn remark_due() -> bool {
 const REMARK_EVERY: u32 = 64;
 
 /// [`headers::HopByHop`] of an origin's response head.
-fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
+pub(super) fn hop_by_hop(head: &origin::ResponseHead) -> headers::HopByHop {
     let connection = head
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
         .map(|(_, v)| v);
     headers::HopByHop::new(head.status.as_u16(), connection)
-}
-
-/// The response head for the client: the origin's headers but the internal ones and those
-/// pingora's writer replaces, then `X-Request-Id`, `Cache-Status`, `Date` (the origin's, when
-/// it sent one) and `Connection`.
-fn response_head(
-    relay: &Relay<'_>,
-    head: &origin::ResponseHead,
-    readmitted: Option<&Readmitted>,
-) -> origin::SpareBuffer {
-    let stored = match readmitted {
-        Some(Readmitted::Store(meta)) => Some(meta),
-        _ => None,
-    };
-    // A stored object gets the route's browser TTL, as on pingora's path.
-    let browser = stored.and_then(|_| headers::browser_cache_control(relay.rule));
-    let tags = &relay.runtime.cache.tag_headers;
-    // Room for the head and a small body after it (appending does not move it then), in a
-    // spare buffer of the thread's: the head writer owns it while writing, and it is a spare
-    // again (back to the thread when the relay drops it) once the head is written.
-    let room = head.head.len() + 256 + origin::body_room(head.framing);
-    let mut spare = origin::SpareBuffer::take().into_inner();
-    spare.reserve(room);
-    let mut out = wire::HeadWriter::response_in(spare, head.status);
-    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
-    let hop = hop_by_hop(head);
-    for (name, value) in head.iter() {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        let replaced = is("connection") || is("date") || is("x-request-id") || hop.contains(name);
-        // A body framed by chunks goes out framed by chunks only.
-        let reframed = head.framing == Framing::Chunked && is("content-length");
-        let targeted = |t: &String| name.eq_ignore_ascii_case(t.as_bytes());
-        if replaced
-            || reframed
-            || headers::is_internal(name, tags)
-            || relay.rule.targeted.iter().any(targeted)
-            || browser.is_some() && (is("cache-control") || is("expires"))
-        {
-            continue;
-        }
-        line(name, value);
-    }
-    if let Some(cc) = &browser {
-        line(b"Cache-Control", cc.as_bytes());
-    }
-    if head.framing == Framing::Close {
-        line(b"Transfer-Encoding", b"chunked");
-    }
-    line(b"x-request-id", relay.request_id.as_bytes());
-    let status = match (&relay.reason, readmitted) {
-        (Reason::Bypass(b), _) => CacheStatus::bypass(*b),
-        (Reason::Predicted(..), Some(Readmitted::Store(meta))) => CacheStatus {
-            fwd: Some("miss"),
-            fwd_status: Some(head.status.as_u16()),
-            stored: true,
-            fresh_until: Some(meta.fresh_until()),
-            ..Default::default()
-        },
-        (Reason::Predicted(..), Some(Readmitted::NotStored(reason))) => CacheStatus {
-            fwd: Some("miss"),
-            fwd_status: Some(head.status.as_u16()),
-            detail: Some(reason),
-            ..Default::default()
-        },
-        (Reason::Predicted(..), None) => unreachable!("a predicted key is always readmitted"),
-    };
-    out.line_with(b"cache-status", |v| status.write(v));
-    let date = head
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"date"))
-        .map(|(_, v)| v);
-    origin::SpareBuffer::from_taken(out.finish_response(date))
 }

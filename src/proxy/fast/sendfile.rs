@@ -81,6 +81,19 @@ impl ClientOut<'_> {
     }
 }
 
+/// An HTTP/1.1 connection: a body without a length goes in chunks.
+impl super::origin::BodySink for ClientOut<'_> {
+    const CHUNKS: bool = true;
+
+    async fn put(&mut self, out: &mut bytes::BytesMut, _end: bool) -> io::Result<()> {
+        if !out.is_empty() {
+            self.send(out).await?;
+            out.clear();
+        }
+        Ok(())
+    }
+}
+
 /// Runs `op` once, and again each time the socket becomes writable while it would block.
 async fn retry(
     sock: RawFd,

@@ -11,6 +11,15 @@ use pingora::Result;
 
 /// Sends `answer` as the whole response.
 pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> Result<()> {
+    let resp = head(answer, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(answer.body.clone()), true)
+        .await
+}
+
+/// The response head of `answer` (also what the fast transport's HTTP/2 passes send).
+pub fn head(answer: &Answer, request_id: &str) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(answer.status, Some(7))?;
     resp.insert_header("cache-status", CacheStatus::edge(answer.detail).to_value())?;
     if !request_id.is_empty() {
@@ -27,8 +36,5 @@ pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> R
     if let Some(after) = answer.retry_after {
         resp.insert_header(header::RETRY_AFTER, after.as_secs())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(answer.body.clone()), true)
-        .await
+    Ok(resp)
 }

@@ -9,7 +9,7 @@
 
 mod conditional;
 pub mod ctx;
-mod edge;
+pub(crate) mod edge;
 mod invalidate;
 mod limits;
 pub mod status;
@@ -578,6 +578,11 @@ impl ProxyHttp for EdgeProxy {
             if let Some(coding) = coding {
                 upstream.insert_header(header::ACCEPT_ENCODING, coding)?;
             }
+        } else {
+            let cookies = upstream.headers.get_all(header::COOKIE);
+            if let Some(joined) = headers::joined_cookies(cookies.iter().map(|v| v.as_bytes())) {
+                upstream.insert_header(header::COOKIE, joined)?;
+            }
         }
         sanitize::sanitize(upstream, ctx.rule.as_deref());
         // The host the key was built from, never the client's spelling of it (port, case,
@@ -622,6 +627,22 @@ impl ProxyHttp for EdgeProxy {
             server.answered();
         }
         Ok(())
+    }
+
+    /// A HEAD answer carries no body. pingora asks the origin with GET when a HEAD misses a
+    /// cacheable route (to fill the cache) and its HTTP/1 writer drops that body; its HTTP/2
+    /// writer sent it, and the client reset the stream (PROTOCOL_ERROR, RFC 9113 §8.1.1).
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if session.req_header().method == http::Method::HEAD {
+            *body = None;
+        }
+        Ok(None)
     }
 
     async fn response_filter(
