@@ -699,6 +699,18 @@ async fn parameters_an_allow_list_drops_are_counted_logged_once_and_in_the_acces
 async fn the_process_and_its_build_are_measured() {
     let origin = Origin::start(|_| async { reply(200, &[], "x") }).await;
     let proxy = Proxy::single(&origin, HONOR_ALL, "").await;
+    // CPU time is counted in clock ticks (10 ms): a proxy that has just started may have
+    // spent less than one. Requests until it has spent one.
+    let client = proxy.client(&["www.shop.test"]);
+    let busy = eventually(Duration::from_secs(10), || async {
+        for _ in 0..100 {
+            get(&client, &proxy.url("/busy"), &[]).await;
+        }
+        let m = metrics(&proxy).await;
+        !m.contains("\nprocess_cpu_seconds_total 0\n")
+    })
+    .await;
+    assert!(busy, "no CPU time counted after requests");
     let m = metrics(&proxy).await;
     let value = |name: &str| -> f64 {
         m.lines()
