@@ -462,12 +462,14 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
 
-TLS_WORKLOADS = {"h1tls-1k": "/c/1k", "h2-1k": "/c/1k", "h2-16k": "/c/16k", "tls-new": "/c/1k"}
+# h2-pass-1k: a logged-in visitor's browser — every page a pass, over HTTP/2.
+TLS_WORKLOADS = {"h1tls-1k": "/c/1k", "h2-1k": "/c/1k", "h2-16k": "/c/16k", "h2-pass-1k": "/p/1k",
+                 "tls-new": "/c/1k"}
 
 
 def tls_part(args):
     """crossfade against nginx (`ssl http2` + proxy_cache, same certificate) over TLS: HTTP/1.1
-    keep-alive hits (wrk), HTTP/2 hits (h2load -m 10), and a full handshake per request (wrk,
+    keep-alive hits (wrk), HTTP/2 hits and passes (h2load -m 10), and a full handshake per request (wrk,
     `Connection: close`). Varnish has no TLS and is left out."""
     names = [w for w in args.tls_workloads.split(",") if w]
     ports = {"crossfade": PORTS["crossfade-tls"], "nginx": PORTS["nginx-tls"]}

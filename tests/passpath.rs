@@ -347,6 +347,68 @@ async fn origin_failures_on_the_fast_pass_are_clean_answers() {
 }
 
 #[tokio::test]
+async fn http2_passes_get_whole_bodies_clean_errors_and_resets_for_cut_bodies() {
+    let (addr, _) = raw_origin(|n| {
+        Some(match n {
+            // Chunked in many small chunks, with extensions and a trailer.
+            0 => {
+                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for i in 0..200 {
+                    r.extend_from_slice(format!("{:x};i={i}\r\n", 1000).as_bytes());
+                    r.extend_from_slice(&[b'a' + (i % 26) as u8; 1000]);
+                    r.extend_from_slice(b"\r\n");
+                }
+                r.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
+                r
+            }
+            // No length: the body ends when the origin closes.
+            1 => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
+            2 => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            // Cut short: the origin closes after ten of a hundred bytes.
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly ten.."
+                .to_vec(),
+        })
+    })
+    .await;
+    let proxy = Proxy::single_addr(addr, RULES, "").await;
+    let c = proxy.h2_client(&["www.shop.test"]);
+    let cookie = [("cookie", "session=1")];
+    let big = get(&c, &proxy.url("/me"), &cookie).await;
+    let expected: String = (0..200)
+        .map(|i| String::from_utf8(vec![b'a' + (i % 26) as u8; 1000]).unwrap())
+        .collect();
+    assert_eq!(big.status, 200);
+    assert!(
+        big.body == expected,
+        "a 200 KB chunked body arrived changed"
+    );
+    assert!(big.headers.get("transfer-encoding").is_none());
+    let closed = get(&c, &proxy.url("/me"), &cookie).await;
+    assert_eq!(
+        (closed.status, closed.body.as_str()),
+        (200, "until the end")
+    );
+    let bad = get(&c, &proxy.url("/me"), &cookie).await;
+    assert_eq!(bad.status, 502, "{}", bad.body);
+    assert!(!bad.body.contains("abcd"));
+    // The client must not take a body cut short for a whole one: the stream is reset (before
+    // or after the head reached it, as the connection's writes fell).
+    let cut = c.get(proxy.url("/me")).header("cookie", "session=1").send();
+    let body = match cut.await {
+        Ok(answer) => answer.text().await,
+        Err(e) => Err(e),
+    };
+    assert!(body.is_err(), "a cut body arrived as a whole one: {body:?}");
+    // The connection still carries streams.
+    let after = send(&c, Method::HEAD, &proxy.url("/me"), &cookie).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(
+        counter_reaches(&proxy, "crossfade_fast_path_passes_total", fast_count("5")).await,
+        fast_count("5")
+    );
+}
+
+#[tokio::test]
 async fn a_predicted_uncacheable_page_that_turns_cacheable_is_stored_again() {
     let public = Arc::new(AtomicBool::new(false));
     let flag = public.clone();
