@@ -176,7 +176,8 @@ pub struct Finished<'a> {
     pub query_filter: Option<&'a crate::rules::QueryFilter>,
     /// Who asked (empty when the access log is off).
     pub client: &'a Client,
-    /// Answered by the HTTP/1.1 fast transport (counted in `crossfade_fast_path_*_total`).
+    /// Answered by the fast transport, over HTTP/1.1 or HTTP/2 (counted in
+    /// `crossfade_fast_path_*_total`).
     pub fast: bool,
 }
 

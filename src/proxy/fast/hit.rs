@@ -14,7 +14,7 @@ use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
-/// Where a hit's response head goes.
+/// Where a hit's (or a relayed pass's, [`super::downstream`]) response head goes.
 pub trait Head {
     /// A stored header, sent as stored (`spelled`: the name's case as the origin wrote it).
     fn stored(&mut self, name: &HeaderName, spelled: &[u8], value: &HeaderValue);

@@ -1,7 +1,7 @@
 //! The fast transport: an HTTP/1 request that is a plain hit on a fresh stored object is
 //! answered here, and one that is a known pass is forwarded by [`relay`], before
-//! pingora's proxy sees either; everything else goes to pingora untouched. HTTP/2 hits are
-//! answered the same way on pingora's HTTP/2 streams ([`h2`]).
+//! pingora's proxy sees either; everything else goes to pingora untouched. HTTP/2 hits and
+//! passes are handled the same way on pingora's HTTP/2 streams ([`h2`]).
 //!
 //! pingora-proxy spends most of a hit's CPU on its own machinery (a ~14 KB request future moved
 //! per request, header maps built and copied, the cache state machine), about three times what
@@ -16,6 +16,8 @@
 //! to a plain-TCP client by `sendfile`, [`sendfile`]). Otherwise the bytes it read are
 //! handed back to the connection and pingora reads the request as if nothing had happened.
 //! `proxy.hit_fast_path = false` turns it off (`proxy.pass_fast_path = false` the pass half).
+//! HTTP/2 streams take the same two paths ([`h2`]); the relay's client side, an HTTP/1.1
+//! connection or an HTTP/2 stream, is [`downstream`].
 
 pub mod as_pingora;
 mod downstream;
@@ -458,8 +460,9 @@ fn hit<'c>(
 }
 
 /// What this transport carries of a route, for `crossfade check`: one line, and why not where
-/// it does not. (Requests it never carries, whatever the route — a body, a range or
-/// conditional request, a visitor's first canary answer, an HTTP/2 pass — are in the README.)
+/// it does not, over HTTP/1.1 and HTTP/2 alike. (Requests it never carries, whatever the route
+/// — a body, a range or conditional request, a visitor's first canary answer — are in the
+/// README.)
 pub fn route_report(rt: &Runtime, site: &crate::config::Site, rule: &crate::rules::Rule) -> String {
     let get = rule
         .methods

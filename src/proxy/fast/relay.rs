@@ -1,7 +1,8 @@
-//! The relay (`proxy.pass_fast_path`): an HTTP/1 GET or HEAD that [`decide::plan`] sends to the
-//! origin uncached — a bypass (a logged-in cookie, a `pass` route) — or whose key the predictor
-//! remembers as uncacheable is relayed here with [`super::origin`]'s client instead of pingora's
-//! proxy path, which costs about three times nginx's CPU per pass.
+//! The relay (`proxy.pass_fast_path`): a GET or HEAD (an HTTP/1 request or an HTTP/2 stream)
+//! that [`decide::plan`] sends to the origin uncached — a bypass (a logged-in cookie, a `pass`
+//! route) — or whose key the predictor remembers as uncacheable is relayed here with
+//! [`super::origin`]'s client instead of pingora's proxy path, which costs about three times
+//! nginx's CPU per pass. The client's side of it is a [`Downstream`].
 //!
 //! [`decide::plan`]: crate::proxy::decide::plan
 //!
