@@ -255,6 +255,8 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
         service.add_tcp(&addr.to_string());
     }
     if let Some(tls) = tls {
+        // One ticket key for every HTTPS listener: a ticket from one is good on the others.
+        let ticketer = crate::tls::ticketer();
         for addr in &tls.listen {
             // The resolver picks certificates by SNI from the running config, so the paths
             // given here are never read.
@@ -265,6 +267,11 @@ pub fn run(runtime: Runtime, upgrade: bool) -> ! {
                 runtime: runtime.clone(),
             }));
             settings.enable_h2();
+            if tls.session_tickets {
+                let ticketer = ticketer.clone();
+                settings
+                    .set_server_config_hook(Box::new(move |c| crate::tls::resumption(c, ticketer)));
+            }
             service.add_tls_with_settings(&addr.to_string(), None, settings);
         }
         server.add_service(pingora::services::background::background_service(

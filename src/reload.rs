@@ -177,6 +177,7 @@ impl Reloader {
             tls: Some(TlsSettings {
                 listen: tls.listen.clone(),
                 certs,
+                session_tickets: tls.session_tickets,
             }),
             ..(*old).clone()
         };

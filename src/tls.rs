@@ -41,6 +41,33 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The session ticketer of the HTTPS listeners (`tls.session_tickets`): rustls's, a random key
+/// per process, rotated every 6 hours (the previous key still decrypts for as long again).
+/// `None` when the system has no randomness to make a key, which is logged.
+pub fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    match rustls::crypto::ring::Ticketer::new() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS session tickets are off: no ticket key");
+            None
+        }
+    }
+}
+
+/// Resumption for returning clients: without a ticketer rustls resumes only sessions in a
+/// 256-entry cache, which a busy edge cycles in well under a second, so a browser coming back
+/// did a full handshake (the costliest part of a new connection). Stateless tickets cost no
+/// memory per client; rustls's TLS 1.3 resumption keeps forward secrecy (a fresh key
+/// exchange with the ticket, `psk_dhe_ke`), and no 0-RTT data is accepted.
+pub fn resumption(
+    config: &mut rustls::ServerConfig,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) {
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
+    }
+}
+
 /// Counts completed handshakes (failed ones never reach a callback in pingora's rustls path;
 /// they show up as connections without requests).
 pub struct HandshakeCounter(pub Arc<crate::metrics::Metrics>);

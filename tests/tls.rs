@@ -261,3 +261,83 @@ fn dev_certificates_keep_their_keys_private_and_last_a_year() {
         );
     }
 }
+
+/// One request on a new TLS connection to `a.test`; whether its handshake resumed a session.
+/// The answer is read to its end, so the session tickets sent after the handshake are kept.
+fn resumed(addr: std::net::SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> bool {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+/// Whether a client resumes its session after 300 other clients have had theirs (600
+/// tickets: more than rustls's 256-session cache holds), with `tls.session_tickets` as given.
+async fn resumes_after_300_others(session_tickets: &str) -> bool {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["a.test"]);
+    let origin = Origin::start(|_| async { reply(200, &[], "ok") }).await;
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let extra = format!(
+        "[tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\n{session_tickets}\n\
+         [[tls.certs]]\ncert = \"{d}/a.test.pem\"\nkey = \"{d}/a.test-key.pem\"\nhosts = [\"a.test\"]\n"
+    );
+    let sites = format!(
+        "[[sites]]\nname = \"a\"\nhosts = [\"a.test\"]\nrules = \"a.rules.toml\"\n[sites.pools.blue]\nservers = [\"{}\"]\n",
+        origin.addr
+    );
+    let _proxy = Proxy::start_toml(&sites, &[("a", HONOR_ALL)], &extra).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &ca[..]) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = |resume: bool| {
+            let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            if !resume {
+                c.resumption = rustls::client::Resumption::disabled();
+            }
+            std::sync::Arc::new(c)
+        };
+        let returning = config(true);
+        assert!(
+            !resumed(addr, &returning),
+            "a first visit is a full handshake"
+        );
+        let others = config(false);
+        for _ in 0..300 {
+            resumed(addr, &others);
+        }
+        resumed(addr, &returning)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session_however_many_came_between() {
+    assert!(
+        resumes_after_300_others("").await,
+        "session tickets are on by default: the returning client resumed"
+    );
+    // Off: only the server's session cache is left, and 300 clients went through it.
+    assert!(
+        !resumes_after_300_others("session_tickets = false").await,
+        "tls.session_tickets = false: no ticket to resume with"
+    );
+}

@@ -210,6 +210,8 @@ pub struct TlsFile {
     pub listen: Vec<String>,
     #[serde(default)]
     pub certs: Vec<CertFile>,
+    /// Session tickets, so a returning client resumes instead of a full handshake.
+    pub session_tickets: Option<bool>,
 }
 
 /// `[[tls.certs]]`: a PEM chain and key, for the hosts listed or those of a site.

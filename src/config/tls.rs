@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub struct TlsSettings {
     pub listen: Vec<SocketAddr>,
     pub certs: Vec<LoadedCert>,
+    /// Stateless session tickets (`crate::tls::resumption`).
+    pub session_tickets: bool,
 }
 
 pub(super) fn tls(
@@ -67,7 +69,11 @@ pub(super) fn tls(
             Err(e) => push(format!("{at}.cert"), e.to_string()),
         }
     }
-    Some(TlsSettings { listen, certs })
+    Some(TlsSettings {
+        listen,
+        certs,
+        session_tickets: f.session_tickets.unwrap_or(true),
+    })
 }
 
 /// One certificate and the host names it serves.

@@ -318,8 +318,21 @@ fn metrics_settings(c: &mut Changes, old: &MetricsSettings, new: &mut MetricsSet
 
 fn tls_settings(c: &mut Changes, old: &Option<TlsSettings>, new: &mut Option<TlsSettings>) {
     match (old, new.as_mut()) {
-        (Some(TlsSettings { listen, certs }), Some(n)) => {
+        (
+            Some(TlsSettings {
+                listen,
+                certs,
+                session_tickets,
+            }),
+            Some(n),
+        ) => {
             c.restart("tls.listen", listen, &mut n.listen);
+            // The ticketer is part of the listeners' TLS config, built at start.
+            c.restart(
+                "tls.session_tickets",
+                session_tickets,
+                &mut n.session_tickets,
+            );
             // Chosen per handshake by `tls::SniResolver` from the running config.
             let files = |certs: &[crate::config::tls::LoadedCert]| {
                 certs

@@ -38,7 +38,13 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // crossfade patch: see `set_server_config_hook`.
+    config_hook: Option<ServerConfigHook>,
 }
+
+/// crossfade patch: a change to the rustls `ServerConfig` (e.g. its session ticketer) made
+/// before the acceptor is built from it.
+pub type ServerConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -94,6 +100,9 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        if let Some(hook) = self.config_hook {
+            hook(&mut config);
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -102,6 +111,12 @@ impl TlsSettings {
                 OffloadRuntime::new("downstream TLS offload", shards, threads_per_shard)
             }),
         }
+    }
+
+    /// crossfade patch: `hook` adjusts the rustls `ServerConfig` before `build()` makes the
+    /// acceptor from it.
+    pub fn set_server_config_hook(&mut self, hook: ServerConfigHook) {
+        self.config_hook = Some(hook);
     }
 
     /// Enable HTTP/2 support for this endpoint, which is default off.
@@ -200,6 +215,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 
@@ -220,6 +236,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 }
