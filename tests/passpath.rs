@@ -232,21 +232,30 @@ async fn an_origin_closing_a_pooled_connection_costs_a_retry_not_an_error() {
     );
 }
 
+/// A 200 KB answer in 200 chunks of 1,000 bytes, with chunk extensions and a trailer.
+fn chunked_answer() -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for i in 0..200 {
+        r.extend_from_slice(format!("{:x};i={i}\r\n", 1000).as_bytes());
+        r.extend_from_slice(&[b'a' + (i % 26) as u8; 1000]);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
+    r
+}
+
+/// The body of [`chunked_answer`].
+fn chunked_body() -> String {
+    (0..200)
+        .map(|i| String::from_utf8(vec![b'a' + (i % 26) as u8; 1000]).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn origin_bodies_reach_the_client_in_framing_this_proxy_wrote() {
     let (addr, _) = raw_origin(|n| {
         Some(match n {
-            // Chunked in many small chunks, with extensions and a trailer.
-            0 => {
-                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                for i in 0..200 {
-                    r.extend_from_slice(format!("{:x};i={i}\r\n", 1000).as_bytes());
-                    r.extend_from_slice(&[b'a' + (i % 26) as u8; 1000]);
-                    r.extend_from_slice(b"\r\n");
-                }
-                r.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
-                r
-            }
+            0 => chunked_answer(),
             // Both framings: chunked wins, and the length must not reach the client.
             1 => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
                    5\r\nhello\r\n0\r\n\r\n"
@@ -260,9 +269,7 @@ async fn origin_bodies_reach_the_client_in_framing_this_proxy_wrote() {
     let c = proxy.client(&["www.shop.test"]);
     let big = get(&c, &proxy.url("/me"), &[("cookie", "session=1")]).await;
     assert_eq!(big.status, 200);
-    let expected: String = (0..200)
-        .map(|i| String::from_utf8(vec![b'a' + (i % 26) as u8; 1000]).unwrap())
-        .collect();
+    let expected = chunked_body();
     assert!(
         big.body == expected,
         "a 200 KB chunked body arrived changed"
@@ -350,17 +357,7 @@ async fn origin_failures_on_the_fast_pass_are_clean_answers() {
 async fn http2_passes_get_whole_bodies_clean_errors_and_resets_for_cut_bodies() {
     let (addr, _) = raw_origin(|n| {
         Some(match n {
-            // Chunked in many small chunks, with extensions and a trailer.
-            0 => {
-                let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                for i in 0..200 {
-                    r.extend_from_slice(format!("{:x};i={i}\r\n", 1000).as_bytes());
-                    r.extend_from_slice(&[b'a' + (i % 26) as u8; 1000]);
-                    r.extend_from_slice(b"\r\n");
-                }
-                r.extend_from_slice(b"0\r\nx-checksum: 1\r\n\r\n");
-                r
-            }
+            0 => chunked_answer(),
             // No length: the body ends when the origin closes.
             1 => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
             2 => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
@@ -374,9 +371,7 @@ async fn http2_passes_get_whole_bodies_clean_errors_and_resets_for_cut_bodies() 
     let c = proxy.h2_client(&["www.shop.test"]);
     let cookie = [("cookie", "session=1")];
     let big = get(&c, &proxy.url("/me"), &cookie).await;
-    let expected: String = (0..200)
-        .map(|i| String::from_utf8(vec![b'a' + (i % 26) as u8; 1000]).unwrap())
-        .collect();
+    let expected = chunked_body();
     assert_eq!(big.status, 200);
     assert!(
         big.body == expected,
