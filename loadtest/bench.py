@@ -152,8 +152,10 @@ http {{
   server {{
     listen 127.0.0.1:{PORTS['nginx-tls']} ssl http2;
     ssl_certificate {work}/certs/bench.test.pem; ssl_certificate_key {work}/certs/bench.test-key.pem;
-    # As crossfade: TLS 1.3 where the client has it (nginx 1.22 offers only up to 1.2 by default),
-    # and no resumption, so that `tls-new` measures full handshakes on both.
+    # As crossfade: TLS 1.3 where the client has it (nginx 1.22 offers only up to 1.2 by default).
+    # No resumption here; crossfade issues tickets, but wrk resumes no session (tls-new gave
+    # crossfade the same rate before and after its tickets), so `tls-new` measures full
+    # handshakes on both.
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off;
     location / {{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
