@@ -149,7 +149,6 @@ pub fn upstream_head<'f>(
     f: &Forwarding,
 ) -> BytesMut {
     let mut out = wire::HeadWriter::request(method, f.target);
-    let mut line = |name: &[u8], value: &[u8]| out.line(name, value);
     let values = |name: &'static str| {
         fields
             .iter()
@@ -157,8 +156,11 @@ pub fn upstream_head<'f>(
             .map(|(_, v)| v)
     };
     // The host the key was built from, never the client's spelling of it.
-    line(b"Host", f.host.as_bytes());
-    let mut cookies_sent = false;
+    out.line(b"Host", f.host.as_bytes());
+    // Where the first `Cookie` field's value ends: the client's other cookie fields join it
+    // there, `; `-separated (as `headers::joined_cookies`; RFC 9113 §8.2.3), found as they come
+    // so that the common single field costs no second look at the head.
+    let mut cookie_end = None;
     for (name, value) in fields.iter() {
         let is = |n: &&str| name.eq_ignore_ascii_case(n);
         let cookie = name.eq_ignore_ascii_case("cookie");
@@ -170,40 +172,39 @@ pub fn upstream_head<'f>(
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
             || f.drop_cookies && (cookie || name.eq_ignore_ascii_case("accept-encoding"))
-            || cookie && cookies_sent
         {
             continue;
         }
-        if cookie {
-            // All of them in one field where the first was (`headers::joined_cookies`).
-            cookies_sent = true;
-            if let Some(joined) = headers::joined_cookies(values("cookie")) {
-                line(b"Cookie", &joined);
-                continue;
+        match cookie_end {
+            Some(end) if cookie => cookie_end = Some(end + out.join_value_at(end, value)),
+            _ => {
+                out.line(name.as_bytes(), value);
+                if cookie {
+                    cookie_end = Some(out.len() - 2);
+                }
             }
         }
-        line(name.as_bytes(), value);
     }
     if f.drop_cookies {
         // As `upstream_request_filter`: the key cookies, in order, in one field after the
         // client's others, and the one coding the variant is keyed by — read from the raw
         // fields by the same functions (httparse has refused the bytes a value cannot hold).
         if let Some(kept) = key::kept_cookie_values(values("cookie"), rule) {
-            line(b"Cookie", kept.as_bytes());
+            out.line(b"Cookie", kept.as_bytes());
         }
         if let Some(coding) = vary::preferred(values("accept-encoding")) {
-            line(b"Accept-Encoding", coding.as_bytes());
+            out.line(b"Accept-Encoding", coding.as_bytes());
         }
     }
     if let Some(ip) = f.client {
-        line(b"x-forwarded-for", ip.as_bytes());
+        out.line(b"x-forwarded-for", ip.as_bytes());
     }
-    line(
+    out.line(
         b"x-forwarded-proto",
         if f.tls { &b"https"[..] } else { b"http" },
     );
-    line(b"x-request-id", f.request_id.as_bytes());
-    line(b"x-forwarded-host", f.host.as_bytes());
+    out.line(b"x-request-id", f.request_id.as_bytes());
+    out.line(b"x-forwarded-host", f.host.as_bytes());
     out.finish()
 }
 

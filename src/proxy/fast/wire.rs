@@ -48,6 +48,23 @@ impl HeadWriter {
         self.0.put_slice(b"\r\n");
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Appends `; value` to the field value that ends at `at` (as [`Self::len`] gave it before
+    /// that line's CRLF), moving what was written after it; returns the bytes added. (A rare
+    /// case: a second `Cookie` field.)
+    pub fn join_value_at(&mut self, at: usize, value: &[u8]) -> usize {
+        let tail = self.0[at..].to_vec();
+        self.0.truncate(at);
+        self.0.put_slice(b"; ");
+        self.0.put_slice(value);
+        self.0.put_slice(&tail);
+        value.len() + 2
+    }
+
     /// Ends a response head as pingora's writer would: the response's own `Date` (a stored
     /// or forwarded one, which a cache must not change) or else the current one, a kept-alive
     /// connection.
