@@ -7,7 +7,7 @@
 //! HTTP/2 cannot carry and adds `Date` when there is none), the body goes in DATA frames, and
 //! a body cut short resets the stream.
 
-use super::hit::Head;
+use super::hit::{Head, CACHE_STATUS, X_REQUEST_ID};
 use super::origin::{self, BodySink, Framing, SpareBuffer};
 use super::relay::{hop_by_hop, Readmitted, Reason, Relay};
 use super::sendfile::ClientOut;
@@ -15,7 +15,7 @@ use super::wire;
 use crate::proxy::decide::answer::Answer;
 use crate::proxy::decide::headers::{self, CacheStatus};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderName};
+use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::HttpSession;
 use std::io;
@@ -227,11 +227,7 @@ fn fields(
     if chunks && head.framing == Framing::Close {
         out.set(header::TRANSFER_ENCODING, b"Transfer-Encoding", b"chunked");
     }
-    out.set(
-        HeaderName::from_static("x-request-id"),
-        b"x-request-id",
-        relay.request_id.as_bytes(),
-    );
+    out.set(X_REQUEST_ID, b"x-request-id", relay.request_id.as_bytes());
     let status = match (&relay.reason, readmitted) {
         (Reason::Bypass(b), _) => CacheStatus::bypass(*b),
         (Reason::Predicted(..), Some(Readmitted::Store(meta))) => CacheStatus {
@@ -249,9 +245,5 @@ fn fields(
         },
         (Reason::Predicted(..), None) => unreachable!("a predicted key is always readmitted"),
     };
-    out.set_with(
-        HeaderName::from_static("cache-status"),
-        b"cache-status",
-        |v| status.write(v),
-    );
+    out.set_with(CACHE_STATUS, b"cache-status", |v| status.write(v));
 }

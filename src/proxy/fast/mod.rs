@@ -421,7 +421,7 @@ pub fn plain_request<'h>(
         } else if name.eq_ignore_ascii_case(b"cookie") {
             Some(header::COOKIE)
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            Some(HeaderName::from_static("x-request-id"))
+            Some(hit::X_REQUEST_ID)
         } else {
             // Still a header pingora would have to parse.
             HeaderName::from_bytes(name).ok()?;
