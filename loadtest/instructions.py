@@ -10,8 +10,11 @@ instructions per request for: a 1 KiB hit, a 16 KiB hit and a 1 KiB pass-through
     python3 loadtest/instructions.py [--requests 2000] [--binary target/release/crossfade]
                                      [--keep DIR]   # keep the profiles: callgrind_annotate DIR/…
                                      [--key-cookies currency]
+                                     [--atomics]   # and atomic instructions per request
 
-It counts user-space instructions in crossfade only (not the kernel, not the client). Needs
+It counts user-space instructions in crossfade only (not the kernel, not the client). With
+`--atomics`, it also counts the atomic read-modify-writes a request executes, by function
+(`atomics.py`: what a projection to more cores starts from). Needs
 valgrind (installed from Debian when missing) and nginx (the origin).
 """
 import argparse
@@ -27,6 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import atomics  # noqa: E402
 import bench  # noqa: E402
 
 PATHS = {"hit-1k": "/c/1k", "hit-16k": "/c/16k", "pass-1k": "/p/1k"}
@@ -63,6 +67,8 @@ def main():
     ap.add_argument("--key-cookies", default="",
                     help="key_cookies for crossfade's rules (bench.py's flag: the shipped store "
                          "rules key on currency)")
+    ap.add_argument("--atomics", action="store_true",
+                    help="also count atomic instructions per request, by function (atomics.py)")
     args = ap.parse_args()
     bench.KEY_COOKIES = [c for c in args.key_cookies.split(",") if c]
     if not shutil.which("valgrind"):
@@ -78,6 +84,7 @@ def main():
             out = os.path.join(work, f"callgrind.{name}")
             proc = bench.start(
                 f"valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={out}.%p "
+                + ("--dump-instr=yes " if args.atomics else "") +
                 f"{args.binary} run --config {work}/crossfade.toml > {work}/cg-{name}.log 2>&1"
             )
             bench.wait_port(bench.PORTS["crossfade"], timeout=60)
@@ -97,6 +104,10 @@ def main():
                     m = re.search(r"^totals:\s+(\d+)", f.read(), re.M)
                     total = int(m.group(1)) if m else 0
             print(f"  {name:<8} {total // args.requests:>8} instructions/request", flush=True)
+            if args.atomics and dumps:
+                counts = atomics.per_function(dumps[-1])
+                for line in atomics.report(counts, args.requests):
+                    print(f"           {line}", flush=True)
             if args.keep and dumps:
                 os.makedirs(args.keep, exist_ok=True)
                 shutil.copy(dumps[-1], os.path.join(args.keep, f"callgrind.{name}"))
