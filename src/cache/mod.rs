@@ -13,6 +13,7 @@ pub mod index;
 pub mod journal;
 pub mod key;
 mod meta;
+pub use meta::MetaView;
 pub mod policy;
 pub mod purge;
 pub mod storage;

@@ -18,6 +18,7 @@ use super::body::Body;
 use super::index::{split_tags, Entry, Shard, SHARDS};
 use super::journal::{self, Target};
 use super::key;
+use super::meta::MetaView;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
@@ -54,6 +55,38 @@ struct Object {
     entry: Arc<Entry>,
     /// Bytes accounted for against the capacity (see [`Object::new`]).
     weight: u32,
+}
+
+/// A stored object a hit serves, held while it is answered: its metadata is read in place
+/// ([`MetaView`]), never cloned.
+pub struct FreshHit {
+    obj: Arc<Object>,
+    /// Parsed for this hit when the object keeps no parsed copy (yet, or past the budget).
+    meta: Option<CacheMeta>,
+}
+
+impl FreshHit {
+    fn of(obj: Arc<Object>) -> Result<FreshHit> {
+        let meta = match obj.meta.parsed() {
+            Some(_) => None,
+            None => Some(obj.meta.to_meta()?),
+        };
+        Ok(FreshHit { obj, meta })
+    }
+
+    pub fn meta(&self) -> MetaView<'_> {
+        match (&self.meta, self.obj.meta.parsed()) {
+            (Some(meta), _) => MetaView::Meta(meta),
+            (None, Some(parsed)) => MetaView::Parsed(parsed),
+            (None, None) => unreachable!("a hit without a parsed copy parses its own"),
+        }
+    }
+
+    /// The stored body (borrowed: a clone would write its count, which every thread serving
+    /// the object writes too).
+    pub fn body(&self) -> &Body {
+        &self.obj.body
+    }
 }
 
 /// Purges of more objects than this remove them from the map on a helper thread, so the purge
@@ -211,9 +244,9 @@ impl EdgeStorage {
         rule: &crate::rules::Rule,
         hash: HashBinary,
         request: impl FnOnce(&http::HeaderMap) -> std::borrow::Cow<'h, http::HeaderMap>,
-    ) -> Option<(CacheMeta, Body)> {
+    ) -> Option<FreshHit> {
         let keyed = !rule.key_cookies.is_empty() || !rule.key_headers.is_empty();
-        let variance = |meta: &CacheMeta| {
+        let variance = |meta: &MetaView| {
             if !keyed && meta.variance().is_none() {
                 return None;
             }
@@ -235,29 +268,29 @@ impl EdgeStorage {
         &self,
         primary: HashBinary,
         now: impl FnOnce() -> SystemTime,
-        variance_of: impl FnOnce(&CacheMeta) -> Option<HashBinary>,
-    ) -> Option<(CacheMeta, Body)> {
+        variance_of: impl FnOnce(&MetaView) -> Option<HashBinary>,
+    ) -> Option<FreshHit> {
         let slot = self.objects.get(u128::from_be_bytes(primary))?;
         if !matches!(self.verdict(&slot), Verdict::Live) {
             return None;
         }
-        let meta = slot.meta.to_meta().ok()?;
-        let variance = variance_of(&meta);
-        let (meta, body) = if variance == meta.variance() {
-            (meta, slot.body.clone())
+        let slot = FreshHit::of(slot).ok()?;
+        let variance = variance_of(&slot.meta());
+        let found = if variance == slot.meta().variance() {
+            slot
         } else {
             let mut key = CacheKey::new("", "");
             key.set_primary_bin_override(primary);
             key.set_variance_key(variance?);
             let variant = self.objects.get(id(&key))?;
             let valid = matches!(self.verdict(&variant), Verdict::Live);
-            let variant_meta = variant.meta.to_meta().ok()?;
-            if !valid || variant_meta.created() < meta.provenance() {
+            let variant = FreshHit::of(variant).ok()?;
+            if !valid || variant.meta().created() < slot.meta().provenance() {
                 return None;
             }
-            (variant_meta, variant.body.clone())
+            variant
         };
-        meta.is_fresh(now()).then_some((meta, body))
+        found.meta().is_fresh(now()).then_some(found)
     }
 
     fn verdict(&self, obj: &Object) -> Verdict {

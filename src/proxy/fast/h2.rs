@@ -56,11 +56,7 @@ impl FastPath {
             Ok(hit) => hit,
             Err(other) => return other,
         };
-        let body = answer
-            .body
-            .as_ref()
-            .map(Body::bytes)
-            .filter(|b| !b.is_empty());
+        let body = answer.body().map(Body::bytes).filter(|b| !b.is_empty());
         let sent = body.as_ref().map_or(0, |b| b.len());
         let written = match body {
             None => session.write_response_header(head, true).is_ok(),
@@ -170,10 +166,11 @@ impl FastPath {
             _ => return Err(not_hit),
         };
         // A miss, or a pass the predictor knows (the stream's task asks it).
-        let (meta, body) = self
+        let found = self
             .storage
             .fresh_hit(f.rule, key::hash(primary), |_| Cow::Borrowed(&req.headers))
             .ok_or(not_hit)?;
+        let meta = found.meta();
         let request_id = headers::request_id(req.headers.get("x-request-id"));
         let stored = meta.response_header();
         let mut head = ResponseHeader::build_no_case(stored.status, Some(12))
@@ -189,7 +186,7 @@ impl FastPath {
         } else {
             crate::telemetry::Client::default()
         };
-        let answer = HitAnswer::new(&f, req.method.clone(), (request_id, client), &meta, body);
+        let answer = HitAnswer::new(&f, req.method.clone(), (request_id, client), found);
         // (Boxed here: the stream's writer takes it boxed.)
         Ok((Box::new(head), answer))
     }

@@ -6,12 +6,13 @@
 
 use super::wire::HeadWriter;
 use crate::cache::body::Body;
+use crate::cache::storage::FreshHit;
+use crate::cache::MetaView;
 use crate::config::Runtime;
 use crate::proxy::decide::headers::{self, CacheStatus};
 use crate::proxy::decide::Forward;
 use bytes::{BufMut, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 
 /// Where a hit's (or a relayed pass's, [`super::downstream`]) response head goes.
@@ -94,7 +95,7 @@ pub fn head(
     out: &mut impl Head,
     rt: &Runtime,
     f: &Forward,
-    meta: &CacheMeta,
+    meta: &MetaView,
     request_id: &str,
 ) -> Option<()> {
     let stored = meta.response_header();
@@ -145,7 +146,8 @@ pub fn head(
 /// A hit ready to write, and what the logs need of it.
 /// Its site and route are borrowed from the config the request was planned under.
 pub struct HitAnswer<'c> {
-    pub body: Option<Body>,
+    /// The object, held until its body is written (none for HEAD).
+    found: Option<FreshHit>,
     pub status: u16,
     pub site: &'c str,
     pub rule: &'c crate::rules::Rule,
@@ -158,17 +160,16 @@ pub struct HitAnswer<'c> {
 }
 
 impl<'c> HitAnswer<'c> {
-    /// The answer to `method` for `f`, from the stored `meta` and `body` (none for HEAD).
+    /// The answer to `method` for `f` from the object `found`.
     pub fn new(
         f: &Forward<'_, 'c>,
         method: Method,
         (request_id, client): (String, crate::telemetry::Client),
-        meta: &CacheMeta,
-        body: Body,
+        found: FreshHit,
     ) -> HitAnswer<'c> {
         HitAnswer {
-            body: (method == Method::GET).then_some(body),
-            status: meta.response_header().status.as_u16(),
+            status: found.meta().response_header().status.as_u16(),
+            found: (method == Method::GET).then_some(found),
             site: &f.site.name,
             rule: f.rule,
             pool: f.pool.clone(),
@@ -178,5 +179,10 @@ impl<'c> HitAnswer<'c> {
             query: f.query.unwrap_or("").to_string(),
             client,
         }
+    }
+
+    /// The body to send (none for HEAD).
+    pub fn body(&self) -> Option<&Body> {
+        self.found.as_ref().map(FreshHit::body)
     }
 }

@@ -36,6 +36,7 @@ use super::decide::{self, Caching, Plan, RequestView};
 use crate::cache::body::Body;
 use crate::cache::key;
 use crate::cache::storage::EdgeStorage;
+use crate::cache::storage::FreshHit;
 use crate::config::Runtime;
 use crate::metrics::Metrics;
 use crate::pools::switch::Release;
@@ -216,16 +217,16 @@ impl FastPath {
             }
         };
         let _ = buf.split_to(head_len);
-        let sent = answer.body.as_ref().map_or(0, |b| b.len());
+        let sent = answer.body().map_or(0, |b| b.len());
         // The client's socket, for sendfile: a plain TCP stream only (TLS encrypts its bytes).
         let socket = stream.tcp_fd();
         let mut out = sendfile::ClientOut {
             stream,
             waiter: writable,
         };
-        let written = match (&answer.body, socket) {
+        let written = match (answer.body(), socket) {
             (Some(Body::Heap(body)), _) if body.len() <= APPEND_MAX => {
-                head.extend_from_slice(body);
+                head.extend_from_slice(&body[..]);
                 out.send(&head).await
             }
             // Large bodies in a memory file go to a plain socket without a copy of ours.
@@ -322,8 +323,8 @@ impl FastPath {
                             Cow::Owned(relay::request_headers(head))
                         }
                     };
-                    if let Some((meta, body)) = self.storage.fresh_hit(f.rule, hash, request) {
-                        return hit(rt, &f, method.clone(), (request_id, who), &meta, body);
+                    if let Some(found) = self.storage.fresh_hit(f.rule, hash, request) {
+                        return hit(rt, &f, method.clone(), (request_id, who), found);
                     }
                 }
                 if !passes {
@@ -442,20 +443,20 @@ fn hit<'c>(
     f: &decide::Forward<'_, 'c>,
     method: Method,
     (request_id, client): (String, crate::telemetry::Client),
-    meta: &pingora::cache::CacheMeta,
-    body: Body,
+    found: FreshHit,
 ) -> Option<Decision<'c>> {
+    let meta = found.meta();
     let stored = meta.response_header();
     // Room for the body only when `serve` appends it to the head; a large body is written
     // from where it is stored, and a 1 MiB buffer per hit would go unused.
-    let appended = match &body {
+    let appended = match found.body() {
         Body::Heap(b) if method == Method::GET && b.len() <= APPEND_MAX => b.len(),
         _ => 0,
     };
     let mut out = wire::HeadWriter::response(stored.status, 512 + appended);
-    hit::head(&mut out, rt, f, meta, &request_id)?;
+    hit::head(&mut out, rt, f, &meta, &request_id)?;
     let out = out.finish_response(stored.headers.get(header::DATE).map(|d| d.as_bytes()));
-    let answer = HitAnswer::new(f, method, (request_id, client), meta, body);
+    let answer = HitAnswer::new(f, method, (request_id, client), found);
     Some(Decision::Hit(out, answer))
 }
 
