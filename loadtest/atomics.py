@@ -17,6 +17,7 @@ instruction (a task's own state word is atomic but written by one thread only): 
     python3 loadtest/instructions.py --atomics [--key-cookies currency]
 """
 import collections
+import os
 import re
 import subprocess
 
@@ -40,7 +41,8 @@ def position(token, last):
 
 def per_function(dump):
     """{function: atomic instructions executed} from a callgrind dump made with
-    `--dump-instr=yes` (whose addresses are the objects' own, as objdump prints them)."""
+    `--dump-instr=yes` (whose addresses are the objects' own, as objdump prints them). The
+    objects must be the ones profiled: a binary rebuilt since has other addresses."""
     atomics = {}  # object path -> the addresses of its atomic instructions
     names = {"ob": {}, "fn": {}}
     counts = collections.Counter()
@@ -70,7 +72,11 @@ def per_function(dump):
                     value = rest
                 if key == "ob":
                     ob = value
-                    if ob not in atomics:
+                    if ob not in atomics and not os.path.isfile(ob):
+                        atomics[ob] = set()  # callgrind's "???" (code of no file)
+                    elif ob not in atomics:
+                        if os.path.getmtime(ob) > os.path.getmtime(dump):
+                            raise SystemExit(f"{ob} changed after {dump} was recorded")
                         atomics[ob] = locked_addresses(ob)
                 else:
                     fn = value

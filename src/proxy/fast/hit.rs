@@ -48,8 +48,12 @@ impl Head for HeadWriter {
 /// headers HTTP/2 cannot carry).
 impl Head for ResponseHeader {
     fn stored(&mut self, name: &HeaderName, _spelled: &[u8], value: &HeaderValue) {
-        // A name and value already in a header map are valid in another one.
-        let _ = self.append_header(name.clone(), value.clone());
+        // A copy of the value, not a clone: a stored object's values share one buffer, whose
+        // reference count a clone writes, and every thread serving the object writes it too.
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            let _ = self.append_header(name.clone(), copy);
+        }
     }
 
     fn raw(&mut self, name: &[u8], value: &[u8]) {
