@@ -16,6 +16,7 @@ pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod rules;
+pub mod shard;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;

@@ -7,7 +7,6 @@
 //! upper edge of a bucket, within about 19%). Series are keyed by config names only.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,13 +121,7 @@ type Key = (Arc<str>, Arc<str>, Arc<str>);
 /// Shards of the series: each thread records into its own (given round-robin on first use),
 /// so requests on different threads never wait for each other's lock (one process-wide
 /// mutex was taken on every request, hits included); a summary merges every shard.
-const SHARDS: usize = 16;
-
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
-}
+use crate::shard::{Padded, SHARDS};
 
 /// One shard's series, found by a hash of (site, route, pool) without building a key: the
 /// lookup used to compare every series' key in turn; foldhash mixes that hash (SipHash took
@@ -137,7 +130,7 @@ type Shard = foldhash::HashMap<u64, Vec<(Key, VecDeque<Second>)>>;
 
 /// All series.
 pub struct Stats {
-    shards: [Mutex<Shard>; SHARDS],
+    shards: [Padded<Mutex<Shard>>; SHARDS],
     /// When these statistics started (Unix ms): no window reaches before it, so a rate over
     /// 5 minutes of a process that has run 90 s is divided by 90 s, not 300.
     started_ms: u64,
@@ -146,7 +139,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            shards: std::array::from_fn(|_| Padded(Mutex::new(Shard::default()))),
             started_ms: now_ms(),
         }
     }
@@ -189,7 +182,7 @@ impl Stats {
             origin,
         } = *sample;
         let now = now_secs();
-        let shard = SHARD.with(|s| *s);
+        let shard = crate::shard::index();
         let mut all = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let bucket = all.entry(key_hash(key)).or_default();
         let at = match bucket

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod switch;
 
 use crate::config::pools::PoolSpec;
+use crate::shard::{Padded, SHARDS};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -199,7 +200,10 @@ pub struct Pool {
     pub servers: Vec<Server>,
     /// Server indices in weighted, interleaved order (a server of weight 3 appears 3 times).
     schedule: Vec<usize>,
-    next: AtomicUsize,
+    /// Where each thread's next pick starts in `schedule`: a cursor per thread shard (each
+    /// thread goes round the schedule on its own, the shards starting spread over it), so that
+    /// passes on different threads do not all write one counter.
+    next: Box<[Padded<AtomicUsize>; SHARDS]>,
     pub announced: Arc<Announced>,
     /// Origin protection (`max_inflight`), when configured.
     pub limit: Option<Arc<Limit>>,
@@ -238,7 +242,7 @@ impl Pool {
             spec: spec.clone(),
             servers,
             schedule,
-            next: AtomicUsize::new(0),
+            next: Box::new(std::array::from_fn(|i| Padded(AtomicUsize::new(i)))),
             announced: previous.map_or_else(Arc::default, |p| p.announced.clone()),
             limit,
         }
@@ -253,7 +257,7 @@ impl Pool {
     /// `None` only when no server passes its active check.
     pub fn pick(&self) -> Option<&Server> {
         let n = self.schedule.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.next[crate::shard::index()].fetch_add(1, Ordering::Relaxed);
         let mut order = (0..n).map(|i| &self.servers[self.schedule[(start + i) % n]]);
         order
             .clone()

@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -34,16 +33,10 @@ type Idle = foldhash::HashMap<SocketAddr, VecDeque<(TcpStream, Instant)>>;
 /// `server.work_stealing = false` (the default) a connection stays with the runtime that opened
 /// it, as nginx's per-worker keep-alive pools. A thread whose shard is empty takes from another
 /// shard only when that one's lock is free, and moves what it takes to its own reactor.
-const SHARDS: usize = 16;
+use crate::shard::{Padded, SHARDS};
 
-static IDLE: LazyLock<[Mutex<Idle>; SHARDS]> =
-    LazyLock::new(|| std::array::from_fn(|_| Mutex::new(Idle::default())));
-
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
-}
+static IDLE: LazyLock<[Padded<Mutex<Idle>>; SHARDS]> =
+    LazyLock::new(|| std::array::from_fn(|_| Padded(Mutex::new(Idle::default()))));
 
 fn lock(shard: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
     // A panic while holding the lock leaves only a map of sockets behind: still usable.
@@ -51,14 +44,14 @@ fn lock(shard: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
 }
 
 fn own_shard() -> &'static Mutex<Idle> {
-    &IDLE[SHARD.with(|s| *s)]
+    &IDLE[crate::shard::index()]
 }
 
 /// An idle connection to `addr`, open and idle for less than `idle` (most recently used
 /// first: the one least likely to have been closed by the origin): from this thread's shard,
 /// else from a shard no other thread holds.
 pub fn take_idle(addr: SocketAddr, idle: Duration, now: Instant) -> Option<TcpStream> {
-    let own = SHARD.with(|s| *s);
+    let own = crate::shard::index();
     if let Some(stream) = take_from(&mut lock(&IDLE[own]), addr, idle, now) {
         return Some(stream);
     }
