@@ -280,6 +280,55 @@ async fn a_reload_keeps_what_the_edge_learned_of_its_pools() {
     }
 }
 
+#[tokio::test]
+async fn a_kept_alive_connection_passes_to_the_servers_a_reload_gave_its_pool() {
+    // A connection's passes borrow their pool from the registry as the connection last saw
+    // it (`Registry::held`): a reload that rebuilds the pools must reach its next pass.
+    let a =
+        Origin::start(|_| async { reply(200, &[("cache-control", "private")], "from a") }).await;
+    let b =
+        Origin::start(|_| async { reply(200, &[("cache-control", "private")], "from b") }).await;
+    let site = |server: std::net::SocketAddr| {
+        format!(
+            "[[sites]]\nname = \"shop\"\nhosts = [\"www.shop.test\"]\nrules = \"shop.rules.toml\"\n\
+             [sites.pools.blue]\nservers = [\"{server}\"]\n"
+        )
+    };
+    let rules = "[defaults]\nbypass_cookies = [\"session\"]\n";
+    let proxy = Proxy::start_toml(&site(a.addr), &[("shop", rules)], "").await;
+    let c = proxy.client(&["www.shop.test"]);
+    let member = [("cookie", "session=1")];
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, &proxy.url("/account"), &member).await.body,
+            "from a"
+        );
+    }
+    let config = proxy.dir.path().join("crossfade.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace(&a.addr.to_string(), &b.addr.to_string());
+    assert_ne!(text, moved);
+    std::fs::write(&config, moved).unwrap();
+    proxy.hup();
+    let reloaded = eventually(Duration::from_secs(6), || async {
+        proxy.stderr().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded);
+    // The same client, so the same kept-alive connection.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&c, &proxy.url("/account"), &member).await.body,
+            "from b"
+        );
+    }
+    assert_eq!(
+        b.hits(),
+        3,
+        "every pass after the reload reached the new server"
+    );
+}
+
 /// Runs `crossfade reload` against `proxy`'s admin API; (success, stdout, stderr).
 fn cli_reload(proxy: &Proxy, args: &[&str]) -> (bool, serde_json::Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossfade"))

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use registry::{Registry, SitePools};
+pub use registry::{Registry, SitePools, Sites};
 
 /// One application server of a pool: its address and weight (config) and what the edge knows
 /// about it (live, shared by every config that has the same server in the same pool).

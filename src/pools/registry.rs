@@ -24,10 +24,13 @@ impl SitePools {
     }
 }
 
+/// Every site's live pools, by site name.
+pub type Sites = HashMap<Arc<str>, Arc<SitePools>>;
+
 /// Every site's live pools.
 #[derive(Default)]
 pub struct Registry {
-    sites: ArcSwap<HashMap<Arc<str>, Arc<SitePools>>>,
+    sites: ArcSwap<Sites>,
 }
 
 impl Registry {
@@ -78,12 +81,25 @@ impl Registry {
         }
     }
 
+    /// The registry's pools as `held` has them, after replacing it if a reload has rebuilt
+    /// them since: a connection keeps one reference across its requests and its passes borrow
+    /// their pool from it (cloning a pool's `Arc` per pass writes a count every thread's passes
+    /// to that pool write).
+    pub fn held<'h>(&self, held: &'h mut Option<Arc<Sites>>) -> &'h Sites {
+        let current = self.sites.load();
+        match held {
+            Some(h) if Arc::ptr_eq(h, &current) => {}
+            _ => *held = Some(arc_swap::Guard::into_inner(current)),
+        }
+        held.get_or_insert_with(Default::default)
+    }
+
     pub fn pool(&self, site: &str, pool: &str) -> Option<Arc<Pool>> {
         self.sites.load().get(site)?.get(pool).cloned()
     }
 
     /// Every site and its pools.
-    pub fn all(&self) -> Arc<HashMap<Arc<str>, Arc<SitePools>>> {
+    pub fn all(&self) -> Arc<Sites> {
         self.sites.load_full()
     }
 }

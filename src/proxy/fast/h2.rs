@@ -91,8 +91,11 @@ impl FastPath {
             return false;
         };
         let mut clock = origin::ReadClock::default();
+        let sites = self.pools.all();
         let mut client = downstream::H2::new(session);
-        let forwarded = self.forward(relay, &mut client, &mut clock, start).await;
+        let forwarded = self
+            .forward(relay, &mut client, (&mut clock, &sites), start)
+            .await;
         matches!(forwarded, Forwarded::Done(_))
     }
 

@@ -92,6 +92,8 @@ pub struct Conn {
     runtime: Option<Arc<Runtime>>,
     /// Times its passes' reads from the origin.
     origin_clock: origin::ReadClock,
+    /// The pools its passes borrow theirs from ([`crate::pools::Registry::held`]).
+    pools: Option<Arc<crate::pools::Sites>>,
 }
 
 /// What the fast path does with a request.
@@ -133,6 +135,7 @@ impl FastPath {
             writable,
             runtime,
             origin_clock,
+            pools,
         } = conn;
         // A head longer than this is refused by pingora (414/431), so it is not ours.
         let longest = {
@@ -191,7 +194,9 @@ impl FastPath {
                     },
                     request: &request,
                 };
-                let forwarded = self.forward(relay, &mut client, origin_clock, start).await;
+                let sites = self.pools.held(pools);
+                let upstream = (origin_clock, sites);
+                let forwarded = self.forward(relay, &mut client, upstream, start).await;
                 return match forwarded {
                     Forwarded::Done(outcome) => outcome,
                     Forwarded::Fallback => {

@@ -345,16 +345,19 @@ struct Report<'a> {
 }
 
 impl FastPath {
-    /// Forwards a planned pass to the origin and its answer to the client.
+    /// Forwards a planned pass to the origin and its answer to the client; its pool is
+    /// borrowed from `sites`, the registry's pools as the caller holds them.
     pub(super) async fn forward(
         &self,
         relay: Relay<'_>,
         client: &mut impl Downstream,
-        clock: &mut origin::ReadClock,
+        (clock, sites): (&mut origin::ReadClock, &crate::pools::Sites),
         start: Instant,
     ) -> Forwarded {
         // This origin client speaks HTTP/1.1 only; an h2 pool is pingora's to reach.
-        let pool = self.pools.pool(&relay.site.name, &relay.pool);
+        let pool = sites
+            .get(&*relay.site.name)
+            .and_then(|s| s.get(&relay.pool));
         let Some(pool) = pool.filter(|p| !p.spec.http2) else {
             return Forwarded::Fallback;
         };
