@@ -136,6 +136,8 @@ where
 pub type Stream = Box<dyn IO>;
 
 // Implement IO trait for 3rd party types, mostly for testing
+// crossfade patch: only for tests (tokio-test is a dev-dependency).
+#[cfg(test)]
 mod ext_io_impl {
     use super::*;
     use tokio_test::io::Mock;
