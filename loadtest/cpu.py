@@ -15,6 +15,8 @@ rusage).
     loadtest/cpu.py /c/1k --h2                  # HTTP/2 over TLS (h2load), crossfade and nginx
     loadtest/cpu.py /p/1k --sched               # also wake-ups and inter-processor interrupts
                                                 # per request (whole box, perf), and idle CPU
+    loadtest/cpu.py /p/1k --syscalls            # also the proxy's system calls per request,
+                                                # by call (perf on the proxy's processes)
 
 Uses bench.py's origin and peer configurations; stops everything it started. A benchmark, not
 a test.
@@ -54,6 +56,35 @@ SCHED_EVENTS = {"wakeups": "sched:sched_wakeup", "ipi_call": "irq_vectors:call_f
                 "ipi_resched": "irq_vectors:reschedule_entry"}
 
 
+# The calls a proxy serves requests with; `total` counts every call, these the ones named.
+SYSCALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+            "epoll_wait", "epoll_pwait", "epoll_ctl", "getsockopt", "setsockopt", "futex"]
+SYSCALL_EVENTS = {"total": "raw_syscalls:sys_enter",
+                  **{c: f"syscalls:sys_enter_{c}" for c in SYSCALLS}}
+
+
+def start_perf(events, target, duration):
+    """`perf stat` of `events` on `target` (["-a"] or ["-p", pids]) for `duration` seconds."""
+    out = tempfile.NamedTemporaryFile(prefix="perf-", suffix=".csv", delete=False).name
+    proc = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", ",".join(events.values())]
+                            + target + ["--", "sleep", str(duration)])
+    return proc, out
+
+
+def perf_counts(started, events, n):
+    """Each event's count per request (`n` requests) once `start_perf`'s run has ended."""
+    proc, out = started
+    proc.wait()
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[0].isdigit():
+                counts[parts[2]] = int(parts[0])
+    os.unlink(out)
+    return {name: counts.get(event, 0) / n for name, event in events.items()}
+
+
 def idle_ticks():
     """(idle, total) jiffies of the whole box, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -61,15 +92,13 @@ def idle_ticks():
     return fields[3] + fields[4], sum(fields)
 
 
-def measure(port, pgid, path, duration, h2=False, origin=None, sched=False):
+def measure(port, pgid, path, duration, h2=False, origin=None, sched=False, syscalls=False):
     before = cpu_seconds(pgid)
     idle_before = idle_ticks()
-    perf = None
-    if sched:
-        # The whole box: a proxy's wake-ups land on the client's and the origin's threads.
-        perf_out = tempfile.NamedTemporaryFile(prefix="perf-", suffix=".csv", delete=False).name
-        perf = subprocess.Popen(["perf", "stat", "-a", "-x,", "-o", perf_out, "-e",
-                                 ",".join(SCHED_EVENTS.values()), "--", "sleep", str(duration)])
+    # The whole box: a proxy's wake-ups land on the client's and the origin's threads.
+    box = start_perf(SCHED_EVENTS, ["-a"], duration) if sched else None
+    pids = ",".join(proc.rsplit("/", 1)[1] for proc in bench.group_procs(pgid))
+    calls = start_perf(SYSCALL_EVENTS, ["-p", pids], duration) if syscalls else None
     origin_before = cpu_seconds(origin) if origin else (0, 0)
     if h2:
         # HTTP/2 over TLS, 10 streams per connection (the TLS port is passed as `port`).
@@ -90,17 +119,10 @@ def measure(port, pgid, path, duration, h2=False, origin=None, sched=False):
               "client": (usage.ru_utime + usage.ru_stime) / n * 1e6,
               "origin": sum(a - b for a, b in zip(origin_after, origin_before)) / n * 1e6,
               "idle": (idle_after[0] - idle_before[0]) / max(1, idle_after[1] - idle_before[1]) * 100}
-    if perf:
-        perf.wait()
-        counts = {}
-        with open(perf_out) as f:
-            for line in f:
-                parts = line.strip().split(",")
-                if len(parts) > 2 and parts[0].isdigit():
-                    counts[parts[2]] = int(parts[0])
-        os.unlink(perf_out)
-        for name, event in SCHED_EVENTS.items():
-            result[name] = counts.get(event, 0) / n
+    if box:
+        result.update(perf_counts(box, SCHED_EVENTS, n))
+    if calls:
+        result["syscalls"] = perf_counts(calls, SYSCALL_EVENTS, n)
     return result
 
 
@@ -118,6 +140,9 @@ def main():
     ap.add_argument("--sched", action="store_true",
                     help="also count wake-ups and inter-processor interrupts per request over the "
                          "whole box (perf stat -a), and the box's idle CPU")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count the proxy's system calls per request, by call (perf stat -p "
+                         "on the proxy's processes)")
     ap.add_argument("--key-cookies", default="",
                     help="comma-separated key_cookies for crossfade's rules, as bench.py's")
     args = ap.parse_args()
@@ -141,7 +166,7 @@ def main():
         for _ in range(args.rounds):
             for p in proxies:
                 results.setdefault(p, []).append(measure(port(p), pids[p], args.path, args.duration, args.h2, origin,
-                                                           args.sched))
+                                                           args.sched, args.syscalls))
             for v in args.variant:
                 # section.key=value is a config setting (several joined by commas); NAME=value an
                 # environment variable.
@@ -158,7 +183,8 @@ def main():
                         subprocess.run(["h2load", "-n20", "-c1", "-H", ":authority: bench.test",
                                         f"https://127.0.0.1:{at}{args.path}"], capture_output=True)
                     results.setdefault(f"crossfade {v}", []).append(
-                        measure(at, proc.pid, args.path, args.duration, args.h2, origin, args.sched))
+                        measure(at, proc.pid, args.path, args.duration, args.h2, origin, args.sched,
+                                args.syscalls))
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait()
@@ -175,6 +201,13 @@ def main():
             if args.sched:
                 line += "".join(f" {statistics.median(r[k] for r in runs):>16.3f}" for k in SCHED_EVENTS)
             print(line)
+        if args.syscalls:
+            per = {p: {c: statistics.median(r["syscalls"][c] for r in runs) for c in SYSCALL_EVENTS}
+                   for p, runs in results.items()}
+            shown = [c for c in SYSCALL_EVENTS if any(v[c] >= 0.005 for v in per.values())]
+            print(f"\n  system calls per request\n  {'proxy':<28}" + "".join(f" {c:>11}" for c in shown))
+            for p, v in per.items():
+                print(f"  {p:<28}" + "".join(f" {v[c]:>11.3f}" for c in shown))
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)
