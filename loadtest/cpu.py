@@ -97,8 +97,10 @@ def measure(port, pgid, path, duration, h2=False, origin=None, sched=False, sysc
     idle_before = idle_ticks()
     # The whole box: a proxy's wake-ups land on the client's and the origin's threads.
     box = start_perf(SCHED_EVENTS, ["-a"], duration) if sched else None
-    pids = ",".join(proc.rsplit("/", 1)[1] for proc in bench.group_procs(pgid))
-    calls = start_perf(SYSCALL_EVENTS, ["-p", pids], duration) if syscalls else None
+    calls = None
+    if syscalls:
+        pids = ",".join(proc.rsplit("/", 1)[1] for proc in bench.group_procs(pgid))
+        calls = start_perf(SYSCALL_EVENTS, ["-p", pids], duration)
     origin_before = cpu_seconds(origin) if origin else (0, 0)
     if h2:
         # HTTP/2 over TLS, 10 streams per connection (the TLS port is passed as `port`).
